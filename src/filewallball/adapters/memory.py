@@ -1,0 +1,54 @@
+"""In-process adapters for the embedded default: a TTL cache and the system clock."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+from filewallball.domain.ports import Cache, Clock
+
+
+class MemoryCache(Cache):
+    """A bounded LRU cache with per-entry expiry, local to one process."""
+
+    def __init__(self, *, max_entries: int = 10_000) -> None:
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max_entries = max_entries
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires <= time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None:
+        self._entries[key] = (time.monotonic() + ttl_seconds, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    async def add(self, key: str, value: bytes, *, ttl_seconds: int) -> bool:
+        if await self.get(key) is not None:
+            return False
+        await self.set(key, value, ttl_seconds=ttl_seconds)
+        return True
+
+    async def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    async def ping(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class SystemClock(Clock):
+    def now(self) -> datetime:
+        return datetime.now(UTC)

@@ -1,0 +1,359 @@
+"""Domain models and value objects: the rules about files live here."""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from filewallball.domain.errors import InvalidRequest, TypeNotAllowed
+
+_FILE_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
+_MEDIA_PATTERN = re.compile(r"^([a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)|\*/\*)$")
+
+# Characters that change how the rest of a name is displayed (bidirectional overrides and
+# isolates): a name like "invoice\u202egpj.exe" would otherwise show as "invoiceexe.jpg".
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+MAX_FILENAME_BYTES = 255
+
+
+class FileId(str):
+    """An opaque, URL-safe, unguessable file id (128 random bits)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def new(cls) -> FileId:
+        return cls(secrets.token_urlsafe(16))
+
+    @classmethod
+    def parse(cls, raw: str) -> FileId | None:
+        """The id, or None when `raw` cannot be one (so it names no file)."""
+        return cls(raw) if _FILE_ID.fullmatch(raw) else None
+
+
+class Sha256(str):
+    """A SHA-256 digest in lowercase hex."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> Sha256:
+        if not _SHA256.fullmatch(value):
+            raise ValueError(f"not a lowercase hex SHA-256: {value!r}")
+        return super().__new__(cls, value)
+
+    @classmethod
+    def from_digest(cls, digest: bytes) -> Sha256:
+        return cls(digest.hex())
+
+
+class ByteSize(int):
+    """A non-negative count of bytes."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: int) -> ByteSize:
+        if value < 0:
+            raise ValueError(f"a byte size cannot be negative: {value}")
+        return super().__new__(cls, value)
+
+
+# Media types that are text whatever their top-level type says.
+_TEXT_APPLICATION_TYPES = frozenset(
+    {
+        "application/json",
+        "application/xml",
+        "application/javascript",
+        "application/ecmascript",
+        "application/x-javascript",
+        "application/x-sh",
+        "application/x-shellscript",
+        "application/sql",
+        "application/toml",
+        "application/yaml",
+        "application/x-yaml",
+        "application/csv",
+        "application/x-ndjson",
+        "application/ndjson",
+    }
+)
+
+
+class ContentType(str):
+    """A lowercase `type/subtype` media type, without parameters."""
+
+    __slots__ = ()
+
+    OCTET_STREAM: ContentType
+
+    def __new__(cls, value: str) -> ContentType:
+        normalised = value.split(";", 1)[0].strip().lower()
+        if not _MEDIA_TYPE.fullmatch(normalised):
+            raise ValueError(f"not a media type: {value!r}")
+        return super().__new__(cls, normalised)
+
+    @property
+    def is_text(self) -> bool:
+        """Whether a text preview makes sense for this type."""
+        return (
+            self.startswith("text/")
+            or self in _TEXT_APPLICATION_TYPES
+            or self.endswith(("+json", "+xml", "+yaml"))
+        )
+
+    @property
+    def is_image(self) -> bool:
+        return self.startswith("image/")
+
+    def matches(self, pattern: str) -> bool:
+        """Whether this type matches `pattern`: exact, `type/*` or `*/*`."""
+        pattern = pattern.strip().lower()
+        if pattern == "*/*":
+            return True
+        if pattern.endswith("/*"):
+            return self.startswith(pattern[:-1])
+        return self == pattern
+
+
+ContentType.OCTET_STREAM = ContentType("application/octet-stream")
+
+
+def validate_type_pattern(pattern: str) -> str:
+    """`pattern` normalised, or ValueError when it is not `type/subtype`, `type/*` or `*/*`."""
+    normalised = pattern.strip().lower()
+    if not _MEDIA_PATTERN.fullmatch(normalised):
+        raise ValueError(f"not a media type pattern: {pattern!r}")
+    return normalised
+
+
+class Filename(str):
+    """A display name, sanitised: a file's name is metadata only, never a path."""
+
+    __slots__ = ()
+
+    FALLBACK = "unnamed"
+
+    @classmethod
+    def sanitise(cls, raw: str) -> Filename:
+        """Strip what can hurt (separators, NUL, controls, bidi overrides); keep every script."""
+        text = unicodedata.normalize("NFC", raw)
+        kept = []
+        for char in text:
+            if char in "/\\":
+                kept.append("_")
+            elif char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+                continue
+            else:
+                kept.append(char)
+        name = "".join(kept).strip()
+        name = _truncate_utf8(name, MAX_FILENAME_BYTES).strip()
+        if name in ("", ".", ".."):
+            return cls(cls.FALLBACK)
+        return cls(name)
+
+    @property
+    def extension(self) -> str:
+        stem, dot, ext = self.rpartition(".")
+        return ext.lower() if dot and stem else ""
+
+
+def _truncate_utf8(name: str, limit: int) -> str:
+    """`name` cut to at most `limit` UTF-8 bytes, keeping a short extension and whole characters."""
+    if len(name.encode()) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    suffix = dot + ext if dot and stem and len(ext.encode()) <= 16 else ""
+    budget = limit - len(suffix.encode())
+    head = (stem if suffix else name).encode()[:budget].decode("utf-8", errors="ignore")
+    return head + suffix
+
+
+@dataclass(frozen=True, slots=True)
+class TypePolicy:
+    """Which sniffed content types may be stored: denied wins, then the allow list if any."""
+
+    allowed: tuple[str, ...] = ()
+    denied: tuple[str, ...] = ()
+
+    def check(self, content_type: ContentType) -> None:
+        if any(content_type.matches(pattern) for pattern in self.denied):
+            raise TypeNotAllowed(f"files of type {content_type} are not accepted")
+        if self.allowed and not any(content_type.matches(p) for p in self.allowed):
+            raise TypeNotAllowed(f"files of type {content_type} are not accepted")
+
+
+class Visibility(enum.StrEnum):
+    PRIVATE = "private"
+    PUBLIC = "public"
+
+
+class ScanStatus(enum.StrEnum):
+    SKIPPED = "skipped"
+    CLEAN = "clean"
+
+
+class ThumbnailStatus(enum.StrEnum):
+    NOT_APPLICABLE = "not_applicable"
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """A stored file: its metadata and the content hash that names its bytes."""
+
+    id: FileId
+    filename: Filename
+    size: ByteSize
+    content_type: ContentType
+    sha256: Sha256
+    created_at: datetime
+    visibility: Visibility = Visibility.PRIVATE
+    owner: str | None = None
+    scan_status: ScanStatus = ScanStatus.SKIPPED
+    thumbnail_status: ThumbnailStatus = ThumbnailStatus.NOT_APPLICABLE
+
+    def to_json(self) -> bytes:
+        """A compact serialisation for caches."""
+        data = {
+            "id": self.id,
+            "filename": self.filename,
+            "size": self.size,
+            "content_type": self.content_type,
+            "sha256": self.sha256,
+            "created_at": self.created_at.isoformat(),
+            "visibility": self.visibility.value,
+            "owner": self.owner,
+            "scan_status": self.scan_status.value,
+            "thumbnail_status": self.thumbnail_status.value,
+        }
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> FileRecord:
+        data = json.loads(raw)
+        return cls(
+            id=FileId(data["id"]),
+            filename=Filename(data["filename"]),
+            size=ByteSize(data["size"]),
+            content_type=ContentType(data["content_type"]),
+            sha256=Sha256(data["sha256"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            visibility=Visibility(data["visibility"]),
+            owner=data["owner"],
+            scan_status=ScanStatus(data["scan_status"]),
+            thumbnail_status=ThumbnailStatus(data["thumbnail_status"]),
+        )
+
+    @property
+    def last_modified(self) -> datetime:
+        """The modification time HTTP can carry: whole seconds."""
+        return self.created_at.replace(microsecond=0)
+
+    @property
+    def etag(self) -> str:
+        """The strong entity tag: the content hash, quoted."""
+        return f'"{self.sha256}"'
+
+    @property
+    def previewable(self) -> bool:
+        return self.content_type.is_text
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """An inclusive byte range `start..end` inside a representation."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.end < self.start:
+            raise ValueError(f"not a byte range: {self.start}-{self.end}")
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+class SortKey(enum.StrEnum):
+    CREATED_AT = "created_at"
+    CREATED_AT_DESC = "-created_at"
+    SIZE = "size"
+    SIZE_DESC = "-size"
+    FILENAME = "filename"
+
+    @property
+    def column(self) -> str:
+        return self.value.lstrip("-")
+
+    @property
+    def descending(self) -> bool:
+        return self.value.startswith("-")
+
+
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a listing stopped: the sort key's value and the id of the last item."""
+
+    sort: SortKey
+    value: str | int
+    last_id: FileId
+
+    def encode(self) -> str:
+        """An opaque, URL-safe token."""
+        payload = json.dumps([self.sort.value, self.value, self.last_id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        """The cursor in `token`, or InvalidRequest when it was not made by `encode`."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            sort, value, last_id = json.loads(raw)
+            file_id = FileId.parse(last_id) if isinstance(last_id, str) else None
+            if file_id is None or not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise ValueError("bad cursor contents")
+            return cls(SortKey(sort), value, file_id)
+        except (ValueError, TypeError) as error:
+            raise InvalidRequest("the cursor is not valid", code="invalid_cursor") from error
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    limit: int = 50
+    sort: SortKey = SortKey.CREATED_AT_DESC
+    cursor: Cursor | None = None
+    content_type: str | None = None
+    name_contains: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_PAGE_SIZE:
+            raise InvalidRequest(
+                f"limit must be between 1 and {MAX_PAGE_SIZE}", code="invalid_limit"
+            )
+        if self.cursor is not None and self.cursor.sort is not self.sort:
+            raise InvalidRequest("the cursor belongs to another sort order", code="invalid_cursor")
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: Cursor | None = None

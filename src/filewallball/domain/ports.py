@@ -1,0 +1,117 @@
+"""Ports: what the domain needs from the outside world, as Protocols over domain types."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Protocol
+
+from filewallball.domain.models import ContentType, FileId, FileRecord, ListQuery, Page, Sha256
+
+
+class FileRepository(Protocol):
+    """File records and the reference counts that keep their blobs alive."""
+
+    async def add(self, record: FileRecord, *, publish: Callable[[], Awaitable[None]]) -> None:
+        """Commit `record` and a reference to its blob.
+
+        `publish` runs inside the transaction, after the blob's reference row is locked and
+        before the commit: if it raises, nothing is committed. Holding that lock is what makes
+        a concurrent `collect_blob` of the same content wait instead of deleting the bytes
+        this upload is about to use.
+        """
+        ...
+
+    async def get(self, file_id: FileId) -> FileRecord | None: ...
+
+    async def remove(self, file_id: FileId) -> FileRecord | None:
+        """Delete the record and drop its blob reference; the removed record, or None."""
+        ...
+
+    async def collect_blob(self, sha256: Sha256, *, delete: Callable[[], Awaitable[None]]) -> bool:
+        """If no record references `sha256`, run `delete` under the blob's lock and forget it."""
+        ...
+
+    async def unreferenced_blobs(self) -> list[Sha256]:
+        """Blobs whose last reference is gone but whose bytes may remain (after a crash)."""
+        ...
+
+    async def list(self, query: ListQuery) -> Page[FileRecord]: ...
+
+    async def ping(self) -> None:
+        """Raise DependencyUnavailable unless the store answers."""
+        ...
+
+
+class BlobReader(Protocol):
+    """An open blob: stays readable until closed, even if the blob is deleted meanwhile."""
+
+    size: int
+
+    def chunks(self, start: int, length: int) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+class StagedBlob(Protocol):
+    """Bytes durably written to a temporary place, not yet visible under their hash."""
+
+    size: int
+
+    async def publish(self, sha256: Sha256) -> None:
+        """Make the bytes the blob `sha256` (atomic; replaces an identical existing blob)."""
+        ...
+
+    async def discard(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Content-addressed bytes."""
+
+    async def stage(self, chunks: AsyncIterator[bytes]) -> StagedBlob:
+        """Write every chunk to a temporary blob and make it durable; nothing is left on error."""
+        ...
+
+    async def open(self, sha256: Sha256) -> BlobReader | None: ...
+
+    async def delete(self, sha256: Sha256) -> None: ...
+
+    async def exists(self, sha256: Sha256) -> bool: ...
+
+    async def sweep(self, *, older_than_seconds: float) -> int:
+        """Remove temporary leftovers older than that; how many were removed."""
+        ...
+
+    async def check_writable(self) -> None:
+        """Raise DependencyUnavailable unless a blob could be written now."""
+        ...
+
+
+class Cache(Protocol):
+    """A best-effort byte cache: misses and outages are never errors."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None: ...
+
+    async def add(self, key: str, value: bytes, *, ttl_seconds: int) -> bool:
+        """Set `key` only if it holds nothing; whether it was set."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise DependencyUnavailable unless the cache answers."""
+        ...
+
+
+class Sniffer(Protocol):
+    """Tells a content type from the first bytes of a file, never from what a client claims."""
+
+    def sniff(self, head: bytes) -> ContentType: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware (UTC)."""
+        ...

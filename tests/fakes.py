@@ -1,0 +1,195 @@
+"""In-memory fakes of the ports: small working implementations, checked by the contract suites."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from filewallball.domain.models import (
+    ContentType,
+    Cursor,
+    FileId,
+    FileRecord,
+    ListQuery,
+    Page,
+    Sha256,
+    SortKey,
+)
+from filewallball.domain.ports import (
+    BlobReader,
+    BlobStore,
+    Clock,
+    FileRepository,
+    Sniffer,
+    StagedBlob,
+)
+
+
+class FakeFileRepository(FileRepository):
+    def __init__(self) -> None:
+        self.records: dict[FileId, FileRecord] = {}
+        self.refcounts: dict[Sha256, int] = {}
+        self._lock = asyncio.Lock()
+
+    async def add(self, record: FileRecord, *, publish: Callable[[], Awaitable[None]]) -> None:
+        async with self._lock:
+            await publish()
+            self.refcounts[record.sha256] = self.refcounts.get(record.sha256, 0) + 1
+            self.records[record.id] = record
+
+    async def get(self, file_id: FileId) -> FileRecord | None:
+        return self.records.get(file_id)
+
+    async def remove(self, file_id: FileId) -> FileRecord | None:
+        async with self._lock:
+            record = self.records.pop(file_id, None)
+            if record is not None:
+                self.refcounts[record.sha256] -= 1
+            return record
+
+    async def collect_blob(self, sha256: Sha256, *, delete: Callable[[], Awaitable[None]]) -> bool:
+        async with self._lock:
+            if self.refcounts.get(sha256, 0) != 0 or sha256 not in self.refcounts:
+                return False
+            await delete()
+            del self.refcounts[sha256]
+            return True
+
+    async def unreferenced_blobs(self) -> list[Sha256]:
+        return [sha for sha, count in self.refcounts.items() if count == 0]
+
+    async def list(self, query: ListQuery) -> Page[FileRecord]:
+        items = [r for r in self.records.values() if _matches(r, query)]
+        items.sort(key=lambda r: (_sort_value(r, query.sort), r.id), reverse=query.sort.descending)
+        if query.cursor is not None:
+            mark = (query.cursor.value, query.cursor.last_id)
+            if query.sort.descending:
+                items = [r for r in items if (_sort_value(r, query.sort), r.id) < mark]
+            else:
+                items = [r for r in items if (_sort_value(r, query.sort), r.id) > mark]
+        page = items[: query.limit]
+        next_cursor = None
+        if len(items) > query.limit:
+            last = page[-1]
+            next_cursor = Cursor(query.sort, _sort_value(last, query.sort), last.id)
+        return Page(items=page, next_cursor=next_cursor)
+
+    async def ping(self) -> None:
+        return None
+
+
+def _sort_value(record: FileRecord, sort: SortKey) -> str | int:
+    if sort.column == "size":
+        return int(record.size)
+    if sort.column == "filename":
+        return str(record.filename)
+    return record.created_at.astimezone(UTC).isoformat()
+
+
+def _matches(record: FileRecord, query: ListQuery) -> bool:
+    if query.content_type is not None and not record.content_type.matches(query.content_type):
+        return False
+    if query.name_contains is not None:
+        return query.name_contains.casefold() in record.filename.casefold()
+    return True
+
+
+@dataclass
+class FakeBlobReader(BlobReader):
+    data: bytes
+    size: int = 0
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.size = len(self.data)
+
+    async def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
+        view = self.data[start : start + length]
+        for offset in range(0, len(view), 7):
+            yield view[offset : offset + 7]
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeStagedBlob(StagedBlob):
+    store: FakeBlobStore
+    data: bytes
+    size: int = 0
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.size = len(self.data)
+
+    async def publish(self, sha256: Sha256) -> None:
+        self.store.blobs[sha256] = self.data
+        self.store.staged.discard(id(self))
+        self.done = True
+
+    async def discard(self) -> None:
+        self.store.staged.discard(id(self))
+        self.done = True
+
+
+@dataclass
+class FakeBlobStore(BlobStore):
+    blobs: dict[Sha256, bytes] = field(default_factory=dict)
+    staged: set[int] = field(default_factory=set)
+
+    async def stage(self, chunks: AsyncIterator[bytes]) -> StagedBlob:
+        data = bytearray()
+        async for chunk in chunks:
+            data += chunk
+        blob = FakeStagedBlob(self, bytes(data))
+        self.staged.add(id(blob))
+        return blob
+
+    async def open(self, sha256: Sha256) -> BlobReader | None:
+        data = self.blobs.get(sha256)
+        return None if data is None else FakeBlobReader(data)
+
+    async def delete(self, sha256: Sha256) -> None:
+        self.blobs.pop(sha256, None)
+
+    async def exists(self, sha256: Sha256) -> bool:
+        return sha256 in self.blobs
+
+    async def sweep(self, *, older_than_seconds: float) -> int:
+        return 0
+
+    async def check_writable(self) -> None:
+        return None
+
+
+class FakeSniffer(Sniffer):
+    """Knows PNG and JPEG by their magic numbers; UTF-8 is text; anything else is binary."""
+
+    def sniff(self, head: bytes) -> ContentType:
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            return ContentType("image/png")
+        if head.startswith(b"\xff\xd8\xff"):
+            return ContentType("image/jpeg")
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            return ContentType.OCTET_STREAM
+        return ContentType("text/plain")
+
+
+class FakeClock(Clock):
+    """A clock that moves one second each time it is read."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        self._now += timedelta(seconds=1)
+        return self._now
+
+
+async def stream(data: bytes, chunk_size: int = 1000) -> AsyncIterator[bytes]:
+    for offset in range(0, len(data), chunk_size):
+        yield data[offset : offset + chunk_size]
