@@ -170,19 +170,14 @@ class FileService:
     async def open(self, raw_id: str) -> tuple[FileRecord, BlobReader]:
         """The record and its bytes, opened: reads go on even if the file is deleted meanwhile."""
         record = await self.get(raw_id)
-        reader = await self._blobs.open(record.sha256)
-        if reader is None:
-            # The file was deleted between reading the record and opening the bytes.
-            await self._cache.delete(_cache_key(record.id))
-            raise FileNotFound(f"no file {raw_id!r}")
-        return record, reader
+        return record, await self.open_record(record)
 
     async def preview(self, raw_id: str) -> Preview:
         """The start of a text file as text: at most `preview_max_bytes` of it."""
         record = await self.get(raw_id)
         if not record.previewable:
             raise NotPreviewable(f"files of type {record.content_type} have no text preview")
-        record, reader = await self.open(raw_id)
+        reader = await self.open_record(record)
         try:
             wanted = min(record.size, self._preview_max_bytes)
             data = b"".join([chunk async for chunk in reader.chunks(0, wanted)])
@@ -192,6 +187,15 @@ class FileService:
         # A cut may split a multi-byte character: the incremental decoder holds it back.
         text = codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=not truncated)
         return Preview(record=record, text=text, truncated=truncated)
+
+    async def open_record(self, record: FileRecord) -> BlobReader:
+        """The bytes of a record already read; FileNotFound if it was deleted meanwhile."""
+        reader = await self._blobs.open(record.sha256)
+        if reader is None:
+            # The file was deleted between reading the record and opening the bytes.
+            await self._cache.delete(_cache_key(record.id))
+            raise FileNotFound(f"no file {record.id!r}")
+        return reader
 
     async def list(self, query: ListQuery) -> Page[FileRecord]:
         return await self._files.list(query)

@@ -1,0 +1,260 @@
+"""Content-addressed blobs on a local filesystem: temp file, fsync, atomic rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+import anyio
+import anyio.to_thread
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
+
+from filewallball.domain.errors import DependencyUnavailable, StorageFull
+from filewallball.domain.models import Sha256
+from filewallball.domain.ports import BlobReader, BlobStore, StagedBlob
+
+# Small chunks (a multipart parser yields a few KiB at a time) are gathered into ~1 MiB writes:
+# far fewer thread hops, and memory stays bounded by this plus one incoming chunk.
+WRITE_BUFFER_BYTES = 1024 * 1024
+READ_CHUNK_BYTES = 256 * 1024
+TEMP_DIR = ".tmp"
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Turn filesystem errors into domain errors: full → StorageFull, else unavailable."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in _FULL:
+            raise StorageFull("the blob storage is full") from error
+        raise DependencyUnavailable("blob storage", f"blob storage failed: {error}") from error
+
+
+def _blob_path(root: Path, sha256: Sha256) -> Path:
+    # Re-validating keeps any string that is not 64 lowercase hex digits out of the path.
+    digest = Sha256(sha256)
+    return root / digest[:2] / digest[2:4] / digest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(temp: Path, final: Path, root: Path) -> None:
+    fanout = final.parent
+    fresh = not fanout.is_dir()
+    fanout.mkdir(parents=True, exist_ok=True)
+    os.replace(temp, final)
+    _fsync_dir(fanout)
+    if fresh:
+        # New fan-out folders must be durable too, or the renamed blob could vanish with them.
+        _fsync_dir(fanout.parent)
+        _fsync_dir(root)
+
+
+async def _remove_quietly(path: Path) -> None:
+    # Shielded: a cancelled upload must still clean up; a failure here is left to `sweep`.
+    with anyio.CancelScope(shield=True), suppress(OSError):
+        await aiofiles.os.remove(path)
+
+
+class DiskStagedBlob(StagedBlob):
+    """A fsynced temp file under `<root>/.tmp`, waiting to be renamed onto its hash."""
+
+    def __init__(self, *, root: Path, temp: Path, size: int) -> None:
+        self._root = root
+        self._temp = temp
+        self.size = size
+        self._done = False
+        self._published: Sha256 | None = None
+
+    async def publish(self, sha256: Sha256) -> None:
+        """Rename onto `<root>/ab/cd/<sha>` and fsync the folder; again with the same sha: no-op."""
+        final = _blob_path(self._root, sha256)
+        if self._published == sha256:
+            return
+        if self._done:
+            raise RuntimeError("this staged blob was already published or discarded")
+        with _storage_errors():
+            await anyio.to_thread.run_sync(_publish, self._temp, final, self._root)
+        self._done = True
+        self._published = sha256
+
+    async def discard(self) -> None:
+        """Remove the temp file unless published; safe to call more than once."""
+        if not self._done:
+            self._done = True
+            await _remove_quietly(self._temp)
+
+
+class DiskBlobReader(BlobReader):
+    """An open file descriptor: POSIX keeps its bytes readable after the blob is unlinked."""
+
+    def __init__(self, *, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size
+
+    async def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
+        """The bytes `start .. start+length`, cut at the end of the blob, 256 KiB at a time."""
+        if start < 0 or length < 0:
+            raise ValueError(f"not a byte range: start={start}, length={length}")
+        offset, end = start, min(start + length, self.size)
+        while offset < end:
+            # Checked before every read: a closed fd number may already belong to another file.
+            if self._fd < 0:
+                raise RuntimeError("the blob reader is closed")
+            with _storage_errors():
+                piece = await anyio.to_thread.run_sync(
+                    os.pread, self._fd, min(READ_CHUNK_BYTES, end - offset), offset
+                )
+            if not piece:
+                return
+            offset += len(piece)
+            yield piece
+
+    async def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            with suppress(OSError):
+                await anyio.to_thread.run_sync(os.close, fd)
+
+
+class DiskBlobStore(BlobStore):
+    """Blobs at `<root>/ab/cd/<sha256>`, staged in `<root>/.tmp` on the same filesystem."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._tmp = root / TEMP_DIR
+
+    async def stage(self, chunks: AsyncIterator[bytes]) -> StagedBlob:
+        """Write and fsync a temp file; on any error it is removed and the error re-raised as is."""
+        temp = self._tmp / secrets.token_hex(16)
+        with _storage_errors():
+            await aiofiles.os.makedirs(self._tmp, exist_ok=True)
+            handle = await aiofiles.open(temp, "xb")
+        try:
+            size = await _write_all(handle, chunks)
+            with _storage_errors():
+                await handle.close()
+        except BaseException:
+            # A failure to close must not hide the error that got us here.
+            with anyio.CancelScope(shield=True), suppress(OSError):
+                await handle.close()
+            await _remove_quietly(temp)
+            raise
+        return DiskStagedBlob(root=self._root, temp=temp, size=size)
+
+    async def open(self, sha256: Sha256) -> BlobReader | None:
+        """The blob opened now, or None when there is no such blob."""
+        path = _blob_path(self._root, sha256)
+        with _storage_errors():
+            opened = await anyio.to_thread.run_sync(_open, path)
+        if opened is None:
+            return None
+        fd, size = opened
+        return DiskBlobReader(fd=fd, size=size)
+
+    async def delete(self, sha256: Sha256) -> None:
+        """Unlink the blob (a missing one is fine); open readers keep reading."""
+        # Empty fan-out folders stay: removing them would race with a publish creating them.
+        path = _blob_path(self._root, sha256)
+        with _storage_errors(), suppress(FileNotFoundError):
+            await aiofiles.os.remove(path)
+
+    async def exists(self, sha256: Sha256) -> bool:
+        path = _blob_path(self._root, sha256)
+        with _storage_errors():
+            try:
+                await aiofiles.os.stat(path)
+            except FileNotFoundError:
+                return False
+        return True
+
+    async def sweep(self, *, older_than_seconds: float) -> int:
+        """Remove temp files not modified for that long; an upload in progress keeps its fresh."""
+        with _storage_errors():
+            return await anyio.to_thread.run_sync(_sweep, self._tmp, older_than_seconds)
+
+    async def check_writable(self) -> None:
+        """Write, fsync and remove a probe file; DependencyUnavailable (even when full) if not."""
+        try:
+            await anyio.to_thread.run_sync(_probe, self._tmp)
+        except OSError as error:
+            raise DependencyUnavailable(
+                "blob storage", f"blob storage is not writable: {error}"
+            ) from error
+
+
+async def _write_all(handle: AsyncBufferedIOBase, chunks: AsyncIterator[bytes]) -> int:
+    """Copy every chunk to `handle`, then flush and fsync it; the byte count.
+
+    Only the writes are wrapped into domain errors: whatever the caller's iterator raises
+    (FileTooLarge, TypeNotAllowed, a client disconnect) must reach the caller unchanged.
+    """
+    size = 0
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        if len(buffer) >= WRITE_BUFFER_BYTES:
+            with _storage_errors():
+                await handle.write(buffer)
+            size += len(buffer)
+            buffer.clear()
+    with _storage_errors():
+        await handle.write(buffer)
+        await handle.flush()
+        await anyio.to_thread.run_sync(os.fsync, handle.fileno())
+    return size + len(buffer)
+
+
+def _open(path: Path) -> tuple[int, int] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return fd, os.fstat(fd).st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _sweep(tmp: Path, older_than_seconds: float) -> int:
+    cutoff = time.time() - older_than_seconds
+    try:
+        entries = list(os.scandir(tmp))
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for entry in entries:
+        # Vanished meanwhile: its upload finished or was discarded; not ours to count.
+        with suppress(FileNotFoundError):
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+def _probe(tmp: Path) -> None:
+    tmp.mkdir(parents=True, exist_ok=True)
+    probe = tmp / f"probe-{secrets.token_hex(8)}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"ok")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)

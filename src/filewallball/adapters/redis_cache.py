@@ -1,0 +1,98 @@
+"""A Redis cache that degrades to a miss, never to an error, when Redis is down."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from filewallball.domain.errors import DependencyUnavailable
+from filewallball.domain.ports import Cache
+
+T = TypeVar("T")
+
+# OSError covers the builtin ConnectionError and TimeoutError a socket may raise directly.
+_FAILURES = (RedisError, OSError)
+_log = structlog.get_logger()
+
+
+def create_redis(url: str, *, timeout_seconds: float = 0.5) -> redis.asyncio.Redis:
+    """A client that gives up quickly: an outage costs a request half a second, not a hang."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        # redis-py retries 3 times with backoff by default; RedisCache's breaker decides instead.
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+class RedisCache(Cache):
+    """Keys under `prefix`; after a failure, Redis is skipped for `cooldown_seconds`."""
+
+    def __init__(
+        self, client: redis.asyncio.Redis, *, prefix: str, cooldown_seconds: float = 5.0
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._cooldown = cooldown_seconds
+        self._skip_until = 0.0
+        # Operations answered without Redis (skipped during a cooldown, or failed), for metrics.
+        self.bypassed = 0
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._guarded("get", lambda: self._client.get(self._prefix + key), None)
+        # The client is made without decode_responses, so a hit is bytes.
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None:
+        await self._guarded(
+            "set", lambda: self._client.set(self._prefix + key, value, ex=ttl_seconds), None
+        )
+
+    async def add(self, key: str, value: bytes, *, ttl_seconds: int) -> bool:
+        stored = await self._guarded(
+            "add",
+            lambda: self._client.set(self._prefix + key, value, ex=ttl_seconds, nx=True),
+            None,
+        )
+        return bool(stored)
+
+    async def delete(self, key: str) -> None:
+        await self._guarded("delete", lambda: self._client.delete(self._prefix + key), None)
+
+    async def ping(self) -> None:
+        """Always asks Redis (the breaker does not apply); its answer also resets the breaker."""
+        try:
+            await self._client.ping()
+        except _FAILURES as error:
+            self._trip()
+            raise DependencyUnavailable("redis", f"redis is unavailable: {error}") from error
+        self._skip_until = 0.0
+
+    async def _guarded(self, operation: str, call: Callable[[], Awaitable[T]], fallback: T) -> T:
+        if time.monotonic() < self._skip_until:
+            self.bypassed += 1
+            return fallback
+        try:
+            return await call()
+        except _FAILURES as error:
+            self.bypassed += 1
+            self._trip()
+            # Logged once per cooldown at most: skipped calls are only counted.
+            _log.warning(
+                "cache_unavailable",
+                operation=operation,
+                error=str(error),
+                error_type=type(error).__name__,
+            )
+            return fallback
+
+    def _trip(self) -> None:
+        self._skip_until = time.monotonic() + self._cooldown

@@ -1,0 +1,396 @@
+"""SQL adapter: file records and blob reference counts on PostgreSQL (asyncpg) or SQLite."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from filewallball.domain.errors import DependencyUnavailable, InvalidRequest
+from filewallball.domain.models import (
+    ByteSize,
+    ContentType,
+    Cursor,
+    FileId,
+    Filename,
+    FileRecord,
+    ListQuery,
+    Page,
+    ScanStatus,
+    Sha256,
+    SortKey,
+    ThumbnailStatus,
+    Visibility,
+)
+from filewallball.domain.ports import FileRepository
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+CONNECT_TIMEOUT_SECONDS = 5.0
+COMMAND_TIMEOUT_SECONDS = 30.0
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# asyncio.TimeoutError is TimeoutError (an OSError) since Python 3.11.
+_DRIVER_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+_LIKE_ESCAPE = "\\"
+# Alembic keeps the running migration's context in module globals: one upgrade per process.
+_UPGRADE_IN_PROCESS = threading.Lock()
+
+metadata = sa.MetaData()
+
+# Mirrors migrations/versions; the migrations, not this metadata, create the schema.
+# Ids and filenames use the "C" collation on PostgreSQL so they sort bytewise, like SQLite and
+# Python strings: a cursor then means the same position whatever the database's locale.
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column(
+        "id",
+        sa.String(32).with_variant(postgresql.VARCHAR(32, collation="C"), "postgresql"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "filename",
+        sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql"),
+        nullable=False,
+    ),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("content_type", sa.String(255), nullable=False),
+    sa.Column("sha256", sa.String(64), sa.ForeignKey("blobs.sha256"), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("visibility", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(128), nullable=True),
+    sa.Column("scan_status", sa.String(16), nullable=False),
+    sa.Column("thumbnail_status", sa.String(16), nullable=False),
+    sa.Index("ix_files_sha256", "sha256"),
+    sa.Index("ix_files_created_at_id", "created_at", "id"),
+    sa.Index("ix_files_size_id", "size", "id"),
+    sa.Index("ix_files_filename_id", "filename", "id"),
+    sa.Index("ix_files_content_type", "content_type"),
+)
+
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("refcount", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("refcount >= 0", name="ck_blobs_refcount_non_negative"),
+)
+
+
+def create_engine(
+    url: str, *, command_timeout: float | None = COMMAND_TIMEOUT_SECONDS
+) -> AsyncEngine:
+    """An engine for `url` (sqlite+aiosqlite or postgresql+asyncpg) that fails fast when down."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url)
+        sa.event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if parsed.get_driver_name() == "asyncpg":
+        connect_args["timeout"] = CONNECT_TIMEOUT_SECONDS
+        connect_args["command_timeout"] = command_timeout
+    # pre_ping replaces connections that died with a database restart, so the service recovers
+    # on its own once the database is back.
+    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def upgrade(url: str) -> None:
+    """Migrate the database at `url` to the latest schema. Blocking: run it off the event loop."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["url"] = url  # not a main option: ConfigParser would mangle "%" in it
+    with _UPGRADE_IN_PROCESS, _migration_lock(url):
+        command.upgrade(config, "head")
+
+
+class SqlFileRepository(FileRepository):
+    """File records and blob reference counts in SQL; driver failures are DependencyUnavailable."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        if engine.dialect.name not in ("postgresql", "sqlite"):
+            raise ValueError(f"unsupported database: {engine.dialect.name}")
+        self._engine = engine
+        self._postgresql = engine.dialect.name == "postgresql"
+
+    async def add(self, record: FileRecord, *, publish: Callable[[], Awaitable[None]]) -> None:
+        row = _to_row(record)
+        async with self._transaction() as tx:
+            # Write the reference first: that takes the blob row's lock (PostgreSQL) or the
+            # database's write lock (SQLite), so a collect_blob of this content waits for us.
+            await tx.execute(self._reference(record.sha256, row["created_at"]))
+            await tx.call(publish)
+            await tx.execute(files.insert().values(row))
+
+    async def get(self, file_id: FileId) -> FileRecord | None:
+        async with self._transaction() as tx:
+            row = (await tx.execute(files.select().where(files.c.id == file_id))).one_or_none()
+        return None if row is None else _to_record(row)
+
+    async def remove(self, file_id: FileId) -> FileRecord | None:
+        async with self._transaction() as tx:
+            deleted = files.delete().where(files.c.id == file_id).returning(*files.c)
+            row = (await tx.execute(deleted)).one_or_none()
+            if row is None:
+                return None
+            # The blob row stays at zero: collect_blob deletes it together with the bytes.
+            release = blobs.update().where(blobs.c.sha256 == row.sha256)
+            await tx.execute(release.values(refcount=blobs.c.refcount - 1))
+        return _to_record(row)
+
+    async def collect_blob(self, sha256: Sha256, *, delete: Callable[[], Awaitable[None]]) -> bool:
+        async with self._transaction() as tx:
+            # Deleting first locks the row, so an `add` of the same content waits until the bytes
+            # are gone and then writes them again, instead of referencing bytes being deleted.
+            unreferenced = (blobs.c.sha256 == sha256) & (blobs.c.refcount == 0)
+            if (await tx.execute(blobs.delete().where(unreferenced))).rowcount == 0:
+                return False
+            await tx.call(delete)
+        return True
+
+    async def unreferenced_blobs(self) -> list[Sha256]:
+        query = sa.select(blobs.c.sha256).where(blobs.c.refcount == 0).order_by(blobs.c.sha256)
+        async with self._transaction() as tx:
+            return [Sha256(sha) for sha in (await tx.execute(query)).scalars()]
+
+    async def list(self, query: ListQuery) -> Page[FileRecord]:
+        statement = _select(query, on_postgresql=self._postgresql)
+        if statement is None:
+            return Page(items=[])
+        async with self._transaction() as tx:
+            rows = (await tx.execute(statement)).all()
+        items = [_to_record(row) for row in rows[: query.limit]]
+        next_cursor = None
+        if len(rows) > query.limit:
+            last = items[-1]
+            next_cursor = Cursor(query.sort, _sort_value(last, query.sort), last.id)
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def ping(self) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(sa.text("SELECT 1"))
+
+    def _reference(self, sha256: Sha256, created_at: datetime) -> sa.Executable:
+        """Insert the blob row with one reference, or add one to an existing row."""
+        values = {"sha256": str(sha256), "refcount": 1, "created_at": created_at}
+        increment = {"refcount": blobs.c.refcount + 1}
+        if self._postgresql:
+            pg = postgresql.insert(blobs).values(values)
+            return pg.on_conflict_do_update(index_elements=[blobs.c.sha256], set_=increment)
+        lite = sqlite.insert(blobs).values(values)
+        return lite.on_conflict_do_update(index_elements=[blobs.c.sha256], set_=increment)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Transaction]:
+        """One committed transaction; driver failures become DependencyUnavailable."""
+        tx: _Transaction | None = None
+        try:
+            async with self._engine.begin() as connection:
+                tx = _Transaction(connection)
+                yield tx
+        except _DRIVER_ERRORS as error:
+            if tx is not None and error is tx.callback_error:
+                raise
+            raise DependencyUnavailable("database") from error
+
+
+@dataclass
+class _Transaction:
+    connection: AsyncConnection
+    callback_error: BaseException | None = None
+
+    async def execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
+        return await self.connection.execute(statement)
+
+    async def call(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run the caller's callback; what it raises reaches the caller unchanged (and rolls back)."""
+        try:
+            await callback()
+        except BaseException as error:
+            self.callback_error = error
+            raise
+
+
+def _select(query: ListQuery, *, on_postgresql: bool) -> sa.Select[Any] | None:
+    """The page's statement (one row more than the limit), or None when nothing can match."""
+    conditions = _filters(query, on_postgresql=on_postgresql)
+    if conditions is None:
+        return None
+    column, descending = files.c[query.sort.column], query.sort.descending
+    if query.cursor is not None:
+        key = sa.tuple_(column, files.c.id)
+        mark = sa.tuple_(
+            sa.literal(_cursor_bound(query.cursor), column.type),
+            sa.literal(str(query.cursor.last_id), files.c.id.type),
+        )
+        conditions.append(key < mark if descending else key > mark)
+    order = [c.desc() if descending else c.asc() for c in (column, files.c.id)]
+    return sa.select(files).where(*conditions).order_by(*order).limit(query.limit + 1)
+
+
+def _filters(query: ListQuery, *, on_postgresql: bool) -> list[sa.ColumnElement[bool]] | None:
+    """The content type and name conditions; None when no stored file can match them."""
+    conditions: list[sa.ColumnElement[bool]] = []
+    if query.content_type is not None:
+        pattern = query.content_type.strip().lower()
+        if not _storable(pattern):
+            return None
+        if pattern.endswith("/*") and pattern != "*/*":
+            prefix = pattern[:-1]
+            conditions.append(files.c.content_type.startswith(prefix, autoescape=True))
+        elif pattern != "*/*":
+            conditions.append(files.c.content_type == pattern)
+    if query.name_contains is not None:
+        if not _storable(query.name_contains):
+            return None
+        like = _fold(sa.literal("%" + _escape_like(query.name_contains) + "%"), on_postgresql)
+        conditions.append(_fold(files.c.filename, on_postgresql).like(like, escape=_LIKE_ESCAPE))
+    return conditions
+
+
+def _fold(text: sa.ColumnElement[Any], on_postgresql: bool) -> sa.ColumnElement[str]:
+    """`text` case-folded beyond ASCII (SQLite's own lower() only folds ASCII)."""
+    if on_postgresql:
+        # Under the column's "C" collation lower() would fold ASCII only.
+        return sa.func.lower(text.collate("default"))
+    return sa.func.fwb_casefold(text, type_=sa.Text)
+
+
+def _to_row(record: FileRecord) -> dict[str, Any]:
+    return {
+        "id": str(record.id),
+        "filename": str(record.filename),
+        "size": int(record.size),
+        "content_type": str(record.content_type),
+        "sha256": str(record.sha256),
+        "created_at": _utc(record.created_at),
+        "visibility": record.visibility.value,
+        "owner": record.owner,
+        "scan_status": record.scan_status.value,
+        "thumbnail_status": record.thumbnail_status.value,
+    }
+
+
+def _to_record(row: sa.Row[Any]) -> FileRecord:
+    return FileRecord(
+        id=FileId(row.id),
+        filename=Filename(row.filename),
+        size=ByteSize(row.size),
+        content_type=ContentType(row.content_type),
+        sha256=Sha256(row.sha256),
+        created_at=_utc(row.created_at),
+        visibility=Visibility(row.visibility),
+        owner=row.owner,
+        scan_status=ScanStatus(row.scan_status),
+        thumbnail_status=ThumbnailStatus(row.thumbnail_status),
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive one already is (SQLite stores UTC and returns naive values)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _sort_value(record: FileRecord, sort: SortKey) -> str | int:
+    """The cursor value of `record`: the same as the in-memory fake's, so cursors agree."""
+    if sort.column == "size":
+        return int(record.size)
+    if sort.column == "filename":
+        return str(record.filename)
+    return record.created_at.astimezone(UTC).isoformat()
+
+
+def _cursor_bound(cursor: Cursor) -> int | str | datetime:
+    """The cursor's value as its column's type, or InvalidRequest (a cursor can be forged)."""
+    value = cursor.value
+    if cursor.sort.column == "size":
+        if isinstance(value, int) and -(2**63) <= value < 2**63:
+            return value
+    elif isinstance(value, str) and _storable(value):
+        if cursor.sort.column == "filename":
+            return value
+        with contextlib.suppress(ValueError):
+            return _utc(datetime.fromisoformat(value))
+    raise InvalidRequest("the cursor is not valid", code="invalid_cursor")
+
+
+def _storable(text: str) -> bool:
+    """Whether a database can take `text` (no NUL, valid UTF-8); stored names always are."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def _escape_like(text: str) -> str:
+    return (
+        text.replace(_LIKE_ESCAPE, _LIKE_ESCAPE * 2)
+        .replace("%", _LIKE_ESCAPE + "%")
+        .replace("_", _LIKE_ESCAPE + "_")
+    )
+
+
+def _casefold(value: object) -> object:
+    return value.casefold() if isinstance(value, str) else value
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    """Per connection: wait for locks instead of failing, WAL, foreign keys, casefold()."""
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL itself may have to wait for another connection.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+    dbapi_connection.create_function("fwb_casefold", 1, _casefold, deterministic=True)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for an in-memory database."""
+    database = sa.make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+@contextlib.contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    """Serialise migrations of one SQLite file across processes and threads.
+
+    PostgreSQL needs no file: env.py takes an advisory lock in the migration's transaction.
+    """
+    path = _sqlite_path(url) if sa.make_url(url).get_backend_name() == "sqlite" else None
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # flock, not lockf: flock locks belong to the open file, so threads of one process exclude
+    # each other too. The file is never deleted: deleting it would let two holders coexist.
+    fd = os.open(f"{path}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -1,0 +1,90 @@
+"""Responses that stream a blob: whole, one range, or multipart/byteranges; the fd closed always."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from filewallball.domain.models import ByteRange
+from filewallball.domain.ports import BlobReader
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A piece of the response body: literal bytes or a range of the blob."""
+
+    literal: bytes = b""
+    blob_range: ByteRange | None = None
+
+    @property
+    def length(self) -> int:
+        return self.blob_range.length if self.blob_range else len(self.literal)
+
+
+class BlobResponse(Response):
+    """A response that sends its segments from an open blob and always closes it."""
+
+    def __init__(
+        self,
+        *,
+        reader: BlobReader | None,
+        status: int,
+        headers: dict[str, str],
+        segments: list[Segment],
+        send_body: bool = True,
+    ) -> None:
+        length = str(sum(s.length for s in segments))
+        super().__init__(status_code=status, headers={**headers, "content-length": length})
+        self.reader = reader
+        self.segments = segments
+        self.send_body = send_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            if self.send_body:
+                await self._send_segments(send)
+            await send({"type": "http.response.body", "body": b""})
+        except OSError:
+            return  # the client went away; nothing more to send
+        finally:
+            if self.reader is not None:
+                await self.reader.close()
+
+    async def _send_segments(self, send: Send) -> None:
+        for segment in self.segments:
+            if segment.blob_range is None:
+                await send(
+                    {"type": "http.response.body", "body": segment.literal, "more_body": True}
+                )
+                continue
+            assert self.reader is not None
+            rng = segment.blob_range
+            async for chunk in self.reader.chunks(rng.start, rng.length):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+def byteranges(
+    ranges: list[ByteRange], *, size: int, content_type: str
+) -> tuple[str, list[Segment]]:
+    """The multipart/byteranges content type and body segments for several ranges."""
+    boundary = secrets.token_hex(16)
+    segments: list[Segment] = []
+    for index, rng in enumerate(ranges):
+        lead = b"\r\n" if index else b""
+        head = (
+            f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Range: bytes {rng.start}-{rng.end}/{size}\r\n\r\n"
+        ).encode()
+        segments += [Segment(literal=lead + head), Segment(blob_range=rng)]
+    segments.append(Segment(literal=f"\r\n--{boundary}--\r\n".encode()))
+    return f"multipart/byteranges; boundary={boundary}", segments

@@ -1,0 +1,151 @@
+"""Serve a file's bytes (download, with RFC 9110 ranges and conditions) and its text preview."""
+
+from __future__ import annotations
+
+import base64
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request, Response
+
+from filewallball.domain.models import ByteRange, FileRecord
+from filewallball.entrypoints.http.conditional import (
+    Precondition,
+    Unsatisfiable,
+    Validators,
+    evaluate,
+    if_range_allows,
+    parse_ranges,
+)
+from filewallball.entrypoints.http.deps import Files
+from filewallball.entrypoints.http.errors import PROBLEM_JSON, HttpProblem
+from filewallball.entrypoints.http.responses import BlobResponse, Segment, byteranges
+from filewallball.entrypoints.http.schemas import Problem
+
+router = APIRouter(tags=["content"])
+
+# Uploaded bytes are never run by a browser: no sniffing, and a sandbox for whatever renders.
+_CONTENT_SAFETY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+
+_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "The whole file"},
+    206: {"description": "One range, or multipart/byteranges for several"},
+    304: {"description": "Not modified (If-None-Match / If-Modified-Since)"},
+    412: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+    416: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+    404: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+}
+
+
+def content_disposition(disposition: str, filename: str) -> str:
+    """RFC 6266: an ASCII fallback plus the exact name as RFC 8187 `filename*`."""
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%' else "_" for c in filename)
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _representation_headers(record: FileRecord) -> dict[str, str]:
+    digest = base64.b64encode(bytes.fromhex(record.sha256)).decode()
+    return {
+        "ETag": record.etag,
+        "Last-Modified": format_datetime(record.last_modified, usegmt=True),
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, no-cache",
+        "Repr-Digest": f"sha-256=:{digest}:",
+        **_CONTENT_SAFETY,
+    }
+
+
+def _precondition(request: Request, record: FileRecord) -> Precondition:
+    headers = request.headers
+    return evaluate(
+        method=request.method,
+        validators=Validators(record.etag, record.last_modified),
+        if_match=headers.get("if-match"),
+        if_none_match=headers.get("if-none-match"),
+        if_modified_since=headers.get("if-modified-since"),
+        if_unmodified_since=headers.get("if-unmodified-since"),
+    )
+
+
+def _ranges(request: Request, record: FileRecord) -> list[ByteRange] | None:
+    header = request.headers.get("range")
+    validators = Validators(record.etag, record.last_modified)
+    if header is None or not if_range_allows(request.headers.get("if-range"), validators):
+        return None
+    try:
+        return parse_ranges(header, record.size)
+    except Unsatisfiable:
+        raise HttpProblem(
+            416,
+            "range_not_satisfiable",
+            f"no requested range lies within the file's {record.size} bytes",
+            headers={"Content-Range": f"bytes */{record.size}", **_CONTENT_SAFETY},
+        ) from None
+
+
+@router.head(
+    "/download/{file_id}",
+    operation_id="download_head",
+    responses=_DOWNLOAD_RESPONSES,
+    response_class=Response,
+    summary="A download's headers, without the bytes",
+)
+@router.get(
+    "/download/{file_id}",
+    operation_id="download",
+    responses=_DOWNLOAD_RESPONSES,
+    response_class=Response,
+    summary="Download a file's bytes",
+)
+async def download(file_id: str, request: Request, service: Files) -> Any:
+    head = request.method == "HEAD"
+    record = await service.get(file_id)
+    headers = _representation_headers(record)
+    decision = _precondition(request, record)
+    if decision is Precondition.NOT_MODIFIED:
+        return Response(status_code=304, headers=headers)
+    if decision is Precondition.FAILED:
+        raise HttpProblem(412, "precondition_failed", "a precondition of the request is false")
+    ranges = _ranges(request, record)
+    headers["Content-Disposition"] = content_disposition("attachment", record.filename)
+    content_type = str(record.content_type)
+    if ranges is None:
+        status = 200
+        segments = [Segment(blob_range=ByteRange(0, record.size - 1))] if record.size else []
+        headers["Content-Digest"] = headers["Repr-Digest"]
+    elif len(ranges) == 1:
+        status, rng = 206, ranges[0]
+        segments = [Segment(blob_range=rng)]
+        headers["Content-Range"] = f"bytes {rng.start}-{rng.end}/{record.size}"
+    else:
+        status = 206
+        content_type, segments = byteranges(ranges, size=record.size, content_type=content_type)
+    headers["Content-Type"] = content_type
+    reader = None if head else await service.open_record(record)
+    return BlobResponse(
+        reader=reader, status=status, headers=headers, segments=segments, send_body=not head
+    )
+
+
+@router.get(
+    "/view/{file_id}",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "The start of the file as UTF-8 text"},
+        404: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+        415: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+    },
+    summary="Preview a text file",
+)
+async def view(file_id: str, service: Files) -> Response:
+    preview = await service.preview(file_id)
+    headers = {
+        "ETag": preview.record.etag,
+        "Cache-Control": "private, no-cache",
+        "Content-Disposition": content_disposition("inline", preview.record.filename),
+        **_CONTENT_SAFETY,
+    }
+    if preview.truncated:
+        headers["X-Preview-Truncated"] = "true"
+    return Response(preview.text, media_type="text/plain; charset=utf-8", headers=headers)

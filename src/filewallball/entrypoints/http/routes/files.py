@@ -1,0 +1,145 @@
+"""Upload, read, list and delete file records."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.convertors import StringConvertor, register_url_convertor
+
+from filewallball.domain.errors import InvalidRequest
+from filewallball.domain.models import (
+    MAX_PAGE_SIZE,
+    Cursor,
+    ListQuery,
+    SortKey,
+    validate_type_pattern,
+)
+from filewallball.entrypoints.http.deps import BaseUrl, Files
+from filewallball.entrypoints.http.errors import PROBLEM_JSON
+from filewallball.entrypoints.http.schemas import FileList, FileOut, Problem
+from filewallball.entrypoints.http.uploads import MultipartUpload, raw_upload
+
+router = APIRouter(tags=["files"])
+
+
+class _AnyNameConvertor(StringConvertor):
+    """A path segment or more, control characters included: names are sanitised, not routed."""
+
+    regex = "(?s:.+)"
+
+
+register_url_convertor("anyname", _AnyNameConvertor())
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": Problem, "content": {PROBLEM_JSON: {}}} for s in statuses}
+
+
+_MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "visibility": {"type": "string", "enum": ["private", "public"]},
+                    },
+                }
+            }
+        },
+    }
+}
+_RAW_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def _created(record_out: FileOut) -> JSONResponse:
+    return JSONResponse(
+        record_out.model_dump(mode="json"),
+        status_code=201,
+        headers={"Location": f"/files/{record_out.id}"},
+    )
+
+
+@router.post(
+    "/upload",
+    status_code=201,
+    response_model=FileOut,
+    openapi_extra=_MULTIPART_BODY,
+    responses=_problems(400, 413, 415, 503, 507),
+    summary="Upload a file (multipart/form-data, field `file`)",
+)
+async def upload(request: Request, service: Files, base: BaseUrl) -> JSONResponse:
+    form = MultipartUpload(request, max_file_bytes=service.max_upload_bytes)
+    record = await service.upload(await form.start())
+    return _created(FileOut.of(record, base))
+
+
+@router.put(
+    "/upload/{filename:anyname}",
+    status_code=201,
+    response_model=FileOut,
+    openapi_extra=_RAW_BODY,
+    responses=_problems(400, 413, 415, 503, 507),
+    summary="Upload the raw request body as a file (curl --upload-file)",
+)
+async def upload_raw(
+    filename: str,
+    request: Request,
+    service: Files,
+    base: BaseUrl,
+    visibility: Annotated[str | None, Query(pattern="^(private|public)$")] = None,
+) -> JSONResponse:
+    record = await service.upload(raw_upload(request, filename=filename, visibility=visibility))
+    return _created(FileOut.of(record, base))
+
+
+@router.get("/files/{file_id}", response_model=FileOut, responses=_problems(404, 503))
+async def get_file(file_id: str, service: Files, base: BaseUrl) -> FileOut:
+    return FileOut.of(await service.get(file_id), base)
+
+
+@router.get("/files", response_model=FileList, responses=_problems(400, 503))
+async def list_files(
+    service: Files,
+    base: BaseUrl,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    content_type: Annotated[
+        str | None, Query(max_length=255, description="`image/png` or `image/*`")
+    ] = None,
+    q: Annotated[str | None, Query(max_length=255, description="name contains")] = None,
+    sort: SortKey = SortKey.CREATED_AT_DESC,
+) -> FileList:
+    if content_type is not None:
+        try:
+            content_type = validate_type_pattern(content_type)
+        except ValueError as error:
+            raise InvalidRequest(str(error), code="invalid_content_type") from error
+    query = ListQuery(
+        limit=limit,
+        sort=sort,
+        cursor=Cursor.decode(cursor) if cursor else None,
+        content_type=content_type,
+        name_contains=q or None,
+    )
+    page = await service.list(query)
+    return FileList(
+        items=[FileOut.of(record, base) for record in page.items],
+        next_cursor=page.next_cursor.encode() if page.next_cursor else None,
+    )
+
+
+@router.delete("/files/{file_id}", status_code=204, responses=_problems(404, 503))
+async def delete_file(file_id: str, service: Files) -> Response:
+    await service.delete(file_id)
+    return Response(status_code=204)

@@ -1,0 +1,63 @@
+"""Kubernetes probes: liveness without dependencies, readiness with each dependency's state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from filewallball.domain.errors import FileWallBallError
+from filewallball.entrypoints.http.deps import container
+from filewallball.entrypoints.http.errors import PROBLEM_JSON, request_id_of
+from filewallball.entrypoints.http.schemas import Check, Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+async def _check(probe: Callable[[], Awaitable[None]], *, required: bool) -> Check:
+    started = time.perf_counter()
+    status, detail = "ok", None
+    try:
+        await asyncio.wait_for(probe(), CHECK_TIMEOUT_SECONDS)
+    except (FileWallBallError, TimeoutError, OSError) as error:
+        status, detail = "failing", str(error) or type(error).__name__
+    latency = round((time.perf_counter() - started) * 1000, 3)
+    return Check(status=status, required=required, latency_ms=latency, detail=detail)
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(request: Request) -> JSONResponse:
+    root = container(request)
+    probes: dict[str, tuple[Callable[[], Awaitable[None]], bool]] = {
+        "database": (root.files().ping, True),
+        "blob_storage": (root.blobs().check_writable, True),
+    }
+    if root.settings().redis_url:
+        # The service serves from the database while Redis is down: degraded, still ready.
+        probes["redis"] = (root.cache().ping, False)
+    results = await asyncio.gather(*(_check(p, required=r) for p, r in probes.values()))
+    checks = dict(zip(probes, results, strict=True))
+    failing_required = any(c.status != "ok" and c.required for c in checks.values())
+    degraded = any(c.status != "ok" for c in checks.values())
+    status = "unavailable" if failing_required else "degraded" if degraded else "ok"
+    body = Readiness(status=status, checks=checks).model_dump(mode="json")
+    if failing_required:
+        body |= {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "detail": "a required dependency is failing",
+            "code": "not_ready",
+            "request_id": request_id_of(request),
+        }
+        return JSONResponse(body, status_code=503, media_type=PROBLEM_JSON)
+    return JSONResponse(body)

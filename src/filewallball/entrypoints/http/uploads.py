@@ -1,0 +1,284 @@
+"""Turn an HTTP request body into a streaming UploadRequest: multipart/form-data or raw bytes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from filewallball.domain.errors import DigestMismatch, FileTooLarge, InvalidRequest
+from filewallball.domain.models import Sha256, Visibility
+from filewallball.domain.services import UploadRequest
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+FILE_FIELD = "file"
+# Everything in a multipart body that is not the file (boundaries, part headers, small fields)
+# must fit in this; a body of junk fields cannot grow without bound.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+MAX_FIELD_BYTES = 8 * 1024
+
+_DIGEST_MEMBER = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*$")
+
+
+def parse_content_digest(header: str | None) -> bytes | None:
+    """The sha-256 digest of an RFC 9530 Content-Digest; None when absent or another algorithm."""
+    if header is None:
+        return None
+    for member in header.split(","):
+        match = _DIGEST_MEMBER.match(member)
+        if match is None:
+            raise InvalidRequest("Content-Digest is malformed", code="invalid_digest")
+        algorithm, value = match.groups()
+        if algorithm.lower() == "sha-256":
+            try:
+                digest = base64.b64decode(value, validate=True)
+            except binascii.Error as error:
+                raise InvalidRequest(
+                    "Content-Digest is not base64", code="invalid_digest"
+                ) from error
+            if len(digest) != 32:
+                raise InvalidRequest("a sha-256 digest is 32 bytes", code="invalid_digest")
+            return digest
+    return None
+
+
+def parse_visibility(value: str | None) -> Visibility:
+    if value is None or value == "":
+        return Visibility.PRIVATE
+    try:
+        return Visibility(value.strip().lower())
+    except ValueError as error:
+        raise InvalidRequest(
+            "visibility must be 'private' or 'public'", code="invalid_visibility"
+        ) from error
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect as error:
+        raise InvalidRequest(
+            "the client went away mid-upload", code="client_disconnected"
+        ) from error
+
+
+def _declared_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidRequest("Content-Length is not a number", code="invalid_content_length")
+    return int(raw)
+
+
+def raw_upload(request: Request, *, filename: str, visibility: str | None) -> UploadRequest:
+    """The request body is the file (PUT /upload/{filename}, curl --upload-file)."""
+    digest = parse_content_digest(request.headers.get("content-digest"))
+    return UploadRequest(
+        filename=filename,
+        chunks=_body(request),
+        visibility=parse_visibility(visibility),
+        expected_sha256=Sha256.from_digest(digest) if digest else None,
+        declared_size=_declared_length(request),
+    )
+
+
+@dataclass
+class _Part:
+    headers: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+    filename: str | None = None
+    is_file: bool = False
+    value: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _FormState:
+    """What the parser's callbacks have seen so far."""
+
+    file_data: list[bytes] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    part: _Part = field(default_factory=_Part)
+    header_name: bytearray = field(default_factory=bytearray)
+    header_value: bytearray = field(default_factory=bytearray)
+    file_seen: bool = False
+    file_done: bool = False
+    file_digest: bytes | None = None
+    filename: str | None = None
+    ended: bool = False
+    overhead: int = 0
+
+
+class MultipartUpload:
+    """Feeds body chunks to python-multipart and yields the `file` part's bytes as they arrive."""
+
+    def __init__(self, request: Request, *, max_file_bytes: int) -> None:
+        content_type, params = parse_options_header(request.headers.get("content-type"))
+        boundary = params.get(b"boundary")
+        if content_type != b"multipart/form-data" or not boundary:
+            raise InvalidRequest(
+                "POST /upload takes multipart/form-data with a 'file' field "
+                "(or send the raw bytes with PUT /upload/{filename})",
+                code="expected_multipart",
+            )
+        length = _declared_length(request)
+        if length is not None and length > max_file_bytes + FORM_OVERHEAD_BYTES:
+            raise FileTooLarge(max_file_bytes)
+        self._body = _body(request)
+        self._state = _FormState()
+        self._body_digest = parse_content_digest(request.headers.get("content-digest"))
+        self._body_hasher = hashlib.sha256() if self._body_digest is not None else None
+        self._query_visibility = request.query_params.get("visibility")
+        try:
+            self._parser = MultipartParser(boundary, self._callbacks())
+        except Exception as error:  # python-multipart rejects absurd boundaries with a bare error
+            raise InvalidRequest(
+                "the multipart boundary is invalid", code="invalid_multipart"
+            ) from error
+
+    async def start(self) -> UploadRequest:
+        """Read up to the file part's headers; fields before it are known then."""
+        state = self._state
+        while not state.file_seen:
+            chunk = await anext(self._body, None)
+            if chunk is None:
+                self._finish()
+                raise InvalidRequest("the form has no 'file' field", code="missing_file")
+            self._feed(chunk)
+        request = UploadRequest(
+            filename=state.filename or "",
+            chunks=self._file_chunks(),
+            visibility=self._visibility(),
+        )
+        self._upload = request
+        return request
+
+    async def _file_chunks(self) -> AsyncIterator[bytes]:
+        state = self._state
+        while True:
+            while state.file_data:
+                yield state.file_data.pop(0)
+            if state.file_done:
+                break
+            chunk = await anext(self._body, None)
+            if chunk is None:
+                self._finish()
+                raise InvalidRequest("the body ended inside the file part", code="truncated_body")
+            self._feed(chunk)
+        # Drain the rest: fields may follow the file, and the body must be whole.
+        async for chunk in self._body:
+            self._feed(chunk)
+        self._finish()
+        self._upload.visibility = self._visibility()
+        if state.file_digest is not None:
+            self._upload.expected_sha256 = Sha256.from_digest(state.file_digest)
+
+    def _visibility(self) -> Visibility:
+        return parse_visibility(self._state.fields.get("visibility", self._query_visibility))
+
+    def _feed(self, chunk: bytes) -> None:
+        if self._body_hasher is not None:
+            self._body_hasher.update(chunk)
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as error:
+            raise InvalidRequest(
+                f"malformed multipart body: {error}", code="invalid_multipart"
+            ) from error
+
+    def _finish(self) -> None:
+        self._parser.finalize()
+        if not self._state.ended:
+            raise InvalidRequest(
+                "the multipart body ended before its closing boundary", code="truncated_body"
+            )
+        if self._body_hasher is not None and self._body_hasher.digest() != self._body_digest:
+            raise DigestMismatch("the request body does not match its Content-Digest")
+
+    def _callbacks(self) -> MultipartCallbacks:
+        state = self._state
+
+        def on_part_begin() -> None:
+            state.part = _Part()
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            state.header_name += data[start:end]
+            self._charge(end - start)
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            state.header_value += data[start:end]
+            self._charge(end - start)
+
+        def on_header_end() -> None:
+            name = state.header_name.decode("latin-1").strip().lower()
+            # latin-1 keeps the raw bytes: parse_options_header re-encodes to latin-1, and the
+            # parameters (a UTF-8 filename, as browsers send it) are decoded from those bytes.
+            state.part.headers[name] = state.header_value.decode("latin-1").strip()
+            state.header_name.clear()
+            state.header_value.clear()
+
+        def on_headers_finished() -> None:
+            part = state.part
+            _, params = parse_options_header(part.headers.get("content-disposition", ""))
+            name = params.get(b"name")
+            part.name = name.decode("utf-8", "replace") if name is not None else None
+            raw_filename = params.get(b"filename")
+            if part.name == FILE_FIELD:
+                if state.file_seen:
+                    raise InvalidRequest("send one 'file' field per upload", code="multiple_files")
+                part.is_file = True
+                state.file_seen = True
+                state.filename = raw_filename.decode("utf-8", "replace") if raw_filename else ""
+                state.file_digest = parse_content_digest(part.headers.get("content-digest"))
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            part = state.part
+            if part.is_file:
+                state.file_data.append(data[start:end])
+                return
+            part.value += data[start:end]
+            self._charge(end - start)
+            if len(part.value) > MAX_FIELD_BYTES:
+                raise InvalidRequest(
+                    f"form field {part.name!r} is over {MAX_FIELD_BYTES} bytes",
+                    code="field_too_large",
+                )
+
+        def on_part_end() -> None:
+            part = state.part
+            if part.is_file:
+                state.file_done = True
+            elif part.name is not None:
+                state.fields[part.name] = part.value.decode("utf-8", "replace")
+
+        def on_end() -> None:
+            state.ended = True
+
+        return {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_end": on_end,
+        }
+
+    def _charge(self, count: int) -> None:
+        self._state.overhead += count
+        if self._state.overhead > FORM_OVERHEAD_BYTES:
+            raise InvalidRequest(
+                "the form carries too much besides the file", code="form_too_large"
+            )

@@ -1,0 +1,305 @@
+"""The BlobStore contract, run against the fake and the disk adapter; then disk-only details."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from filewallball.adapters.disk import DiskBlobStore
+from filewallball.domain.errors import DependencyUnavailable, FileTooLarge, StorageFull
+from filewallball.domain.models import Sha256
+from filewallball.domain.ports import BlobStore
+from tests.fakes import FakeBlobStore, stream
+
+MiB = 1024 * 1024
+
+
+def sha_of(data: bytes) -> Sha256:
+    return Sha256(hashlib.sha256(data).hexdigest())
+
+
+def pattern(size: int) -> bytes:
+    """Bytes that differ at every offset modulo 251, so a misplaced range shows."""
+    return bytes(i % 251 for i in range(size))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "blobs"
+
+
+@pytest.fixture(params=["fake", "disk"])
+def store(request: pytest.FixtureRequest, root: Path) -> BlobStore:
+    if request.param == "fake":
+        return FakeBlobStore()
+    return DiskBlobStore(root)
+
+
+@pytest.fixture
+def leftovers(store: BlobStore, root: Path) -> Callable[[], list[object]]:
+    """Whatever the store still holds for staged, unpublished blobs."""
+
+    def held() -> list[object]:
+        if isinstance(store, FakeBlobStore):
+            return list(store.staged)
+        return list((root / ".tmp").iterdir()) if (root / ".tmp").exists() else []
+
+    return held
+
+
+async def put(store: BlobStore, data: bytes, chunk_size: int = 1000) -> Sha256:
+    staged = await store.stage(stream(data, chunk_size))
+    sha = sha_of(data)
+    await staged.publish(sha)
+    await staged.discard()
+    return sha
+
+
+async def read(store: BlobStore, sha: Sha256, start: int = 0, length: int | None = None) -> bytes:
+    reader = await store.open(sha)
+    assert reader is not None
+    try:
+        wanted = reader.size if length is None else length
+        return b"".join([chunk async for chunk in reader.chunks(start, wanted)])
+    finally:
+        await reader.close()
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size"),
+    [
+        (0, 1),
+        (1, 1),
+        (1000, 7),
+        (20_000, 1),
+        (MiB, MiB),
+        (3 * MiB + 17, 64 * 1024),
+        (3 * MiB + 17, 4 * MiB),
+    ],
+)
+async def test_round_trip(
+    store: BlobStore, leftovers: Callable[[], list[object]], size: int, chunk_size: int
+) -> None:
+    data = pattern(size)
+    staged = await store.stage(stream(data, chunk_size))
+    assert staged.size == size
+    sha = sha_of(data)
+    await staged.publish(sha)
+    assert await store.exists(sha)
+    reader = await store.open(sha)
+    assert reader is not None
+    assert reader.size == size
+    await reader.close()
+    assert await read(store, sha) == data
+    assert leftovers() == []
+
+
+@pytest.mark.parametrize(
+    ("start", "length"),
+    [
+        (0, 0),
+        (0, 1),
+        (0, 600_000),
+        (0, 700_000),
+        (599_999, 1),
+        (599_999, 10),
+        (600_000, 10),
+        (700_000, 10),
+        (256 * 1024 - 1, 2),
+        (100, 300_000),
+    ],
+)
+async def test_ranged_reads(store: BlobStore, start: int, length: int) -> None:
+    data = pattern(600_000)
+    sha = await put(store, data)
+    assert await read(store, sha, start, length) == data[start : start + length]
+
+
+async def test_discard_leaves_nothing(
+    store: BlobStore, leftovers: Callable[[], list[object]]
+) -> None:
+    data = b"never published"
+    staged = await store.stage(stream(data))
+    await staged.discard()
+    await staged.discard()
+    assert await store.open(sha_of(data)) is None
+    assert not await store.exists(sha_of(data))
+    assert leftovers() == []
+
+
+async def test_discard_after_publish_keeps_the_blob(store: BlobStore) -> None:
+    data = b"published"
+    staged = await store.stage(stream(data))
+    await staged.publish(sha_of(data))
+    await staged.discard()
+    assert await read(store, sha_of(data)) == data
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "error", [Boom("mid-way"), FileTooLarge(10), ConnectionResetError("client went away")]
+)
+async def test_failing_chunks_leave_nothing_and_pass_through(
+    store: BlobStore, leftovers: Callable[[], list[object]], error: Exception
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        # More than one write buffer first, so bytes have reached the temp file.
+        for _ in range(3):
+            yield pattern(MiB)
+        raise error
+
+    with pytest.raises(type(error)) as raised:
+        await store.stage(chunks())
+    assert raised.value is error
+    assert leftovers() == []
+
+
+async def test_a_cancelled_upload_leaves_nothing(
+    store: BlobStore, leftovers: Callable[[], list[object]]
+) -> None:
+    stalled = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield pattern(MiB)
+        stalled.set()
+        await asyncio.Event().wait()  # a client that stops sending
+        yield b"never"
+
+    task = asyncio.create_task(store.stage(chunks()))
+    await stalled.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert leftovers() == []
+
+
+async def test_missing_and_deleted_blobs(store: BlobStore) -> None:
+    missing = sha_of(b"nobody stored this")
+    assert await store.open(missing) is None
+    await store.delete(missing)
+
+    sha = await put(store, b"short-lived")
+    await store.delete(sha)
+    assert await store.open(sha) is None
+    assert not await store.exists(sha)
+
+
+async def test_an_open_reader_outlives_delete(store: BlobStore) -> None:
+    data = pattern(MiB + 3)
+    sha = await put(store, data)
+    reader = await store.open(sha)
+    assert reader is not None
+    await store.delete(sha)
+    try:
+        assert b"".join([chunk async for chunk in reader.chunks(0, reader.size)]) == data
+    finally:
+        await reader.close()
+
+
+async def test_same_content_published_twice(
+    store: BlobStore, leftovers: Callable[[], list[object]]
+) -> None:
+    data = b"twice the same bytes"
+    first = await store.stage(stream(data, 3))
+    second = await store.stage(stream(data, 5))
+    await first.publish(sha_of(data))
+    await second.publish(sha_of(data))
+    await first.discard()
+    await second.discard()
+    assert await read(store, sha_of(data)) == data
+    assert leftovers() == []
+
+
+# Disk only.
+
+
+@pytest.fixture
+def disk(root: Path) -> DiskBlobStore:
+    return DiskBlobStore(root)
+
+
+async def test_disk_layout_temp_then_fan_out(disk: DiskBlobStore, root: Path) -> None:
+    data = b"where do the bytes go?"
+    sha = sha_of(data)
+    staged = await disk.stage(stream(data, 4))
+    [temp] = list((root / ".tmp").iterdir())
+    assert temp.read_bytes() == data
+
+    await staged.publish(sha)
+    assert list((root / ".tmp").iterdir()) == []
+    assert (root / sha[:2] / sha[2:4] / sha).read_bytes() == data
+    # Publishing again under the same hash (a retried transaction) changes nothing.
+    await staged.publish(sha)
+
+
+async def test_disk_sweep_removes_only_old_temp_files(disk: DiskBlobStore, root: Path) -> None:
+    assert await disk.sweep(older_than_seconds=60) == 0  # no .tmp folder yet
+    old = await disk.stage(stream(b"abandoned by a crash"))
+    [old_path] = list((root / ".tmp").iterdir())
+    hours_ago = time.time() - 7200
+    os.utime(old_path, (hours_ago, hours_ago))
+    fresh = await disk.stage(stream(b"still uploading"))
+
+    assert await disk.sweep(older_than_seconds=3600) == 1
+    assert not old_path.exists()
+    assert len(list((root / ".tmp").iterdir())) == 1
+    await fresh.publish(sha_of(b"still uploading"))
+    assert await read(disk, sha_of(b"still uploading")) == b"still uploading"
+    await old.discard()  # its file is already gone: still fine
+
+
+async def test_disk_check_writable(disk: DiskBlobStore, root: Path) -> None:
+    await disk.check_writable()
+    assert list((root / ".tmp").iterdir()) == []
+
+
+@pytest.fixture
+def blocked_root(root: Path) -> Path:
+    """A root whose temp folder cannot be made: a file is in its place.
+
+    Tests run as root, which chmod cannot stop; a file where the folder should be can.
+    """
+    root.mkdir()
+    (root / ".tmp").write_bytes(b"in the way")
+    return root
+
+
+async def test_disk_unwritable_is_unavailable(blocked_root: Path) -> None:
+    disk = DiskBlobStore(blocked_root)
+    with pytest.raises(DependencyUnavailable):
+        await disk.check_writable()
+    with pytest.raises(DependencyUnavailable):
+        await disk.stage(stream(b"data"))
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+async def test_disk_full_is_storage_full(
+    disk: DiskBlobStore, root: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageFull):
+        await disk.stage(stream(b"no room for this"))
+    monkeypatch.undo()
+    assert list((root / ".tmp").iterdir()) == []
+
+
+async def test_disk_refuses_paths_that_are_not_hashes(disk: DiskBlobStore) -> None:
+    for bad in ["../../etc/passwd", "A" * 64, ""]:
+        with pytest.raises(ValueError, match="SHA-256"):
+            await disk.open(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="SHA-256"):
+            await disk.delete(bad)  # type: ignore[arg-type]
