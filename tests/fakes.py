@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+import structlog
+
+from filewallball.domain.errors import Conflict, InvalidRequest
 from filewallball.domain.models import (
     ContentType,
     Cursor,
@@ -16,15 +19,21 @@ from filewallball.domain.models import (
     Page,
     Sha256,
     SortKey,
+    Visibility,
 )
 from filewallball.domain.ports import (
+    AuditLog,
     BlobReader,
     BlobStore,
     Clock,
     FileRepository,
+    IpRuleRepository,
+    KeyRepository,
     Sniffer,
     StagedBlob,
+    UsageRepository,
 )
+from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule
 
 
 class FakeFileRepository(FileRepository):
@@ -89,6 +98,10 @@ def _sort_value(record: FileRecord, sort: SortKey) -> str | int:
 
 
 def _matches(record: FileRecord, query: ListQuery) -> bool:
+    if query.visible_to is not None and not (
+        record.owner == query.visible_to or record.visibility is Visibility.PUBLIC
+    ):
+        return False
     if query.content_type is not None and not record.content_type.matches(query.content_type):
         return False
     if query.name_contains is not None:
@@ -193,3 +206,111 @@ class FakeClock(Clock):
 async def stream(data: bytes, chunk_size: int = 1000) -> AsyncIterator[bytes]:
     for offset in range(0, len(data), chunk_size):
         yield data[offset : offset + chunk_size]
+
+
+class FakeKeyRepository(KeyRepository):
+    def __init__(self) -> None:
+        self.keys: dict[str, ApiKey] = {}
+
+    async def add(self, key: ApiKey) -> None:
+        if key.id in self.keys:
+            raise Conflict(f"an API key with the id {key.id} exists")
+        self.keys[key.id] = replace(
+            key,
+            created_at=key.created_at.astimezone(UTC),
+            expires_at=_utc_or_none(key.expires_at),
+            revoked_at=_utc_or_none(key.revoked_at),
+            last_used_at=_utc_or_none(key.last_used_at),
+        )
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        return self.keys.get(key_id)
+
+    async def list(self, *, limit: int, after: str | None = None) -> list[ApiKey]:
+        if after is not None and not _storable(after):
+            raise InvalidRequest("the cursor is not valid", code="invalid_cursor")
+        ids = sorted(k for k in self.keys if after is None or k > after)
+        return [self.keys[k] for k in ids[: max(limit, 0)]]
+
+    async def revoke(self, key_id: str, *, at: datetime) -> ApiKey | None:
+        key = self.keys.get(key_id)
+        if key is not None and key.revoked_at is None:
+            key = self.keys[key_id] = replace(key, revoked_at=at.astimezone(UTC))
+        return key
+
+    async def touch(self, key_id: str, *, at: datetime) -> None:
+        key = self.keys.get(key_id)
+        if key is not None and (key.last_used_at is None or key.last_used_at < at):
+            self.keys[key_id] = replace(key, last_used_at=at.astimezone(UTC))
+
+    async def count(self) -> int:
+        return len(self.keys)
+
+
+class FakeIpRuleRepository(IpRuleRepository):
+    def __init__(self) -> None:
+        self.rules: dict[str, IpRule] = {}
+
+    async def add(self, rule: IpRule) -> None:
+        if rule.id in self.rules:
+            raise Conflict(f"an IP rule with the id {rule.id} exists")
+        self.rules[rule.id] = replace(rule, created_at=rule.created_at.astimezone(UTC))
+
+    async def list(self) -> list[IpRule]:
+        return sorted(self.rules.values(), key=lambda r: (r.created_at, r.id))
+
+    async def remove(self, rule_id: str) -> bool:
+        return self.rules.pop(rule_id, None) is not None
+
+
+class FakeAuditLog(AuditLog):
+    """Keeps every entry, numbered from 1, and logs each one like the SQL log does."""
+
+    def __init__(self) -> None:
+        self.entries: list[AuditEntry] = []
+
+    async def record(self, entry: AuditEntry) -> None:
+        entry = replace(entry, id=len(self.entries) + 1, at=entry.at.astimezone(UTC))
+        self.entries.append(entry)
+        fields = {**asdict(entry), "at": entry.at.isoformat(), "outcome": entry.outcome.value}
+        structlog.get_logger("filewallball.audit").info("audit", **fields)
+
+    async def query(self, query: AuditQuery) -> list[AuditEntry]:
+        newest_first = [e for e in reversed(self.entries) if _audit_matches(e, query)]
+        return newest_first[: max(query.limit, 0)]
+
+
+def _audit_matches(entry: AuditEntry, query: AuditQuery) -> bool:
+    assert entry.id is not None
+    return (
+        query.actor in (None, entry.actor)
+        and query.action in (None, entry.action)
+        and query.target in (None, entry.target)
+        and (query.since is None or entry.at >= query.since)
+        and (query.until is None or entry.at < query.until)
+        and (query.cursor is None or entry.id < query.cursor)
+    )
+
+
+class FakeUsageRepository(UsageRepository):
+    """Sums the records of a FakeFileRepository, as the SQL one sums the files table."""
+
+    def __init__(self, files: FakeFileRepository) -> None:
+        self.files = files
+
+    async def stored_by(self, owner: str) -> tuple[int, int]:
+        owned = [r for r in self.files.records.values() if r.owner == owner]
+        return len(owned), sum(r.size for r in owned)
+
+
+def _utc_or_none(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(UTC)
+
+
+def _storable(text: str) -> bool:
+    """Whether a database could hold `text` (no NUL, valid UTF-8), as the SQL adapters check."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+
 from dependency_injector import containers, providers
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from filewallball.adapters.clamd import ClamdScanner, NoScanner
 from filewallball.adapters.disk import DiskBlobStore
 from filewallball.adapters.memory import MemoryCache, SystemClock
+from filewallball.adapters.ratelimit import LimitsRateLimiter
 from filewallball.adapters.redis_cache import RedisCache, create_redis
 from filewallball.adapters.sniffing import default_sniffer
 from filewallball.adapters.sql import SqlFileRepository, create_engine
+from filewallball.adapters.sql_security import (
+    SqlAuditLog,
+    SqlIpRuleRepository,
+    SqlKeyRepository,
+    SqlUsageRepository,
+)
+from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.models import TypePolicy
-from filewallball.domain.ports import Cache
-from filewallball.domain.services import FileService
+from filewallball.domain.ports import Cache, MalwareScanner
+from filewallball.domain.security import Role
+from filewallball.domain.services import FileService, UploadLimits
 from filewallball.settings import Settings
 
 
@@ -25,8 +38,44 @@ def _cache(redis: Redis | None, prefix: str) -> Cache:
     return RedisCache(redis, prefix=prefix) if redis is not None else MemoryCache()
 
 
-def _type_policy(allowed: list[str], denied: list[str]) -> TypePolicy:
-    return TypePolicy(allowed=tuple(allowed), denied=tuple(denied))
+def _scanner(address: str | None) -> MalwareScanner:
+    return ClamdScanner(address=address) if address else NoScanner()
+
+
+def _limits(settings: Settings) -> UploadLimits:
+    return UploadLimits(
+        max_upload_bytes=settings.max_upload_bytes,
+        preview_max_bytes=settings.preview_max_bytes,
+        type_policy=TypePolicy(
+            allowed=tuple(settings.allowed_types), denied=tuple(settings.denied_types)
+        ),
+        cache_ttl_seconds=settings.cache_ttl_seconds,
+        scan_fail_open=settings.scan_fail_open,
+    )
+
+
+def server_secret(settings: Settings) -> bytes:
+    """The HMAC key for API keys: FWB_SECRET_KEY, else a random one kept in <data_dir>/secret.key.
+
+    Every replica must use the same one (set FWB_SECRET_KEY from a Kubernetes Secret).
+    """
+    if settings.secret_key:
+        return settings.secret_key.encode()
+    path = settings.secret_key_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path.read_bytes().strip()
+
+
+def _role_quotas(settings: Settings) -> dict[Role, tuple[int | None, int | None]]:
+    return {Role.UPLOADER: (settings.uploader_quota_bytes, settings.uploader_quota_files)}
 
 
 class Container(containers.DeclarativeContainer):
@@ -37,14 +86,34 @@ class Container(containers.DeclarativeContainer):
     redis = providers.Singleton(_redis, url=settings.provided.redis_url)
 
     files = providers.Singleton(SqlFileRepository, engine=engine)
+    keys = providers.Singleton(SqlKeyRepository, engine=engine)
+    ip_rules = providers.Singleton(SqlIpRuleRepository, engine=engine)
+    audit_log = providers.Singleton(SqlAuditLog, engine=engine)
+    usage = providers.Singleton(SqlUsageRepository, engine=engine)
     blobs = providers.Singleton(DiskBlobStore, root=settings.provided.blob_dir)
     cache = providers.Singleton(_cache, redis=redis, prefix=settings.provided.redis_prefix)
+    rate_limiter = providers.Singleton(
+        LimitsRateLimiter,
+        storage_uri=settings.provided.redis_url,
+        prefix=providers.Callable(lambda p: f"{p}rl:", settings.provided.redis_prefix),
+    )
+    scanner = providers.Singleton(_scanner, address=settings.provided.clamd_address)
     sniffer = providers.Singleton(default_sniffer)
     clock = providers.Singleton(SystemClock)
-    type_policy = providers.Singleton(
-        _type_policy, allowed=settings.provided.allowed_types, denied=settings.provided.denied_types
-    )
 
+    auditor = providers.Singleton(Auditor, log=audit_log, clock=clock)
+    access_service = providers.Singleton(
+        AccessService,
+        keys=keys,
+        rules=ip_rules,
+        auditor=auditor,
+        clock=clock,
+        server_secret=providers.Callable(server_secret, settings),
+        static_allow=providers.Callable(tuple, settings.provided.ip_allow),
+        static_deny=providers.Callable(tuple, settings.provided.ip_deny),
+        rules_refresh_seconds=settings.provided.ip_rules_refresh_seconds,
+        role_quotas=providers.Callable(_role_quotas, settings),
+    )
     file_service = providers.Singleton(
         FileService,
         files=files,
@@ -52,10 +121,10 @@ class Container(containers.DeclarativeContainer):
         cache=cache,
         sniffer=sniffer,
         clock=clock,
-        max_upload_bytes=settings.provided.max_upload_bytes,
-        preview_max_bytes=settings.provided.preview_max_bytes,
-        type_policy=type_policy,
-        cache_ttl_seconds=settings.provided.cache_ttl_seconds,
+        usage=usage,
+        scanner=scanner,
+        auditor=auditor,
+        limits=providers.Callable(_limits, settings),
     )
 
 
@@ -67,6 +136,8 @@ async def close_clients(container: Container) -> None:
     """Close the pools the container opened (on shutdown)."""
     engine: AsyncEngine = container.engine()
     await engine.dispose()
+    limiter: LimitsRateLimiter = container.rate_limiter()
+    await limiter.aclose()
     redis: Redis | None = container.redis()
     if redis is not None:
         await redis.aclose()

@@ -8,7 +8,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from filewallball.adapters.ratelimit import validate_rule
+from filewallball.domain.errors import InvalidRequest
 from filewallball.domain.models import validate_type_pattern
+from filewallball.domain.security import parse_network
 
 GiB = 1024**3
 
@@ -34,7 +37,32 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("allowed_types", "denied_types", mode="before")
+    # Security (docs/security.md)
+    secret_key: str | None = Field(default=None, min_length=32)
+    bootstrap_admin_key: str | None = None
+    ip_allow: Annotated[list[str], NoDecode] = []
+    ip_deny: Annotated[list[str], NoDecode] = []
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    ip_rules_refresh_seconds: float = Field(default=5.0, gt=0)
+    cors_origins: Annotated[list[str], NoDecode] = []
+    hsts: bool = False
+    public_docs: bool = False
+    rate_limit: str = "600/minute"
+    upload_rate_limit: str = "60/minute"
+    uploader_quota_bytes: int | None = Field(default=None, ge=0)
+    uploader_quota_files: int | None = Field(default=None, ge=0)
+    clamd_address: str | None = None
+    scan_fail_open: bool = False
+
+    @field_validator(
+        "allowed_types",
+        "denied_types",
+        "ip_allow",
+        "ip_deny",
+        "trusted_proxies",
+        "cors_origins",
+        mode="before",
+    )
     @classmethod
     def _split_patterns(cls, value: object) -> object:
         if isinstance(value, str):
@@ -45,6 +73,19 @@ class Settings(BaseSettings):
     @classmethod
     def _check_patterns(cls, value: list[str]) -> list[str]:
         return [validate_type_pattern(pattern) for pattern in value]
+
+    @field_validator("ip_allow", "ip_deny", "trusted_proxies")
+    @classmethod
+    def _check_cidrs(cls, value: list[str]) -> list[str]:
+        try:
+            return [str(parse_network(cidr)) for cidr in value]
+        except InvalidRequest as error:
+            raise ValueError(error.detail) from error
+
+    @field_validator("rate_limit", "upload_rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        return validate_rule(value)
 
     @field_validator("public_base_url")
     @classmethod
@@ -70,3 +111,11 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin.key"

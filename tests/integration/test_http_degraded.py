@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from filewallball.settings import Settings
-from tests.integration.conftest import serve
+from tests.integration.conftest import ADMIN_KEY, GENEROUS, serve
 from tests.integration.test_http_files import assert_problem, post
 
 CLOSED_PG = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
@@ -13,7 +13,7 @@ CLOSED_REDIS = "redis://127.0.0.1:1/0"
 
 
 async def test_database_down_is_503_with_a_problem(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, database_url=CLOSED_PG)
+    settings = Settings(data_dir=tmp_path, database_url=CLOSED_PG, bootstrap_admin_key=ADMIN_KEY)
     async with serve(settings) as client:  # the service starts without its database
         assert (await client.get("/healthz")).status_code == 200
         response = await client.get("/files/AAAAAAAAAAAAAAAAAAAAAA")
@@ -32,7 +32,9 @@ async def test_database_down_is_503_with_a_problem(tmp_path: Path) -> None:
 
 
 async def test_redis_down_keeps_serving_from_the_database(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, redis_url=CLOSED_REDIS)
+    settings = Settings(
+        data_dir=tmp_path, redis_url=CLOSED_REDIS, bootstrap_admin_key=ADMIN_KEY, **GENEROUS
+    )
     async with serve(settings) as client:
         response = await post(client, b"still works")
         assert response.status_code == 201, response.text
@@ -59,6 +61,8 @@ async def test_cache_is_shared_and_invalidated_across_instances(
         "redis_url": REDIS_URL,
         "redis_prefix": redis_prefix,
         "auto_migrate": True,
+        "bootstrap_admin_key": ADMIN_KEY,
+        **GENEROUS,
     }
     first_settings = Settings(data_dir=tmp_path, **common)  # type: ignore[arg-type]
     second_settings = Settings(data_dir=tmp_path, **common)  # type: ignore[arg-type]
@@ -71,7 +75,7 @@ async def test_cache_is_shared_and_invalidated_across_instances(
 
 
 async def test_unsupported_request_never_500s(tmp_path: Path) -> None:
-    async with serve(Settings(data_dir=tmp_path)) as client:
+    async with serve(Settings(data_dir=tmp_path, bootstrap_admin_key=ADMIN_KEY)) as client:
         probes = [
             client.build_request(
                 "POST", "/upload", content=b"x", headers={"content-type": "multipart/form-data"}

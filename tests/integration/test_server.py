@@ -19,7 +19,10 @@ import httpx
 import psutil
 import pytest
 
+from tests.integration.conftest import ADMIN_KEY, GENEROUS
+
 MiB = 1024 * 1024
+AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @dataclass
@@ -52,6 +55,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "FWB_DATA_DIR": str(data_dir),
         "FWB_MAX_UPLOAD_BYTES": str(512 * MiB),
         "FWB_PREVIEW_MAX_BYTES": "1024",
+        "FWB_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+        "FWB_RATE_LIMIT": GENEROUS["rate_limit"],
+        "FWB_UPLOAD_RATE_LIMIT": GENEROUS["upload_rate_limit"],
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -95,7 +101,7 @@ def _sha_of(size: int) -> str:
 
 def test_streamed_round_trip_is_byte_identical(server: Server) -> None:
     size = 64 * MiB + 123
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers=AUTH) as client:
         response = client.put("/upload/big.bin", content=_pattern(size))
         assert response.status_code == 201, response.text
         record = response.json()
@@ -120,7 +126,10 @@ def test_multipart_upload_streams_too(server: Server, tmp_path: Path) -> None:
     with source.open("wb") as out:
         for piece in _pattern(20 * MiB):
             out.write(piece)
-    with httpx.Client(base_url=server.url, timeout=60) as client, source.open("rb") as handle:
+    with (
+        httpx.Client(base_url=server.url, timeout=60, headers=AUTH) as client,
+        source.open("rb") as handle,
+    ):
         response = client.post("/upload", files={"file": ("source.bin", handle)})
     assert response.status_code == 201, response.text
     assert response.json()["sha256"] == _sha_of(20 * MiB)
@@ -130,7 +139,8 @@ def test_too_large_is_rejected_before_the_body_is_sent(server: Server) -> None:
     """The 413 arrives while the client is still sending: the server stops at the limit."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(
-            b"PUT /upload/huge.bin HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"PUT /upload/huge.bin HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            + f"Authorization: Bearer {ADMIN_KEY}\r\n\r\n".encode()
         )
         chunk = b"x" * MiB
         answer = b""
@@ -173,7 +183,7 @@ def test_memory_stays_flat_during_a_large_upload(server: Server) -> None:
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        with httpx.Client(base_url=server.url, timeout=120) as client:
+        with httpx.Client(base_url=server.url, timeout=120, headers=AUTH) as client:
             response = client.put("/upload/rss.bin", content=_pattern(size))
     finally:
         done.set()
@@ -184,13 +194,13 @@ def test_memory_stays_flat_during_a_large_upload(server: Server) -> None:
 
 def test_delete_while_a_download_runs(server: Server) -> None:
     size = 32 * MiB
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers=AUTH) as client:
         record = client.put("/upload/deleted.bin", content=_pattern(size)).json()
         digest = hashlib.sha256()
         with client.stream("GET", f"/download/{record['id']}") as download:
             chunks = download.iter_raw()
             digest.update(next(chunks))
-            with httpx.Client(base_url=server.url) as other:
+            with httpx.Client(base_url=server.url, headers=AUTH) as other:
                 assert other.delete(f"/files/{record['id']}").status_code == 204
                 assert other.get(f"/files/{record['id']}").status_code == 404
             for chunk in chunks:
@@ -199,7 +209,7 @@ def test_delete_while_a_download_runs(server: Server) -> None:
 
 
 def test_logs_are_json_lines_with_request_ids(server: Server) -> None:
-    with httpx.Client(base_url=server.url) as client:
+    with httpx.Client(base_url=server.url, headers=AUTH) as client:
         client.get("/files/nope", headers={"x-request-id": "trace-me-1"})
     time.sleep(0.2)
     lines = [line for line in server.log_path.read_text().splitlines() if line.strip()]

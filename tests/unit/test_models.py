@@ -152,3 +152,11 @@ def test_record_json_round_trip() -> None:
     assert FileRecord.from_json(record.to_json()) == record
     assert record.etag == f'"{"a" * 64}"'
     assert record.last_modified.microsecond == 0
+
+
+def test_issued_keys_parse_back_to_their_id() -> None:
+    from filewallball.domain.security import IssuedKey
+
+    for _ in range(2000):  # ids never contain the separator, whatever the random bytes
+        issued = IssuedKey.generate()
+        assert IssuedKey.key_id_of(issued.secret) == issued.key_id

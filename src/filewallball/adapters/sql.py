@@ -79,6 +79,7 @@ files = sa.Table(
     sa.Index("ix_files_size_id", "size", "id"),
     sa.Index("ix_files_filename_id", "filename", "id"),
     sa.Index("ix_files_content_type", "content_type"),
+    sa.Index("ix_files_owner", "owner"),  # from 0002_security
 )
 
 blobs = sa.Table(
@@ -246,8 +247,11 @@ def _select(query: ListQuery, *, on_postgresql: bool) -> sa.Select[Any] | None:
 
 
 def _filters(query: ListQuery, *, on_postgresql: bool) -> list[sa.ColumnElement[bool]] | None:
-    """The content type and name conditions; None when no stored file can match them."""
+    """The visibility, type and name conditions; None when no stored file can match them."""
     conditions: list[sa.ColumnElement[bool]] = []
+    if query.visible_to is not None:
+        public = files.c.visibility == Visibility.PUBLIC.value
+        conditions.append(sa.or_(files.c.owner == query.visible_to, public))
     if query.content_type is not None:
         pattern = query.content_type.strip().lower()
         if not _storable(pattern):

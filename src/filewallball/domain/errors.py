@@ -27,6 +27,12 @@ class FileNotFound(FileWallBallError):
     code = "file_not_found"
 
 
+class ResourceNotFound(FileWallBallError):
+    """An admin resource (an API key, an IP rule) that does not exist."""
+
+    code = "not_found"
+
+
 class FileTooLarge(FileWallBallError):
     """The upload passed the configured byte limit."""
 
@@ -69,3 +75,47 @@ class DependencyUnavailable(FileWallBallError):
     def __init__(self, dependency: str, detail: str | None = None) -> None:
         super().__init__(detail or f"{dependency} is unavailable")
         self.dependency = dependency
+
+
+class Unauthenticated(FileWallBallError):
+    """No API key, or one that is unknown, revoked or expired."""
+
+    code = "unauthenticated"
+
+
+class AccessDenied(FileWallBallError):
+    """The caller's role or address may not do this."""
+
+    code = "access_denied"
+
+
+class RateLimited(FileWallBallError):
+    """Too many requests in the current window."""
+
+    code = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class QuotaExceeded(FileWallBallError):
+    """The upload would take the owner past a stored-bytes or file-count quota."""
+
+    code = "quota_exceeded"
+
+
+class MalwareDetected(FileWallBallError):
+    """The scanner found malware in the upload; nothing was stored."""
+
+    code = "malware_detected"
+
+    def __init__(self, signature: str) -> None:
+        super().__init__(f"the file contains malware ({signature})")
+        self.signature = signature
+
+
+class Conflict(FileWallBallError):
+    """The change conflicts with the current state (a duplicate name, a rule that exists)."""
+
+    code = "conflict"

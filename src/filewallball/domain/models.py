@@ -198,8 +198,9 @@ class Visibility(enum.StrEnum):
 
 
 class ScanStatus(enum.StrEnum):
-    SKIPPED = "skipped"
+    SKIPPED = "skipped"  # no scanner configured
     CLEAN = "clean"
+    UNSCANNED = "unscanned"  # the scanner failed and FWB_SCAN_FAIL_OPEN let the file in
 
 
 class ThumbnailStatus(enum.StrEnum):
@@ -340,6 +341,7 @@ class ListQuery:
     cursor: Cursor | None = None
     content_type: str | None = None
     name_contains: str | None = None
+    visible_to: str | None = None  # only this owner's files and public ones; None: all files
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_PAGE_SIZE:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from filewallball.domain.models import ContentType, FileId, FileRecord, ListQuery, Page, Sha256
+from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule
 
 
 class FileRepository(Protocol):
@@ -115,3 +118,95 @@ class Clock(Protocol):
     def now(self) -> datetime:
         """The current time, timezone-aware (UTC)."""
         ...
+
+
+class KeyRepository(Protocol):
+    """Stored API keys (never their secrets)."""
+
+    async def add(self, key: ApiKey) -> None: ...
+
+    async def get(self, key_id: str) -> ApiKey | None: ...
+
+    async def list(self, *, limit: int, after: str | None = None) -> list[ApiKey]:
+        """Keys ordered by id, after the id `after`."""
+        ...
+
+    async def revoke(self, key_id: str, *, at: datetime) -> ApiKey | None:
+        """Mark the key revoked (idempotent); the key as it is now, or None if unknown."""
+        ...
+
+    async def touch(self, key_id: str, *, at: datetime) -> None:
+        """Record that the key was used at `at`."""
+        ...
+
+    async def count(self) -> int: ...
+
+
+class IpRuleRepository(Protocol):
+    async def add(self, rule: IpRule) -> None: ...
+
+    async def list(self) -> list[IpRule]: ...
+
+    async def remove(self, rule_id: str) -> bool: ...
+
+
+class AuditLog(Protocol):
+    """An append-only log of every state change, denial and download."""
+
+    async def record(self, entry: AuditEntry) -> None: ...
+
+    async def query(self, query: AuditQuery) -> list[AuditEntry]:
+        """Entries newest first, matching every filter, at most `query.limit`."""
+        ...
+
+
+class UsageRepository(Protocol):
+    async def stored_by(self, owner: str) -> tuple[int, int]:
+        """(files, logical bytes) that `owner` stores now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after_seconds: int
+    window_seconds: int
+
+
+class RateLimiter(Protocol):
+    async def hit(self, key: str, *, rule: str) -> RateDecision:
+        """Count one request for `key` against `rule` (the `limits` notation, "600/minute")."""
+        ...
+
+
+class ScanVerdict(enum.StrEnum):
+    CLEAN = "clean"
+    INFECTED = "infected"
+    ERROR = "error"  # never clean: the scan could not vouch for the bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    verdict: ScanVerdict
+    signature: str | None = None
+    detail: str | None = None
+
+
+class ScanSession(Protocol):
+    """One file streamed to the scanner while it is being stored."""
+
+    async def feed(self, chunk: bytes) -> None: ...
+
+    async def finish(self) -> ScanResult: ...
+
+    async def abort(self) -> None: ...
+
+
+class MalwareScanner(Protocol):
+    enabled: bool
+
+    async def start(self) -> ScanSession: ...
+
+    async def ping(self) -> None: ...

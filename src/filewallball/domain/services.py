@@ -5,13 +5,18 @@ from __future__ import annotations
 import codecs
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from filewallball.domain.access import Auditor
 from filewallball.domain.errors import (
+    DependencyUnavailable,
     DigestMismatch,
     FileNotFound,
     FileTooLarge,
+    FileWallBallError,
+    MalwareDetected,
     NotPreviewable,
+    QuotaExceeded,
 )
 from filewallball.domain.models import (
     ByteSize,
@@ -21,11 +26,24 @@ from filewallball.domain.models import (
     FileRecord,
     ListQuery,
     Page,
+    ScanStatus,
     Sha256,
     TypePolicy,
     Visibility,
 )
-from filewallball.domain.ports import BlobReader, BlobStore, Cache, Clock, FileRepository, Sniffer
+from filewallball.domain.ports import (
+    BlobReader,
+    BlobStore,
+    Cache,
+    Clock,
+    FileRepository,
+    MalwareScanner,
+    ScanSession,
+    ScanVerdict,
+    Sniffer,
+    UsageRepository,
+)
+from filewallball.domain.security import Outcome, Permission, Principal
 
 # libmagic needs a few KiB for most formats; 64 KiB covers the ones that look deeper (ZIP-based
 # office documents, some text heuristics) while keeping the head buffer small.
@@ -41,7 +59,6 @@ class UploadRequest:
     filename: str
     chunks: AsyncIterator[bytes]
     visibility: Visibility = Visibility.PRIVATE
-    owner: str | None = None
     expected_sha256: Sha256 | None = None
     declared_size: int | None = None
 
@@ -55,11 +72,13 @@ class Preview:
 
 @dataclass
 class _Meter:
-    """Counts, hashes and sniffs bytes as they stream past, stopping at the size limit."""
+    """Counts, hashes, sniffs and scans bytes as they stream past, stopping at the limits."""
 
     limit: int
+    quota: int | None
     sniffer: Sniffer
     policy: TypePolicy
+    scan: ScanSession | None
     size: int = 0
     content_type: ContentType | None = None
     _hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
@@ -72,11 +91,15 @@ class _Meter:
             self.size += len(chunk)
             if self.size > self.limit:
                 raise FileTooLarge(self.limit)
+            if self.quota is not None and self.size > self.quota:
+                raise QuotaExceeded(f"the upload passes the {self.quota} bytes left in the quota")
             self._hasher.update(chunk)
             if self.content_type is None:
                 self._head += chunk[: SNIFF_BYTES - len(self._head)]
                 if len(self._head) >= SNIFF_BYTES:
                     self._decide_type()
+            if self.scan is not None:
+                await self.scan.feed(chunk)
             yield chunk
         if self.content_type is None:
             self._decide_type()
@@ -92,8 +115,17 @@ class _Meter:
         return Sha256.from_digest(self._hasher.digest())
 
 
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    max_upload_bytes: int
+    preview_max_bytes: int
+    type_policy: TypePolicy
+    cache_ttl_seconds: int
+    scan_fail_open: bool = False
+
+
 class FileService:
-    """Upload, read, list and delete files."""
+    """Upload, read, list and delete files, as a principal may."""
 
     def __init__(
         self,
@@ -103,32 +135,64 @@ class FileService:
         cache: Cache,
         sniffer: Sniffer,
         clock: Clock,
-        max_upload_bytes: int,
-        preview_max_bytes: int,
-        type_policy: TypePolicy,
-        cache_ttl_seconds: int,
+        usage: UsageRepository,
+        scanner: MalwareScanner,
+        auditor: Auditor,
+        limits: UploadLimits,
     ) -> None:
         self._files = files
         self._blobs = blobs
         self._cache = cache
         self._sniffer = sniffer
         self._clock = clock
-        self._max_upload_bytes = max_upload_bytes
-        self._preview_max_bytes = preview_max_bytes
-        self._type_policy = type_policy
-        self._cache_ttl = cache_ttl_seconds
+        self._usage = usage
+        self._scanner = scanner
+        self._auditor = auditor
+        self._limits = limits
 
     @property
     def max_upload_bytes(self) -> int:
-        return self._max_upload_bytes
+        return self._limits.max_upload_bytes
 
-    async def upload(self, request: UploadRequest) -> FileRecord:
+    async def upload(self, principal: Principal, request: UploadRequest) -> FileRecord:
         """Stream the file to durable storage, then make it visible; all or nothing."""
-        if request.declared_size is not None and request.declared_size > self._max_upload_bytes:
-            raise FileTooLarge(self._max_upload_bytes)
-        meter = _Meter(self._max_upload_bytes, self._sniffer, self._type_policy)
-        staged = await self._blobs.stage(meter.watch(request.chunks))
+        principal.require(Permission.FILES_WRITE)
         try:
+            record = await self._upload(principal, request)
+        except FileWallBallError as error:
+            await self._auditor.record(
+                principal,
+                "file.upload",
+                Outcome.FAILED,
+                target=request.filename[:255],
+                detail=error.code,
+            )
+            raise
+        await self._auditor.record(principal, "file.upload", Outcome.SUCCESS, target=record.id)
+        return record
+
+    async def _upload(self, principal: Principal, request: UploadRequest) -> FileRecord:
+        limit = self._limits.max_upload_bytes
+        if request.declared_size is not None and request.declared_size > limit:
+            raise FileTooLarge(limit)
+        quota = await self._quota_left(principal)
+        if (
+            quota is not None
+            and request.declared_size is not None
+            and request.declared_size > quota
+        ):
+            raise QuotaExceeded(f"the upload passes the {quota} bytes left in the quota")
+        scan, scan_status = await self._start_scan()
+        meter = _Meter(limit, quota, self._sniffer, self._limits.type_policy, scan)
+        try:
+            staged = await self._blobs.stage(meter.watch(request.chunks))
+        except BaseException:
+            if scan is not None:
+                await scan.abort()
+            raise
+        try:
+            if scan is not None:
+                scan_status = await self._verdict(principal, scan, request.filename)
             sha256 = meter.sha256
             if request.expected_sha256 is not None and request.expected_sha256 != sha256:
                 raise DigestMismatch(
@@ -142,15 +206,66 @@ class FileService:
                 sha256=sha256,
                 created_at=self._clock.now(),
                 visibility=request.visibility,
-                owner=request.owner,
+                owner=principal.owner,
+                scan_status=scan_status,
             )
             await self._files.add(record, publish=lambda: staged.publish(sha256))
         finally:
             await staged.discard()
         return record
 
-    async def get(self, raw_id: str) -> FileRecord:
-        """The record, read through the cache."""
+    async def _quota_left(self, principal: Principal) -> int | None:
+        """Bytes the principal may still store (None: no byte quota); QuotaExceeded when full."""
+        if principal.owner is None or (
+            principal.quota_bytes is None and principal.quota_files is None
+        ):
+            return None
+        files, stored = await self._usage.stored_by(principal.owner)
+        if principal.quota_files is not None and files >= principal.quota_files:
+            raise QuotaExceeded(f"the quota of {principal.quota_files} files is reached")
+        if principal.quota_bytes is None:
+            return None
+        return max(0, principal.quota_bytes - stored)
+
+    async def _start_scan(self) -> tuple[ScanSession | None, ScanStatus]:
+        if not self._scanner.enabled:
+            return None, ScanStatus.SKIPPED
+        try:
+            return await self._scanner.start(), ScanStatus.CLEAN
+        except DependencyUnavailable:
+            if self._limits.scan_fail_open:
+                return None, ScanStatus.UNSCANNED
+            raise
+
+    async def _verdict(self, principal: Principal, scan: ScanSession, filename: str) -> ScanStatus:
+        result = await scan.finish()
+        if result.verdict is ScanVerdict.INFECTED:
+            signature = result.signature or "unknown"
+            await self._auditor.record(
+                principal,
+                "malware.detected",
+                Outcome.DENIED,
+                target=filename[:255],
+                detail=signature,
+            )
+            raise MalwareDetected(signature)
+        if result.verdict is ScanVerdict.ERROR:
+            # An errored or over-limit scan never vouches for the bytes.
+            if self._limits.scan_fail_open:
+                return ScanStatus.UNSCANNED
+            raise DependencyUnavailable("clamd", f"the malware scan failed: {result.detail}")
+        return ScanStatus.CLEAN
+
+    async def get(self, principal: Principal, raw_id: str) -> FileRecord:
+        """The record, read through the cache; another owner's private file does not exist."""
+        principal.require(Permission.FILES_READ)
+        record = await self._lookup(raw_id)
+        if not principal.can_see(record):
+            await self._auditor.record(principal, "file.read", Outcome.DENIED, target=record.id)
+            raise FileNotFound(f"no file {raw_id!r}")
+        return record
+
+    async def _lookup(self, raw_id: str) -> FileRecord:
         file_id = FileId.parse(raw_id)
         if file_id is None:
             raise FileNotFound(f"no file {raw_id!r}")
@@ -164,51 +279,65 @@ class FileService:
         if record is None:
             raise FileNotFound(f"no file {raw_id!r}")
         # Only fill an empty slot: a delete's tombstone written meanwhile must win.
-        await self._cache.add(key, record.to_json(), ttl_seconds=self._cache_ttl)
+        await self._cache.add(key, record.to_json(), ttl_seconds=self._limits.cache_ttl_seconds)
         return record
 
-    async def open(self, raw_id: str) -> tuple[FileRecord, BlobReader]:
+    async def open(self, principal: Principal, raw_id: str) -> tuple[FileRecord, BlobReader]:
         """The record and its bytes, opened: reads go on even if the file is deleted meanwhile."""
-        record = await self.get(raw_id)
-        return record, await self.open_record(record)
+        record = await self.get(principal, raw_id)
+        return record, await self.open_record(principal, record)
 
-    async def preview(self, raw_id: str) -> Preview:
-        """The start of a text file as text: at most `preview_max_bytes` of it."""
-        record = await self.get(raw_id)
-        if not record.previewable:
-            raise NotPreviewable(f"files of type {record.content_type} have no text preview")
-        reader = await self.open_record(record)
-        try:
-            wanted = min(record.size, self._preview_max_bytes)
-            data = b"".join([chunk async for chunk in reader.chunks(0, wanted)])
-        finally:
-            await reader.close()
-        truncated = record.size > wanted
-        # A cut may split a multi-byte character: the incremental decoder holds it back.
-        text = codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=not truncated)
-        return Preview(record=record, text=text, truncated=truncated)
-
-    async def open_record(self, record: FileRecord) -> BlobReader:
-        """The bytes of a record already read; FileNotFound if it was deleted meanwhile."""
+    async def open_record(self, principal: Principal, record: FileRecord) -> BlobReader:
+        """The bytes of a record already read (and audited as a download)."""
         reader = await self._blobs.open(record.sha256)
         if reader is None:
             # The file was deleted between reading the record and opening the bytes.
             await self._cache.delete(_cache_key(record.id))
             raise FileNotFound(f"no file {record.id!r}")
+        await self._auditor.record(principal, "file.download", Outcome.SUCCESS, target=record.id)
         return reader
 
-    async def list(self, query: ListQuery) -> Page[FileRecord]:
+    async def preview(self, principal: Principal, raw_id: str) -> Preview:
+        """The start of a text file as text: at most `preview_max_bytes` of it."""
+        record = await self.get(principal, raw_id)
+        if not record.previewable:
+            raise NotPreviewable(f"files of type {record.content_type} have no text preview")
+        reader = await self._blobs.open(record.sha256)
+        if reader is None:
+            raise FileNotFound(f"no file {raw_id!r}")
+        try:
+            wanted = min(record.size, self._limits.preview_max_bytes)
+            data = b"".join([chunk async for chunk in reader.chunks(0, wanted)])
+        finally:
+            await reader.close()
+        await self._auditor.record(principal, "file.view", Outcome.SUCCESS, target=record.id)
+        truncated = record.size > wanted
+        # A cut may split a multi-byte character: the incremental decoder holds it back.
+        text = codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=not truncated)
+        return Preview(record=record, text=text, truncated=truncated)
+
+    async def list(self, principal: Principal, query: ListQuery) -> Page[FileRecord]:
+        """The files the principal may see: own and public ones, or all with files:read_all."""
+        principal.require(Permission.FILES_READ)
+        if not principal.can(Permission.FILES_READ_ALL):
+            query = replace(query, visible_to=principal.owner or "")
         return await self._files.list(query)
 
-    async def delete(self, raw_id: str) -> FileRecord:
+    async def delete(self, principal: Principal, raw_id: str) -> FileRecord:
         """Remove the record at once; remove the bytes when no other record uses them."""
-        file_id = FileId.parse(raw_id)
-        record = await self._files.remove(file_id) if file_id is not None else None
-        if record is None:
+        record = await self.get(principal, raw_id)
+        if not principal.can_delete(record):
+            # A public file of someone else: visible, so the refusal is honest about it.
+            principal.require(Permission.FILES_DELETE_ALL)
+        removed = await self._files.remove(record.id)
+        if removed is None:
             raise FileNotFound(f"no file {raw_id!r}")
-        await self._cache.set(_cache_key(record.id), _TOMBSTONE, ttl_seconds=self._cache_ttl)
+        await self._cache.set(
+            _cache_key(record.id), _TOMBSTONE, ttl_seconds=self._limits.cache_ttl_seconds
+        )
+        await self._auditor.record(principal, "file.delete", Outcome.SUCCESS, target=record.id)
         await self._collect(record.sha256)
-        return record
+        return removed
 
     async def recover(self, *, temp_older_than_seconds: float) -> tuple[int, int]:
         """Clean up after a crash: stale temp files and blobs no record uses. Both counts."""

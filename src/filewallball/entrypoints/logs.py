@@ -47,7 +47,8 @@ def configure_logging(level: str = "info") -> None:
         processors=[*_shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # Not cached: tests (and a reconfigured app) must see the current configuration.
+        cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
@@ -57,6 +58,8 @@ def configure_logging(level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+    # Alembic narrates every plugin it loads at info; its warnings still show.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # The access event comes from our own middleware, with the route template and request_id.
     logging.getLogger("uvicorn.access").disabled = True
 

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import structlog
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from filewallball import __version__
 from filewallball.adapters.sql import upgrade
 from filewallball.container import Container, build_container, close_clients
 from filewallball.domain.errors import DependencyUnavailable
+from filewallball.domain.security import parse_network
 from filewallball.entrypoints.http.errors import install_error_handlers
 from filewallball.entrypoints.http.middleware import RequestContextMiddleware
-from filewallball.entrypoints.http.routes import content, files, health
+from filewallball.entrypoints.http.routes import admin, content, files, health
+from filewallball.entrypoints.http.security import GateConfig, SecurityGate, SecurityHeaders
 from filewallball.entrypoints.logs import configure_logging
 from filewallball.settings import Settings
 
@@ -27,6 +32,7 @@ async def _start(root: Container) -> None:
     await anyio.Path(settings.blob_dir).mkdir(parents=True, exist_ok=True)
     if settings.migrate_at_start:
         await anyio.to_thread.run_sync(upgrade, settings.resolved_database_url)
+    await _bootstrap(root)
     try:
         swept, collected = await root.file_service().recover(
             temp_older_than_seconds=settings.temp_max_age_seconds
@@ -35,6 +41,32 @@ async def _start(root: Container) -> None:
     except DependencyUnavailable as error:
         # Start anyway: requests answer 503 until the database is back.
         log.warning("recovery_skipped", reason=error.detail)
+
+
+async def _bootstrap(root: Container) -> None:
+    """The first admin key, when there is no key at all (DESIGN.md §2)."""
+    settings: Settings = root.settings()
+    try:
+        secret = await root.access_service().bootstrap(preset=settings.bootstrap_admin_key)
+    except DependencyUnavailable as error:
+        log.warning("bootstrap_skipped", reason=error.detail)
+        return
+    if secret is None or settings.bootstrap_admin_key:
+        return
+    await anyio.to_thread.run_sync(write_private_file, settings.admin_key_file, secret + "\n")
+    # Where the key is, never the key itself.
+    log.warning("bootstrap_admin_key_created", path=str(settings.admin_key_file.resolve()))
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (0600), replacing it atomically."""
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
 
 
 def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
@@ -59,8 +91,51 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     )
     app.state.container = root
     install_error_handlers(app)
+    settings = root.settings()
+    # Starlette wraps in reverse order: the last added runs first.
+    app.add_middleware(
+        SecurityGate,
+        access=root.access_service,
+        limiter=root.rate_limiter,
+        auditor=root.auditor,
+        config=GateConfig(
+            trusted_proxies=tuple(parse_network(c) for c in settings.trusted_proxies),
+            rate_limit=settings.rate_limit,
+            upload_rate_limit=settings.upload_rate_limit,
+            public_docs=settings.public_docs,
+        ),
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Content-Digest",
+                "Range",
+                "If-None-Match",
+                "If-Match",
+                "If-Range",
+                "X-Request-ID",
+            ],
+            expose_headers=[
+                "ETag",
+                "Content-Range",
+                "Content-Disposition",
+                "X-Request-ID",
+                "Location",
+                "RateLimit",
+                "RateLimit-Policy",
+                "Retry-After",
+                "X-Preview-Truncated",
+            ],
+            max_age=600,
+        )
     app.add_middleware(RequestContextMiddleware)
-    for module in (files, content, health):
+    app.add_middleware(SecurityHeaders, hsts=settings.hsts)
+    for module in (files, content, admin, health):
         app.include_router(module.router)
     return app
 

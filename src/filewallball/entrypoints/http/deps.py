@@ -7,6 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from filewallball.container import Container
+from filewallball.domain.access import AccessService, Auditor
+from filewallball.domain.errors import Unauthenticated
+from filewallball.domain.security import Principal
 from filewallball.domain.services import FileService
 
 
@@ -26,5 +29,26 @@ def base_url(request: Request) -> str:
     return configured or str(request.base_url).rstrip("/")
 
 
+def principal(request: Request) -> Principal:
+    """The caller the security gate admitted (every route but the probes has one)."""
+    value = request.scope.get("state", {}).get("principal")
+    if not isinstance(value, Principal):
+        raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
+    return value
+
+
+def access_service(request: Request) -> AccessService:
+    service: AccessService = container(request).access_service()
+    return service
+
+
+def auditor(request: Request) -> Auditor:
+    value: Auditor = container(request).auditor()
+    return value
+
+
 Files = Annotated[FileService, Depends(file_service)]
+Access = Annotated[AccessService, Depends(access_service)]
+Audit = Annotated[Auditor, Depends(auditor)]
+Caller = Annotated[Principal, Depends(principal)]
 BaseUrl = Annotated[str, Depends(base_url)]

@@ -12,16 +12,25 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from filewallball.domain import errors
+from filewallball.domain.access import Auditor
+from filewallball.domain.security import Outcome
 
 PROBLEM_JSON = "application/problem+json"
 
 _STATUS: dict[type[errors.FileWallBallError], int] = {
     errors.InvalidRequest: 400,
     errors.DigestMismatch: 400,
+    errors.Unauthenticated: 401,
+    errors.AccessDenied: 403,
     errors.FileNotFound: 404,
+    errors.ResourceNotFound: 404,
+    errors.Conflict: 409,
     errors.FileTooLarge: 413,
+    errors.QuotaExceeded: 413,
     errors.TypeNotAllowed: 415,
     errors.NotPreviewable: 415,
+    errors.MalwareDetected: 422,
+    errors.RateLimited: 429,
     errors.DependencyUnavailable: 503,
     errors.StorageFull: 507,
 }
@@ -80,6 +89,17 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = status_for(exc)
     headers = {"Retry-After": "5"} if status == 503 else None
     log.info("request_failed", code=exc.code, status=status, detail=exc.detail)
+    if isinstance(exc, errors.AccessDenied):
+        # A role refused inside a use case: the gate never saw it, so audit it here.
+        principal = request.scope.get("state", {}).get("principal")
+        auditor: Auditor = request.app.state.container.auditor()
+        target = f"{request.method} {request.url.path}"[:255]
+        try:
+            await auditor.record(
+                principal, "request.denied", Outcome.DENIED, target=target, detail=exc.code
+            )
+        except errors.FileWallBallError as audit_error:
+            log.warning("audit_unavailable", reason=audit_error.detail)
     return problem(status, exc.code, exc.detail, request_id=request_id_of(request), headers=headers)
 
 

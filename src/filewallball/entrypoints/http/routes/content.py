@@ -18,7 +18,7 @@ from filewallball.entrypoints.http.conditional import (
     if_range_allows,
     parse_ranges,
 )
-from filewallball.entrypoints.http.deps import Files
+from filewallball.entrypoints.http.deps import Caller, Files
 from filewallball.entrypoints.http.errors import PROBLEM_JSON, HttpProblem
 from filewallball.entrypoints.http.responses import BlobResponse, Segment, byteranges
 from filewallball.entrypoints.http.schemas import Problem
@@ -98,9 +98,9 @@ def _ranges(request: Request, record: FileRecord) -> list[ByteRange] | None:
     response_class=Response,
     summary="Download a file's bytes",
 )
-async def download(file_id: str, request: Request, service: Files) -> Any:
+async def download(file_id: str, request: Request, service: Files, caller: Caller) -> Any:
     head = request.method == "HEAD"
-    record = await service.get(file_id)
+    record = await service.get(caller, file_id)
     headers = _representation_headers(record)
     decision = _precondition(request, record)
     if decision is Precondition.NOT_MODIFIED:
@@ -122,7 +122,7 @@ async def download(file_id: str, request: Request, service: Files) -> Any:
         status = 206
         content_type, segments = byteranges(ranges, size=record.size, content_type=content_type)
     headers["Content-Type"] = content_type
-    reader = None if head else await service.open_record(record)
+    reader = None if head else await service.open_record(caller, record)
     return BlobResponse(
         reader=reader, status=status, headers=headers, segments=segments, send_body=not head
     )
@@ -138,8 +138,8 @@ async def download(file_id: str, request: Request, service: Files) -> Any:
     },
     summary="Preview a text file",
 )
-async def view(file_id: str, service: Files) -> Response:
-    preview = await service.preview(file_id)
+async def view(file_id: str, service: Files, caller: Caller) -> Response:
+    preview = await service.preview(caller, file_id)
     headers = {
         "ETag": preview.record.etag,
         "Cache-Control": "private, no-cache",

@@ -16,7 +16,7 @@ from filewallball.domain.models import (
     SortKey,
     validate_type_pattern,
 )
-from filewallball.entrypoints.http.deps import BaseUrl, Files
+from filewallball.entrypoints.http.deps import BaseUrl, Caller, Files
 from filewallball.entrypoints.http.errors import PROBLEM_JSON
 from filewallball.entrypoints.http.schemas import FileList, FileOut, Problem
 from filewallball.entrypoints.http.uploads import MultipartUpload, raw_upload
@@ -78,9 +78,9 @@ def _created(record_out: FileOut) -> JSONResponse:
     responses=_problems(400, 413, 415, 503, 507),
     summary="Upload a file (multipart/form-data, field `file`)",
 )
-async def upload(request: Request, service: Files, base: BaseUrl) -> JSONResponse:
+async def upload(request: Request, service: Files, caller: Caller, base: BaseUrl) -> JSONResponse:
     form = MultipartUpload(request, max_file_bytes=service.max_upload_bytes)
-    record = await service.upload(await form.start())
+    record = await service.upload(caller, await form.start())
     return _created(FileOut.of(record, base))
 
 
@@ -96,21 +96,24 @@ async def upload_raw(
     filename: str,
     request: Request,
     service: Files,
+    caller: Caller,
     base: BaseUrl,
     visibility: Annotated[str | None, Query(pattern="^(private|public)$")] = None,
 ) -> JSONResponse:
-    record = await service.upload(raw_upload(request, filename=filename, visibility=visibility))
+    upload = raw_upload(request, filename=filename, visibility=visibility)
+    record = await service.upload(caller, upload)
     return _created(FileOut.of(record, base))
 
 
 @router.get("/files/{file_id}", response_model=FileOut, responses=_problems(404, 503))
-async def get_file(file_id: str, service: Files, base: BaseUrl) -> FileOut:
-    return FileOut.of(await service.get(file_id), base)
+async def get_file(file_id: str, service: Files, caller: Caller, base: BaseUrl) -> FileOut:
+    return FileOut.of(await service.get(caller, file_id), base)
 
 
 @router.get("/files", response_model=FileList, responses=_problems(400, 503))
 async def list_files(
     service: Files,
+    caller: Caller,
     base: BaseUrl,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
@@ -132,7 +135,7 @@ async def list_files(
         content_type=content_type,
         name_contains=q or None,
     )
-    page = await service.list(query)
+    page = await service.list(caller, query)
     return FileList(
         items=[FileOut.of(record, base) for record in page.items],
         next_cursor=page.next_cursor.encode() if page.next_cursor else None,
@@ -140,6 +143,6 @@ async def list_files(
 
 
 @router.delete("/files/{file_id}", status_code=204, responses=_problems(404, 503))
-async def delete_file(file_id: str, service: Files) -> Response:
-    await service.delete(file_id)
+async def delete_file(file_id: str, service: Files, caller: Caller) -> Response:
+    await service.delete(caller, file_id)
     return Response(status_code=204)

@@ -1,0 +1,156 @@
+"""Rate limits on the `limits` library: one budget in Redis, or in process; never an error."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+
+import redis.asyncio
+import structlog
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import FixedWindowRateLimiter
+from limits.errors import StorageError
+from redis.exceptions import RedisError
+
+from filewallball.adapters.redis_cache import create_redis
+from filewallball.domain.ports import RateDecision, RateLimiter
+
+# Longer than this and Redis counts as down: the request is decided in process instead.
+_REDIS_TIMEOUT_SECONDS = 0.5
+# OSError covers the socket errors and the TimeoutError of asyncio.wait_for.
+_FAILURES = (RedisError, StorageError, OSError)
+# Redis reports a TTL rounded to the nearest second, so the true reset may be up to half a
+# second later; adding that before rounding up keeps Retry-After from sending clients back early.
+_REDIS_TTL_SLACK_SECONDS = 0.5
+_log = structlog.get_logger()
+
+
+def validate_rule(rule: str) -> str:
+    """`rule` if it is exactly one limit in the `limits` notation ("600/minute"), else ValueError."""
+    _parse(rule)
+    return rule
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(rule: str) -> RateLimitItem:
+    example = "expected one limit such as '600/minute' or '10 per 2 seconds'"
+    try:
+        items = parse_many(rule)
+    except ValueError as error:
+        raise ValueError(f"invalid rate limit {rule!r}: {error}; {example}") from error
+    # `limits.parse` would silently keep only the first of "10/second;100/minute".
+    if len(items) != 1:
+        raise ValueError(f"invalid rate limit {rule!r}: {example}")
+    if items[0].amount < 1:
+        raise ValueError(f"invalid rate limit {rule!r}: the limit must allow at least 1 request")
+    return items[0]
+
+
+def _limits_uri(url: str) -> str:
+    """The async scheme limits wants for a redis-py URL: redis://h → async+redis://h."""
+    scheme, _, rest = url.partition("://")
+    return f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
+
+
+class LimitsRateLimiter(RateLimiter):
+    """Fixed-window limits shared through Redis (or in process without a URI).
+
+    While Redis is down each process enforces the limits alone, from memory, and Redis is
+    tried again after `fallback_cooldown_seconds`.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage_uri: str | None,
+        prefix: str = "fwb:rl:",
+        fallback_cooldown_seconds: float = 5.0,
+    ) -> None:
+        # Fixed window, not moving window: one counter per key whose expiry *is* the reset, so
+        # Retry-After and RateLimit-Reset cost one TTL read and the whole budget is back at that
+        # moment. A moving window stores a timestamp per request (600 for "600/minute") and its
+        # reset frees a single slot. The price: a burst of up to twice the limit across a boundary.
+        self._memory = FixedWindowRateLimiter(MemoryStorage())
+        self._client: redis.asyncio.Redis | None = None
+        self._redis: FixedWindowRateLimiter | None = None
+        if storage_uri is not None:
+            # Our own client gives short socket timeouts and no retries, and a pool we can close.
+            self._client = create_redis(storage_uri, timeout_seconds=_REDIS_TIMEOUT_SECONDS)
+            storage = RedisStorage(
+                _limits_uri(storage_uri),
+                # redis-py increments and sets the expiry in one Lua script; the coredis bridge
+                # sends two commands, and a timeout between them would leave a key that never
+                # expires (a client blocked for good).
+                implementation="redispy",
+                # limits joins prefix and key with ":"; this keeps every key under `prefix`.
+                key_prefix=prefix.removesuffix(":"),
+                # Documented by limits, though its annotation only allows float | str | bool.
+                connection_pool=self._client.connection_pool,  # type: ignore[arg-type]
+            )
+            self._redis = FixedWindowRateLimiter(storage)
+        self._cooldown = fallback_cooldown_seconds
+        self._skip_until = 0.0
+        self._degraded = False
+        # Decisions made in process because Redis was down or skipped, for metrics.
+        self.fallbacks = 0
+
+    async def hit(self, key: str, *, rule: str) -> RateDecision:
+        item = _parse(rule)
+        if self._redis is None:
+            return await _decide(self._memory, item, key, slack=0.0)
+        if time.monotonic() >= self._skip_until:
+            try:
+                decision = await asyncio.wait_for(
+                    _decide(self._redis, item, key, slack=_REDIS_TTL_SLACK_SECONDS),
+                    _REDIS_TIMEOUT_SECONDS,
+                )
+            except _FAILURES as error:
+                self._trip(error)
+            else:
+                self._recover()
+                return decision
+        self.fallbacks += 1
+        return await _decide(self._memory, item, key, slack=0.0)
+
+    async def aclose(self) -> None:
+        """Close the Redis connections, if any."""
+        if self._client is not None:
+            await self._client.aclose()
+
+    def _trip(self, error: Exception) -> None:
+        self._skip_until = time.monotonic() + self._cooldown
+        # Logged once per outage: failed retries after each cooldown are only counted.
+        if not self._degraded:
+            self._degraded = True
+            _log.warning(
+                "rate_limit_fallback",
+                error=str(error),
+                error_type=type(error).__name__,
+                detail="limits are enforced per process until Redis answers again",
+            )
+
+    def _recover(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            _log.info("rate_limit_recovered")
+
+
+async def _decide(
+    limiter: FixedWindowRateLimiter, item: RateLimitItem, key: str, *, slack: float
+) -> RateDecision:
+    allowed = await limiter.hit(item, key)
+    stats = await limiter.get_window_stats(item, key)
+    window = item.get_expiry()
+    reset_after = math.ceil(stats.reset_time - time.time() + slack)
+    return RateDecision(
+        allowed=allowed,
+        limit=item.amount,
+        # The window may expire between the hit and the read: a refusal never shows room left.
+        remaining=stats.remaining if allowed else 0,
+        # The window may have just expired (reset now); a client still waits at least a second.
+        reset_after_seconds=min(max(reset_after, 1), window),
+        window_seconds=window,
+    )

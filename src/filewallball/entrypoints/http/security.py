@@ -1,0 +1,233 @@
+"""The gate every request passes: client address, IP rules, API key, rate limit, headers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from filewallball.domain.access import AccessService, Auditor
+from filewallball.domain.errors import AccessDenied, FileWallBallError, RateLimited, Unauthenticated
+from filewallball.domain.ports import RateDecision, RateLimiter
+from filewallball.domain.security import Network, Outcome, Principal, in_any, parse_address
+from filewallball.entrypoints.http.errors import problem, status_for
+
+log = structlog.get_logger("filewallball.security")
+
+# Kubernetes probes come from the node, without a key.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+DOCS_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+# The interactive docs load FastAPI's Swagger UI / ReDoc assets from their CDN.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "connect-src 'self'; worker-src blob:; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    trusted_proxies: tuple[Network, ...]
+    rate_limit: str
+    upload_rate_limit: str
+    public_docs: bool
+
+
+def client_address(scope: Scope, trusted: tuple[Network, ...]) -> str | None:
+    """The socket peer, or through trusted proxies the right-most untrusted X-Forwarded-For hop."""
+    peer = scope.get("client")
+    address = peer[0] if peer else None
+    if not trusted or not in_any(parse_address(address or ""), trusted):
+        return address  # an untrusted peer's X-Forwarded-For is ignored: it could say anything
+    forwarded = ",".join(Headers(scope=scope).getlist("x-forwarded-for"))
+    for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+        parsed = parse_address(hop)
+        if parsed is None:
+            return address  # a garbled chain: trust only what we saw ourselves
+        if not in_any(parsed, trusted):
+            return str(parsed)
+    return address
+
+
+def _is_upload(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return (scope["method"] == "POST" and path == "/upload") or (
+        scope["method"] == "PUT" and path.startswith("/upload/")
+    )
+
+
+def _rate_headers(decision: RateDecision, policy: str) -> list[tuple[bytes, bytes]]:
+    """IETF draft-ietf-httpapi-ratelimit-headers: RateLimit-Policy and RateLimit."""
+    return [
+        (
+            b"ratelimit-policy",
+            f'"{policy}";q={decision.limit};w={decision.window_seconds}'.encode(),
+        ),
+        (
+            b"ratelimit",
+            f'"{policy}";r={decision.remaining};t={decision.reset_after_seconds}'.encode(),
+        ),
+    ]
+
+
+class SecurityHeaders:
+    """Pure ASGI: the browser-facing security headers, on every response (errors included)."""
+
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        self.app = app
+        self._hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = (DOCS_CSP if scope["path"] in DOCS_PATHS else API_CSP).encode()
+        hsts = self._hsts or scope.get("scheme") == "https"
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                for name, value in (
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"content-security-policy", csp),  # /view and downloads set "sandbox"
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"cross-origin-resource-policy", b"same-origin"),
+                    (b"x-frame-options", b"DENY"),
+                ):
+                    if name not in present:
+                        headers.append((name, value))
+                if hsts:
+                    headers.append(
+                        (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+                    )
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class SecurityGate:
+    """Pure ASGI: decides who the caller is before any route runs, and adds security headers."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        access: Callable[[], AccessService],
+        limiter: Callable[[], RateLimiter],
+        auditor: Callable[[], Auditor],
+        config: GateConfig,
+    ) -> None:
+        self.app = app
+        self._access = access
+        self._limiter = limiter
+        self._auditor = auditor
+        self._config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        client_ip = client_address(scope, self._config.trusted_proxies)
+        state["client_ip"] = client_ip
+        path: str = scope["path"]
+        extra: list[tuple[bytes, bytes]] = []
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start" and extra:
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        if path in OPEN_PATHS or (self._config.public_docs and path in DOCS_PATHS):
+            await self.app(scope, receive, send_secured)
+            return
+        request_id = state.get("request_id")
+        try:
+            principal = await self._admit(scope, client_ip, request_id, extra)
+        except FileWallBallError as error:
+            await self._refuse(error, scope, receive, send_secured, client_ip, request_id)
+            return
+        state["principal"] = principal
+        with structlog.contextvars.bound_contextvars(key_id=principal.key_id):
+            await self.app(scope, receive, send_secured)
+
+    async def _admit(
+        self,
+        scope: Scope,
+        client_ip: str | None,
+        request_id: str | None,
+        extra: list[tuple[bytes, bytes]],
+    ) -> Principal:
+        access = self._access()
+        await access.check_address(client_ip)
+        authorization = Headers(scope=scope).get("authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        presented = token.strip() if scheme.lower() == "bearer" else None
+        try:
+            principal = await access.authenticate(
+                presented, client_ip=client_ip, request_id=request_id
+            )
+        except Unauthenticated:
+            # Failed attempts count against the address, so guessing keys is rate limited too.
+            await self._limit(f"ip:{client_ip}", self._config.rate_limit, "default", extra)
+            raise
+        upload = _is_upload(scope)
+        rule = self._config.upload_rate_limit if upload else self._config.rate_limit
+        await self._limit(f"key:{principal.key_id}", rule, "upload" if upload else "default", extra)
+        return principal
+
+    async def _limit(
+        self, identity: str, rule: str, policy: str, extra: list[tuple[bytes, bytes]]
+    ) -> None:
+        decision = await self._limiter().hit(f"{policy}:{identity}", rule=rule)
+        extra[:] = _rate_headers(decision, policy)
+        if not decision.allowed:
+            raise RateLimited(
+                f"more than {rule} requests; retry in {decision.reset_after_seconds} s",
+                retry_after_seconds=decision.reset_after_seconds,
+            )
+
+    async def _refuse(
+        self,
+        error: FileWallBallError,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client_ip: str | None,
+        request_id: str | None,
+    ) -> None:
+        status = status_for(error)
+        headers: dict[str, str] = {}
+        if isinstance(error, Unauthenticated):
+            headers["WWW-Authenticate"] = 'Bearer realm="filewallball"'
+        elif isinstance(error, RateLimited):
+            headers["Retry-After"] = str(error.retry_after_seconds)
+        elif status == 503:
+            headers["Retry-After"] = "5"
+        if isinstance(error, Unauthenticated | AccessDenied | RateLimited):
+            await self._audit_denial(error, scope, client_ip, request_id)
+        response = problem(status, error.code, error.detail, request_id=request_id, headers=headers)
+        await response(scope, receive, send)
+
+    async def _audit_denial(
+        self, error: FileWallBallError, scope: Scope, client_ip: str | None, request_id: str | None
+    ) -> None:
+        try:
+            await self._auditor().record(
+                None,
+                "request.denied",
+                Outcome.DENIED,
+                target=f"{scope['method']} {scope['path']}"[:255],
+                detail=error.code,
+                client_ip=client_ip,
+                request_id=request_id,
+            )
+        except FileWallBallError as audit_error:
+            log.warning("audit_unavailable", reason=audit_error.detail)
