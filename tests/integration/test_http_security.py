@@ -420,3 +420,24 @@ async def test_bootstrap_writes_a_private_admin_key(
     assert key not in capsys.readouterr().out  # the logs say where it is, never what it is
     async with serve(settings, key=None):
         assert key_file.read_text().strip() == key  # not replaced once keys exist
+
+
+async def test_two_instances_share_one_rate_budget_on_redis(
+    tmp_path: Path, pg_url: str, redis_prefix: str
+) -> None:
+    """Two replicas on one Redis: the limit is one budget, not one per process."""
+    from tests.conftest import REDIS_URL
+
+    common: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "database_url": pg_url,
+        "redis_url": REDIS_URL,
+        "redis_prefix": redis_prefix,
+        "auto_migrate": True,
+        "bootstrap_admin_key": ADMIN_KEY,
+        "rate_limit": "5/minute",
+    }
+    async with serve(Settings(**common)) as first, serve(Settings(**common)) as second:
+        statuses = [(await client.get("/files")).status_code for client in (first, second) * 4]
+    assert statuses.count(200) == 5
+    assert statuses[5:] == [429, 429, 429]

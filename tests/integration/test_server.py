@@ -7,6 +7,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -44,9 +45,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("served")
+def start_server(
+    data_dir: Path,
+    extra_args: list[str] | None = None,
+    *,
+    scheme: str = "http",
+    verify: ssl.SSLContext | bool = True,
+) -> Server:
+    """Start `filewallball serve` on a free port and wait until /healthz answers."""
     port = _free_port()
     log_path = data_dir / "server.log"
     command = Path(sys.executable).with_name("filewallball")
@@ -61,26 +67,31 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(command), "serve", "--port", str(port)],
+            [str(command), "serve", "--port", str(port), *(extra_args or [])],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
         )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
+            if httpx.get(f"{url}/healthz", timeout=1, verify=verify).status_code == 200:
+                return Server(url, port, process, log_path, data_dir)
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"the server did not start:\n{log_path.read_text()}")
         time.sleep(0.1)
-    yield Server(url, port, process, log_path, data_dir)
-    process.terminate()
-    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    started = start_server(tmp_path_factory.mktemp("served"))
+    yield started
+    started.process.terminate()
+    started.process.wait(timeout=30)
 
 
 def _pattern(size: int, chunk: int = MiB) -> Iterator[bytes]:
