@@ -82,8 +82,13 @@ def redis_prefix(redis_server: str) -> Iterator[str]:
     prefix = f"fwbtest:{uuid.uuid4().hex[:12]}:"
     yield prefix
     client = redis.Redis.from_url(redis_server)
+    queue = prefix.replace(":", "-")  # the job queue's namespace (Settings.job_queue_name)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
+        keys = [
+            *client.scan_iter(match=f"{prefix}*"),
+            *client.scan_iter(match=f"saq:{queue}*"),
+            *client.scan_iter(match=f"saq:job:{queue}*"),
+        ]
         if keys:
             client.delete(*keys)
     finally:

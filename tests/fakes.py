@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from filewallball.domain.errors import Conflict, InvalidRequest
+from filewallball.domain.jobs import JobPayload, TaskQueue
 from filewallball.domain.models import (
     ContentType,
     Cursor,
@@ -19,6 +20,7 @@ from filewallball.domain.models import (
     Page,
     Sha256,
     SortKey,
+    ThumbnailStatus,
     Visibility,
 )
 from filewallball.domain.ports import (
@@ -84,6 +86,11 @@ class FakeFileRepository(FileRepository):
             last = page[-1]
             next_cursor = Cursor(query.sort, _sort_value(last, query.sort), last.id)
         return Page(items=page, next_cursor=next_cursor)
+
+    async def set_thumbnail_status(self, file_id: FileId, status: ThumbnailStatus) -> None:
+        record = self.records.get(file_id)
+        if record is not None:
+            self.records[file_id] = replace(record, thumbnail_status=status)
 
     async def ping(self) -> None:
         return None
@@ -314,3 +321,17 @@ def _storable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return "\x00" not in text
+
+
+class FakeTaskQueue(TaskQueue):
+    """Records what was queued; runs nothing."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, str, JobPayload]] = []
+
+    async def enqueue(self, name: str, *, key: str, payload: JobPayload) -> None:
+        if not any(n == name and k == key for n, k, _ in self.queued):
+            self.queued.append((name, key, payload))
+
+    async def ping(self) -> None:
+        return None

@@ -9,8 +9,10 @@ from dependency_injector import containers, providers
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from filewallball.adapters.charsets import NormalizerCharsetDecoder
 from filewallball.adapters.clamd import ClamdScanner, NoScanner
 from filewallball.adapters.disk import DiskBlobStore
+from filewallball.adapters.jobs import InProcessTaskQueue, SaqTaskQueue
 from filewallball.adapters.memory import MemoryCache, SystemClock
 from filewallball.adapters.ratelimit import LimitsRateLimiter
 from filewallball.adapters.redis_cache import RedisCache, create_redis
@@ -22,11 +24,14 @@ from filewallball.adapters.sql_security import (
     SqlKeyRepository,
     SqlUsageRepository,
 )
+from filewallball.adapters.vips import VipsThumbnailRenderer
 from filewallball.domain.access import AccessService, Auditor
+from filewallball.domain.jobs import JobRegistry, TaskQueue
 from filewallball.domain.models import TypePolicy
 from filewallball.domain.ports import Cache, MalwareScanner
 from filewallball.domain.security import Role
 from filewallball.domain.services import FileService, UploadLimits
+from filewallball.domain.thumbnails import ThumbnailService, register_thumbnail_job
 from filewallball.settings import Settings
 
 
@@ -40,6 +45,13 @@ def _cache(redis: Redis | None, prefix: str) -> Cache:
 
 def _scanner(address: str | None) -> MalwareScanner:
     return ClamdScanner(address=address) if address else NoScanner()
+
+
+def _task_queue(registry: JobRegistry, redis_url: str | None, name: str) -> TaskQueue:
+    """Jobs on Redis for `filewallball worker` processes, or in this process (embedded)."""
+    return (
+        SaqTaskQueue(redis_url=redis_url, name=name) if redis_url else InProcessTaskQueue(registry)
+    )
 
 
 def _limits(settings: Settings) -> UploadLimits:
@@ -99,7 +111,25 @@ class Container(containers.DeclarativeContainer):
     )
     scanner = providers.Singleton(_scanner, address=settings.provided.clamd_address)
     sniffer = providers.Singleton(default_sniffer)
+    charsets = providers.Singleton(NormalizerCharsetDecoder)
+    renderer = providers.Singleton(
+        VipsThumbnailRenderer,
+        max_pixels=settings.provided.max_image_pixels,
+        timeout_seconds=settings.provided.thumbnail_timeout_seconds,
+        max_source_bytes=settings.provided.thumbnail_max_source_bytes,
+    )
     clock = providers.Singleton(SystemClock)
+
+    # Filled by register_jobs() once the services exist (jobs call services, services queue jobs).
+    job_registry = providers.Singleton(JobRegistry)
+    task_queue = providers.Singleton(
+        _task_queue,
+        registry=job_registry,
+        redis_url=settings.provided.redis_url,
+        name=providers.Callable(
+            lambda p: f"{p}jobs".replace(":", "-"), settings.provided.redis_prefix
+        ),
+    )
 
     auditor = providers.Singleton(Auditor, log=audit_log, clock=clock)
     access_service = providers.Singleton(
@@ -125,11 +155,28 @@ class Container(containers.DeclarativeContainer):
         scanner=scanner,
         auditor=auditor,
         limits=providers.Callable(_limits, settings),
+        charsets=charsets,
+        jobs=task_queue,
+    )
+    thumbnail_service = providers.Singleton(
+        ThumbnailService,
+        files=file_service,
+        records=files,
+        blobs=blobs,
+        cache=cache,
+        renderer=renderer,
+        max_source_bytes=settings.provided.thumbnail_max_source_bytes,
     )
 
 
 def build_container(settings: Settings) -> Container:
-    return Container(settings=settings)
+    container = Container(settings=settings)
+    register_thumbnail_job(
+        container.job_registry(),
+        records=container.files(),
+        thumbnails=container.thumbnail_service(),
+    )
+    return container
 
 
 async def close_clients(container: Container) -> None:
@@ -138,6 +185,9 @@ async def close_clients(container: Container) -> None:
     await engine.dispose()
     limiter: LimitsRateLimiter = container.rate_limiter()
     await limiter.aclose()
+    queue: TaskQueue = container.task_queue()
+    if isinstance(queue, InProcessTaskQueue | SaqTaskQueue):
+        await queue.aclose()
     redis: Redis | None = container.redis()
     if redis is not None:
         await redis.aclose()

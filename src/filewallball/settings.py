@@ -37,6 +37,11 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Images
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    thumbnail_timeout_seconds: float = Field(default=10.0, gt=0)
+    thumbnail_max_source_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+
     # Security (docs/security.md)
     secret_key: str | None = Field(default=None, min_length=32)
     bootstrap_admin_key: str | None = None
@@ -111,6 +116,11 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def job_queue_name(self) -> str:
+        """The SAQ queue of this installation (namespaced like every other Redis key)."""
+        return f"{self.redis_prefix}jobs".replace(":", "-")
 
     @property
     def secret_key_file(self) -> Path:

@@ -181,12 +181,23 @@ async def test_view_is_capped_without_splitting_characters(client: httpx.AsyncCl
 
 
 async def test_view_of_non_utf8_text(client: httpx.AsyncClient) -> None:
-    latin1 = "Ça coûte 5 €, très cher à Zürich.\n".encode("cp1252")
-    record = (await post(client, latin1, "latin1.txt")).json()
+    text = "Ça coûte 5 €, très cher à Zürich.\n"
+    record = (await post(client, text.encode("cp1252"), "latin1.txt")).json()
     assert record["content_type"].startswith("text/")
     response = await client.get(f"/view/{record['id']}")
     assert response.status_code == 200
-    assert response.text.startswith("\ufffda co")  # undecodable bytes are replaced, never a 500
+    assert response.text == text  # transcoded to UTF-8
+    assert response.headers["x-preview-charset"] == "cp1252"
+
+
+async def test_view_lines_cap(client: httpx.AsyncClient) -> None:
+    record = (await post(client, b"one\ntwo\nthree\n", "lines.txt")).json()
+    response = await client.get(f"/view/{record['id']}", params={"lines": "2"})
+    assert response.text == "one\ntwo\n"
+    assert response.headers["x-preview-truncated"] == "true"
+    assert_problem(
+        await client.get(f"/view/{record['id']}", params={"lines": "0"}), 400, "invalid_request"
+    )
 
 
 async def test_view_of_binary_is_415(client: httpx.AsyncClient) -> None:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from filewallball.adapters.charsets import NormalizerCharsetDecoder
 from filewallball.adapters.clamd import NoScanner
 from filewallball.adapters.memory import MemoryCache
 from filewallball.domain.access import Auditor
@@ -37,6 +38,7 @@ from tests.fakes import (
     FakeClock,
     FakeFileRepository,
     FakeSniffer,
+    FakeTaskQueue,
     FakeUsageRepository,
     stream,
 )
@@ -84,6 +86,7 @@ def make_service(
     audit: FakeAuditLog | None = None,
     scanner: MalwareScanner | None = None,
     fail_open: bool = False,
+    jobs: FakeTaskQueue | None = None,
 ) -> FileService:
     clock = FakeClock()
     return FileService(
@@ -102,6 +105,8 @@ def make_service(
             cache_ttl_seconds=60,
             scan_fail_open=fail_open,
         ),
+        charsets=NormalizerCharsetDecoder(),
+        jobs=jobs or FakeTaskQueue(),
     )
 
 
@@ -466,3 +471,43 @@ async def test_scanner_down_or_failing_fails_closed_unless_configured(
         record = await open_.upload(ALICE, upload(b"anything"))
         assert record.scan_status is ScanStatus.UNSCANNED
         await open_.delete(ADMIN, record.id)
+
+
+async def test_preview_transcodes_other_charsets_and_caps_lines(
+    files: FakeFileRepository, blobs: FakeBlobStore
+) -> None:
+    service = make_service(files, blobs, preview_max_bytes=1000)
+    latin = "Déjà vu à Zürich, naïve façade — ça coûte 5 €.\n" * 3
+    record = await service.upload(ADMIN, upload(latin.encode("cp1252"), "notes.txt"))
+    preview = await service.preview(ADMIN, record.id)
+    assert preview.text == latin
+    assert preview.charset in {"cp1252", "latin-1", "iso8859-15", "iso8859-1"}
+    lines = await service.preview(ADMIN, record.id, max_lines=2)
+    assert lines.text == "".join(latin.splitlines(keepends=True)[:2])
+    assert lines.truncated
+
+
+async def test_source_code_is_text_whatever_the_sniffer_says(
+    files: FakeFileRepository, blobs: FakeBlobStore
+) -> None:
+    service = make_service(files, blobs, preview_max_bytes=1000)
+    # The fake sniffer calls anything non-UTF-8 binary; the extension makes it previewable.
+    code = "# Grüße\nprint('hi')\n".encode("cp1252")
+    record = await service.upload(ADMIN, upload(code, "script.py"))
+    assert record.content_type == "application/octet-stream"
+    assert (await service.preview(ADMIN, record.id)).text.startswith("# Grüße")
+    binary = await service.upload(ADMIN, upload(b"\x00\x01\x02binary", "data.log"))
+    with pytest.raises(NotPreviewable):
+        await service.preview(ADMIN, binary.id)
+
+
+async def test_images_queue_a_thumbnail_job(
+    files: FakeFileRepository, blobs: FakeBlobStore
+) -> None:
+    jobs = FakeTaskQueue()
+    service = make_service(files, blobs, jobs=jobs)
+    image = await service.upload(ADMIN, upload(PNG, "a.png"))
+    assert image.thumbnail_status == "pending"
+    text = await service.upload(ADMIN, upload(b"text"))
+    assert text.thumbnail_status == "not_applicable"
+    assert jobs.queued == [("thumbnail", image.id, {"file_id": image.id})]

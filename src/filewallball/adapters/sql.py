@@ -184,6 +184,13 @@ class SqlFileRepository(FileRepository):
             next_cursor = Cursor(query.sort, _sort_value(last, query.sort), last.id)
         return Page(items=items, next_cursor=next_cursor)
 
+    async def set_thumbnail_status(self, file_id: FileId, status: ThumbnailStatus) -> None:
+        statement = (
+            files.update().where(files.c.id == file_id).values(thumbnail_status=status.value)
+        )
+        async with self._transaction() as tx:
+            await tx.execute(statement)
+
     async def ping(self) -> None:
         async with self._transaction() as tx:
             await tx.execute(sa.text("SELECT 1"))

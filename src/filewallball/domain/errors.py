@@ -119,3 +119,15 @@ class Conflict(FileWallBallError):
     """The change conflicts with the current state (a duplicate name, a rule that exists)."""
 
     code = "conflict"
+
+
+class NotAnImage(FileWallBallError):
+    """The file is not an image, so it has no thumbnail."""
+
+    code = "not_an_image"
+
+
+class ThumbnailFailed(FileWallBallError):
+    """The image could not be rendered (corrupt, too many pixels, too slow)."""
+
+    code = "thumbnail_failed"

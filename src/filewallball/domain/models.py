@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 import json
 import re
 import secrets
@@ -89,6 +90,96 @@ _TEXT_APPLICATION_TYPES = frozenset(
 )
 
 
+_RASTER_IMAGES = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/heic",
+        "image/heif",
+        "image/tiff",
+        "image/bmp",
+        "image/x-ms-bmp",
+    }
+)
+# Text whatever a sniffer calls it: source code, configuration, data and logs.
+TEXT_EXTENSIONS = frozenset(
+    [
+        "txt",
+        "text",
+        "md",
+        "markdown",
+        "rst",
+        "csv",
+        "tsv",
+        "json",
+        "jsonl",
+        "ndjson",
+        "xml",
+        "yaml",
+        "yml",
+        "toml",
+        "ini",
+        "cfg",
+        "conf",
+        "env",
+        "log",
+        "py",
+        "pyi",
+        "js",
+        "mjs",
+        "cjs",
+        "ts",
+        "tsx",
+        "jsx",
+        "java",
+        "kt",
+        "go",
+        "rs",
+        "c",
+        "h",
+        "cc",
+        "cpp",
+        "hpp",
+        "cs",
+        "rb",
+        "php",
+        "pl",
+        "sh",
+        "bash",
+        "zsh",
+        "fish",
+        "ps1",
+        "sql",
+        "html",
+        "htm",
+        "css",
+        "scss",
+        "less",
+        "svg",
+        "tex",
+        "bib",
+        "r",
+        "m",
+        "swift",
+        "scala",
+        "lua",
+        "dart",
+        "vue",
+        "properties",
+        "gradle",
+        "dockerfile",
+        "makefile",
+        "diff",
+        "patch",
+        "srt",
+        "vtt",
+    ]
+)
+
+
 class ContentType(str):
     """A lowercase `type/subtype` media type, without parameters."""
 
@@ -114,6 +205,15 @@ class ContentType(str):
     @property
     def is_image(self) -> bool:
         return self.startswith("image/")
+
+    @property
+    def is_thumbnailable(self) -> bool:
+        """Raster images libvips renders; SVG (a document that can carry script) is not one."""
+        return self in _RASTER_IMAGES
+
+    @property
+    def is_binary_media(self) -> bool:
+        return self.startswith(("image/", "audio/", "video/", "font/")) and self != "image/svg+xml"
 
     def matches(self, pattern: str) -> bool:
         """Whether this type matches `pattern`: exact, `type/*` or `*/*`."""
@@ -269,7 +369,14 @@ class FileRecord:
 
     @property
     def previewable(self) -> bool:
-        return self.content_type.is_text
+        """Text by its type, or by a text extension unless the bytes are known binary media."""
+        if self.content_type.is_text:
+            return True
+        return self.filename.extension in TEXT_EXTENSIONS and not self.content_type.is_binary_media
+
+    @property
+    def thumbnailable(self) -> bool:
+        return self.content_type.is_thumbnailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,3 +466,34 @@ T = TypeVar("T")
 class Page(Generic[T]):
     items: list[T]
     next_cursor: Cursor | None = None
+
+
+class ImageFormat(enum.StrEnum):
+    """Formats a thumbnail is encoded in."""
+
+    WEBP = "webp"
+    AVIF = "avif"
+    JPEG = "jpeg"
+
+    @property
+    def media_type(self) -> str:
+        return f"image/{self.value}"
+
+
+class ThumbnailSize(enum.StrEnum):
+    SMALL = "small"
+    MEDIUM = "medium"
+    LARGE = "large"
+
+    @property
+    def longest_side(self) -> int:
+        return {"small": 256, "medium": 512, "large": 1024}[self.value]
+
+
+def thumbnail_key(sha256: Sha256, size: ThumbnailSize, image_format: ImageFormat) -> Sha256:
+    """The blob key of a rendition: derived from the content hash, so it follows the content."""
+    return Sha256(hashlib.sha256(f"thumbnail:{sha256}:{size}:{image_format}".encode()).hexdigest())
+
+
+def thumbnail_keys(sha256: Sha256) -> list[Sha256]:
+    return [thumbnail_key(sha256, size, fmt) for size in ThumbnailSize for fmt in ImageFormat]

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from filewallball.domain.models import ContentType, FileId, FileRecord, ListQuery, Page, Sha256
+from filewallball.domain.models import (
+    ContentType,
+    FileId,
+    FileRecord,
+    ImageFormat,
+    ListQuery,
+    Page,
+    Sha256,
+    ThumbnailStatus,
+)
 from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule
 
 
@@ -40,6 +49,8 @@ class FileRepository(Protocol):
         ...
 
     async def list(self, query: ListQuery) -> Page[FileRecord]: ...
+
+    async def set_thumbnail_status(self, file_id: FileId, status: ThumbnailStatus) -> None: ...
 
     async def ping(self) -> None:
         """Raise DependencyUnavailable unless the store answers."""
@@ -210,3 +221,20 @@ class MalwareScanner(Protocol):
     async def start(self) -> ScanSession: ...
 
     async def ping(self) -> None: ...
+
+
+class ThumbnailRenderer(Protocol):
+    """Renders thumbnails of untrusted images, safely: limits, time-outs, no crash."""
+
+    async def render(self, source: bytes, *, longest_side: int, format: ImageFormat) -> bytes:
+        """The thumbnail, or ThumbnailFailed (not an image, too many pixels, corrupt, too slow)."""
+        ...
+
+
+class CharsetDecoder(Protocol):
+    """Turns the start of a text file, in whatever charset, into text."""
+
+    def decode(self, data: bytes, *, complete: bool) -> tuple[str, str] | None:
+        """(text, charset) — `complete` False when `data` is a prefix cut anywhere — or None
+        when the bytes are not text at all."""
+        ...

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+
+import structlog
 
 from filewallball.domain.access import Auditor
 from filewallball.domain.errors import (
@@ -18,6 +19,7 @@ from filewallball.domain.errors import (
     NotPreviewable,
     QuotaExceeded,
 )
+from filewallball.domain.jobs import TaskQueue
 from filewallball.domain.models import (
     ByteSize,
     ContentType,
@@ -28,13 +30,16 @@ from filewallball.domain.models import (
     Page,
     ScanStatus,
     Sha256,
+    ThumbnailStatus,
     TypePolicy,
     Visibility,
+    thumbnail_keys,
 )
 from filewallball.domain.ports import (
     BlobReader,
     BlobStore,
     Cache,
+    CharsetDecoder,
     Clock,
     FileRepository,
     MalwareScanner,
@@ -44,6 +49,9 @@ from filewallball.domain.ports import (
     UsageRepository,
 )
 from filewallball.domain.security import Outcome, Permission, Principal
+
+THUMBNAIL_JOB = "thumbnail"  # handled in domain/thumbnails.py
+_log = structlog.get_logger("filewallball.files")
 
 # libmagic needs a few KiB for most formats; 64 KiB covers the ones that look deeper (ZIP-based
 # office documents, some text heuristics) while keeping the head buffer small.
@@ -68,6 +76,7 @@ class Preview:
     record: FileRecord
     text: str
     truncated: bool
+    charset: str = "utf-8"  # what the bytes were decoded from
 
 
 @dataclass
@@ -139,6 +148,8 @@ class FileService:
         scanner: MalwareScanner,
         auditor: Auditor,
         limits: UploadLimits,
+        charsets: CharsetDecoder,
+        jobs: TaskQueue,
     ) -> None:
         self._files = files
         self._blobs = blobs
@@ -149,6 +160,8 @@ class FileService:
         self._scanner = scanner
         self._auditor = auditor
         self._limits = limits
+        self._charsets = charsets
+        self._jobs = jobs
 
     @property
     def max_upload_bytes(self) -> int:
@@ -169,7 +182,16 @@ class FileService:
             )
             raise
         await self._auditor.record(principal, "file.upload", Outcome.SUCCESS, target=record.id)
+        if record.thumbnailable:
+            await self._queue_thumbnails(record)
         return record
+
+    async def _queue_thumbnails(self, record: FileRecord) -> None:
+        try:
+            await self._jobs.enqueue(THUMBNAIL_JOB, key=record.id, payload={"file_id": record.id})
+        except DependencyUnavailable as error:
+            # The upload stands: thumbnails are rendered on demand until the queue is back.
+            _log.warning("thumbnail_job_not_queued", file_id=record.id, reason=error.detail)
 
     async def _upload(self, principal: Principal, request: UploadRequest) -> FileRecord:
         limit = self._limits.max_upload_bytes
@@ -198,11 +220,17 @@ class FileService:
                 raise DigestMismatch(
                     f"the body's SHA-256 is {sha256}, not the {request.expected_sha256} declared"
                 )
+            content_type = meter.content_type or ContentType.OCTET_STREAM
             record = FileRecord(
                 id=FileId.new(),
                 filename=Filename.sanitise(request.filename),
                 size=ByteSize(meter.size),
-                content_type=meter.content_type or ContentType.OCTET_STREAM,
+                content_type=content_type,
+                thumbnail_status=(
+                    ThumbnailStatus.PENDING
+                    if content_type.is_thumbnailable
+                    else ThumbnailStatus.NOT_APPLICABLE
+                ),
                 sha256=sha256,
                 created_at=self._clock.now(),
                 visibility=request.visibility,
@@ -269,7 +297,7 @@ class FileService:
         file_id = FileId.parse(raw_id)
         if file_id is None:
             raise FileNotFound(f"no file {raw_id!r}")
-        key = _cache_key(file_id)
+        key = cache_key(file_id)
         cached = await self._cache.get(key)
         if cached == _TOMBSTONE:
             raise FileNotFound(f"no file {raw_id!r}")
@@ -292,13 +320,15 @@ class FileService:
         reader = await self._blobs.open(record.sha256)
         if reader is None:
             # The file was deleted between reading the record and opening the bytes.
-            await self._cache.delete(_cache_key(record.id))
+            await self._cache.delete(cache_key(record.id))
             raise FileNotFound(f"no file {record.id!r}")
         await self._auditor.record(principal, "file.download", Outcome.SUCCESS, target=record.id)
         return reader
 
-    async def preview(self, principal: Principal, raw_id: str) -> Preview:
-        """The start of a text file as text: at most `preview_max_bytes` of it."""
+    async def preview(
+        self, principal: Principal, raw_id: str, *, max_lines: int | None = None
+    ) -> Preview:
+        """The start of a text file as UTF-8 text: at most `preview_max_bytes`, `max_lines`."""
         record = await self.get(principal, raw_id)
         if not record.previewable:
             raise NotPreviewable(f"files of type {record.content_type} have no text preview")
@@ -310,11 +340,17 @@ class FileService:
             data = b"".join([chunk async for chunk in reader.chunks(0, wanted)])
         finally:
             await reader.close()
-        await self._auditor.record(principal, "file.view", Outcome.SUCCESS, target=record.id)
         truncated = record.size > wanted
-        # A cut may split a multi-byte character: the incremental decoder holds it back.
-        text = codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=not truncated)
-        return Preview(record=record, text=text, truncated=truncated)
+        decoded = self._charsets.decode(data, complete=not truncated)
+        if decoded is None:
+            raise NotPreviewable("the file's bytes are not text")
+        text, charset = decoded
+        if max_lines is not None:
+            lines = text.splitlines(keepends=True)
+            if len(lines) > max_lines:
+                text, truncated = "".join(lines[:max_lines]), True
+        await self._auditor.record(principal, "file.view", Outcome.SUCCESS, target=record.id)
+        return Preview(record=record, text=text, truncated=truncated, charset=charset)
 
     async def list(self, principal: Principal, query: ListQuery) -> Page[FileRecord]:
         """The files the principal may see: own and public ones, or all with files:read_all."""
@@ -333,7 +369,7 @@ class FileService:
         if removed is None:
             raise FileNotFound(f"no file {raw_id!r}")
         await self._cache.set(
-            _cache_key(record.id), _TOMBSTONE, ttl_seconds=self._limits.cache_ttl_seconds
+            cache_key(record.id), _TOMBSTONE, ttl_seconds=self._limits.cache_ttl_seconds
         )
         await self._auditor.record(principal, "file.delete", Outcome.SUCCESS, target=record.id)
         await self._collect(record.sha256)
@@ -348,8 +384,12 @@ class FileService:
         return swept, collected
 
     async def _collect(self, sha256: Sha256) -> bool:
-        return await self._files.collect_blob(sha256, delete=lambda: self._blobs.delete(sha256))
+        async def delete_with_renditions() -> None:
+            for key in (sha256, *thumbnail_keys(sha256)):
+                await self._blobs.delete(key)
+
+        return await self._files.collect_blob(sha256, delete=delete_with_renditions)
 
 
-def _cache_key(file_id: FileId) -> str:
+def cache_key(file_id: FileId) -> str:
     return f"file:{file_id}"

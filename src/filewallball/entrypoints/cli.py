@@ -70,6 +70,40 @@ def migrate() -> None:
     typer.echo("database schema is up to date")
 
 
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once")] = 4,
+) -> None:
+    """Run background jobs (thumbnails, ...) from the Redis queue until SIGTERM."""
+    from filewallball.adapters.jobs import run_worker
+    from filewallball.container import build_container, close_clients
+    from filewallball.entrypoints.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    if not settings.redis_url:
+        typer.echo(
+            "error: the worker needs FWB_REDIS_URL; without Redis, jobs run inside `serve`",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+    redis_url = settings.redis_url
+
+    async def run() -> None:
+        container = build_container(settings)
+        try:
+            await run_worker(
+                redis_url=redis_url,
+                registry=container.job_registry(),
+                name=settings.job_queue_name,
+                concurrency=concurrency,
+            )
+        finally:
+            await close_clients(container)
+
+    asyncio.run(run())
+
+
 keys = typer.Typer(help="Manage API keys directly in the database.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
 

@@ -11,6 +11,7 @@ from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.errors import Unauthenticated
 from filewallball.domain.security import Principal
 from filewallball.domain.services import FileService
+from filewallball.domain.thumbnails import ThumbnailService
 
 
 def container(request: Request) -> Container:
@@ -47,7 +48,13 @@ def auditor(request: Request) -> Auditor:
     return value
 
 
+def thumbnail_service(request: Request) -> ThumbnailService:
+    service: ThumbnailService = container(request).thumbnail_service()
+    return service
+
+
 Files = Annotated[FileService, Depends(file_service)]
+Thumbnails = Annotated[ThumbnailService, Depends(thumbnail_service)]
 Access = Annotated[AccessService, Depends(access_service)]
 Audit = Annotated[Auditor, Depends(auditor)]
 Caller = Annotated[Principal, Depends(principal)]

@@ -46,7 +46,7 @@ class FileOut(BaseModel):
                 self=f"{base_url}/files/{record.id}",
                 download=f"{base_url}/download/{record.id}",
                 view=f"{base_url}/view/{record.id}" if record.previewable else None,
-                thumbnail=None,
+                thumbnail=f"{base_url}/thumbnails/{record.id}" if record.thumbnailable else None,
             ),
         )
 

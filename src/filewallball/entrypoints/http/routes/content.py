@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 from email.utils import format_datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from filewallball.domain.models import ByteRange, FileRecord
+from filewallball.domain.models import ByteRange, FileRecord, ImageFormat, ThumbnailSize
 from filewallball.entrypoints.http.conditional import (
     Precondition,
     Unsatisfiable,
@@ -18,7 +18,7 @@ from filewallball.entrypoints.http.conditional import (
     if_range_allows,
     parse_ranges,
 )
-from filewallball.entrypoints.http.deps import Caller, Files
+from filewallball.entrypoints.http.deps import Caller, Files, Thumbnails
 from filewallball.entrypoints.http.errors import PROBLEM_JSON, HttpProblem
 from filewallball.entrypoints.http.responses import BlobResponse, Segment, byteranges
 from filewallball.entrypoints.http.schemas import Problem
@@ -138,8 +138,15 @@ async def download(file_id: str, request: Request, service: Files, caller: Calle
     },
     summary="Preview a text file",
 )
-async def view(file_id: str, service: Files, caller: Caller) -> Response:
-    preview = await service.preview(caller, file_id)
+async def view(
+    file_id: str,
+    service: Files,
+    caller: Caller,
+    lines: Annotated[
+        int | None, Query(ge=1, le=100_000, description="At most this many lines")
+    ] = None,
+) -> Response:
+    preview = await service.preview(caller, file_id, max_lines=lines)
     headers = {
         "ETag": preview.record.etag,
         "Cache-Control": "private, no-cache",
@@ -148,4 +155,77 @@ async def view(file_id: str, service: Files, caller: Caller) -> Response:
     }
     if preview.truncated:
         headers["X-Preview-Truncated"] = "true"
+    headers["X-Preview-Charset"] = preview.charset
     return Response(preview.text, media_type="text/plain; charset=utf-8", headers=headers)
+
+
+_ACCEPTABLE = {
+    "image/webp": ImageFormat.WEBP,
+    "image/avif": ImageFormat.AVIF,
+    "image/jpeg": ImageFormat.JPEG,
+}
+# AVIF is smaller but several times slower to encode: on a tie, WebP wins.
+_PREFERENCE = [ImageFormat.WEBP, ImageFormat.AVIF, ImageFormat.JPEG]
+
+
+def negotiate_image_format(accept: str | None) -> ImageFormat:
+    """The best format the Accept header allows (q-values honoured); JPEG when none is named."""
+    weights: dict[ImageFormat, float] = {}
+    for item in (accept or "").split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        image_format = _ACCEPTABLE.get(media.lower())
+        if image_format is None:
+            continue
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        weights[image_format] = max(quality, weights.get(image_format, 0.0))
+    ranked = [f for f in _PREFERENCE if weights.get(f, 0.0) > 0]
+    return max(ranked, key=lambda f: weights[f]) if ranked else ImageFormat.JPEG
+
+
+@router.get(
+    "/thumbnails/{file_id}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/webp": {}, "image/avif": {}, "image/jpeg": {}},
+            "description": "The thumbnail",
+        },
+        304: {"description": "Not modified"},
+        404: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+        415: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+        422: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+    },
+    summary="A thumbnail of an image (WebP, AVIF or JPEG by Accept)",
+)
+async def thumbnail(
+    file_id: str,
+    request: Request,
+    thumbnails: Thumbnails,
+    caller: Caller,
+    size: ThumbnailSize = ThumbnailSize.MEDIUM,
+) -> Response:
+    image_format = negotiate_image_format(request.headers.get("accept"))
+    rendition = await thumbnails.thumbnail(caller, file_id, size=size, image_format=image_format)
+    headers = {
+        "ETag": rendition.etag,
+        # A rendition of immutable content never changes; access control still applies.
+        "Cache-Control": "private, max-age=31536000, immutable",
+        "Vary": "Accept",
+        "Content-Disposition": content_disposition(
+            "inline", f"{rendition.record.filename}.{image_format.value}"
+        ),
+        **_CONTENT_SAFETY,
+    }
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and rendition.etag in [
+        t.strip() for t in if_none_match.split(",")
+    ]:
+        return Response(status_code=304, headers=headers)
+    return Response(rendition.data, media_type=image_format.media_type, headers=headers)

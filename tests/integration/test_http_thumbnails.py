@@ -1,0 +1,89 @@
+"""Thumbnails over HTTP: negotiation, storage, caching headers, failures that leave the service up."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import pyvips  # type: ignore[import-untyped]
+
+from filewallball.entrypoints.http.routes.content import negotiate_image_format
+from tests.integration.conftest import AppFactory
+from tests.integration.test_http_files import assert_problem, post
+
+
+def png(width: int, height: int) -> bytes:
+    red = pyvips.Image.black(width, height, bands=3).linear([1, 1, 1], [200, 30, 30])
+    data: bytes = red.cast("uchar").pngsave_buffer()
+    return data
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, "jpeg"),
+        ("*/*", "jpeg"),
+        ("image/webp,*/*", "webp"),
+        ("image/avif,image/webp,*/*", "webp"),  # a tie: the faster encoder
+        ("image/avif;q=1,image/webp;q=0.8", "avif"),
+        ("image/webp;q=0, image/jpeg", "jpeg"),
+        ("text/html", "jpeg"),
+        ("image/webp;q=abc", "jpeg"),
+    ],
+)
+def test_negotiation(accept: str | None, expected: str) -> None:
+    assert negotiate_image_format(accept).value == expected
+
+
+async def test_thumbnail_round_trip(client: httpx.AsyncClient) -> None:
+    record = (await post(client, png(1200, 600), "wide.png")).json()
+    assert record["thumbnail_status"] == "pending"
+    assert record["urls"]["thumbnail"] == f"http://testserver/thumbnails/{record['id']}"
+    response = await client.get(
+        record["urls"]["thumbnail"], params={"size": "small"}, headers={"accept": "image/webp"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/webp"
+    assert response.headers["vary"] == "Accept"
+    assert "immutable" in response.headers["cache-control"]
+    image = pyvips.Image.new_from_buffer(response.content, "")
+    assert (image.width, image.height) == (256, 128)
+    etag = response.headers["etag"]
+    again = await client.get(
+        record["urls"]["thumbnail"],
+        params={"size": "small"},
+        headers={"accept": "image/webp", "if-none-match": etag},
+    )
+    assert again.status_code == 304
+    jpeg = await client.get(record["urls"]["thumbnail"], params={"size": "large"})
+    assert jpeg.headers["content-type"] == "image/jpeg"
+    assert pyvips.Image.new_from_buffer(jpeg.content, "").width == 1024
+    assert (await client.get(f"/files/{record['id']}")).json()["thumbnail_status"] == "ready"
+    assert_problem(
+        await client.get(record["urls"]["thumbnail"], params={"size": "huge"}),
+        400,
+        "invalid_request",
+    )
+
+
+async def test_non_images_and_broken_images(client: httpx.AsyncClient) -> None:
+    text = (await post(client, b"just text", "a.txt")).json()
+    assert text["urls"]["thumbnail"] is None
+    assert_problem(await client.get(f"/thumbnails/{text['id']}"), 415, "not_an_image")
+    broken = (await post(client, png(300, 300)[:200], "broken.png")).json()
+    assert broken["content_type"] == "image/png"
+    assert_problem(await client.get(f"/thumbnails/{broken['id']}"), 422, "thumbnail_failed")
+    assert (await client.get(f"/files/{broken['id']}")).json()["thumbnail_status"] == "failed"
+    assert_problem(await client.get(f"/thumbnails/{broken['id']}"), 422, "thumbnail_failed")
+    assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_thumbnails_follow_access_rules(make_client: AppFactory) -> None:
+    async with make_client() as admin:
+        key = (await admin.post("/admin/keys", json={"name": "eve", "role": "reader"})).json()[
+            "key"
+        ]
+        record = (await post(admin, png(100, 100), "private.png")).json()
+        response = await admin.get(
+            f"/thumbnails/{record['id']}", headers={"authorization": f"Bearer {key}"}
+        )
+        assert_problem(response, 404, "file_not_found")
