@@ -87,6 +87,39 @@ class FakeFileRepository(FileRepository):
             next_cursor = Cursor(query.sort, _sort_value(last, query.sort), last.id)
         return Page(items=page, next_cursor=next_cursor)
 
+    async def trash(self, file_id: FileId, *, at: datetime) -> FileRecord | None:
+        record = self.records.get(file_id)
+        if record is None or record.deleted_at is not None:
+            return None
+        record = self.records[file_id] = replace(record, deleted_at=at)
+        return record
+
+    async def restore(self, file_id: FileId) -> FileRecord | None:
+        record = self.records.get(file_id)
+        if record is None or record.deleted_at is None:
+            return None
+        record = self.records[file_id] = replace(record, deleted_at=None)
+        return record
+
+    async def due_for_removal(
+        self, *, now: datetime, trashed_before: datetime, limit: int
+    ) -> tuple[FileId, ...]:
+        due = [
+            r.id
+            for r in self.records.values()
+            if (r.expires_at is not None and r.expires_at <= now)
+            or (r.deleted_at is not None and r.deleted_at <= trashed_before)
+        ]
+        return tuple(due[:limit])
+
+    async def referenced_blobs(self, *, after: Sha256 | None, limit: int) -> tuple[Sha256, ...]:
+        shas = sorted(
+            sha
+            for sha, count in self.refcounts.items()
+            if count > 0 and (after is None or sha > after)
+        )
+        return tuple(shas[:limit])
+
     async def set_thumbnail_status(self, file_id: FileId, status: ThumbnailStatus) -> None:
         record = self.records.get(file_id)
         if record is not None:
@@ -105,6 +138,12 @@ def _sort_value(record: FileRecord, sort: SortKey) -> str | int:
 
 
 def _matches(record: FileRecord, query: ListQuery) -> bool:
+    if (record.deleted_at is not None) != query.trash:
+        return False
+    if query.now is not None and record.expires_at is not None and record.expires_at <= query.now:
+        return False
+    if query.owner is not None and record.owner != query.owner:
+        return False
     if query.visible_to is not None and not (
         record.owner == query.visible_to or record.visibility is Visibility.PUBLIC
     ):

@@ -27,6 +27,7 @@ from filewallball.adapters.sql_security import (
 from filewallball.adapters.vips import VipsThumbnailRenderer
 from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.jobs import JobRegistry, TaskQueue
+from filewallball.domain.maintenance import register_maintenance_jobs
 from filewallball.domain.models import TypePolicy
 from filewallball.domain.ports import Cache, MalwareScanner
 from filewallball.domain.security import Role
@@ -63,6 +64,9 @@ def _limits(settings: Settings) -> UploadLimits:
         ),
         cache_ttl_seconds=settings.cache_ttl_seconds,
         scan_fail_open=settings.scan_fail_open,
+        trash_retention_seconds=settings.trash_retention,
+        default_expires_in_seconds=settings.default_expires_in,
+        max_expires_in_seconds=settings.max_expires_in,
     )
 
 
@@ -120,7 +124,7 @@ class Container(containers.DeclarativeContainer):
     )
     clock = providers.Singleton(SystemClock)
 
-    # Filled by register_jobs() once the services exist (jobs call services, services queue jobs).
+    # Filled by build_container() once the services exist (jobs call services, services queue jobs).
     job_registry = providers.Singleton(JobRegistry)
     task_queue = providers.Singleton(
         _task_queue,
@@ -171,10 +175,12 @@ class Container(containers.DeclarativeContainer):
 
 def build_container(settings: Settings) -> Container:
     container = Container(settings=settings)
+    registry: JobRegistry = container.job_registry()
     register_thumbnail_job(
-        container.job_registry(),
-        records=container.files(),
-        thumbnails=container.thumbnail_service(),
+        registry, records=container.files(), thumbnails=container.thumbnail_service()
+    )
+    register_maintenance_jobs(
+        registry, files=container.file_service(), temp_max_age_seconds=settings.temp_max_age_seconds
     )
     return container
 

@@ -16,6 +16,20 @@ from filewallball.domain.security import parse_network
 GiB = 1024**3
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in "3600", "90s", "15m", "12h", "7d" or "2w"."""
+    cleaned = text.strip().lower()
+    if cleaned.isdigit():
+        return int(cleaned)
+    number, unit = cleaned[:-1].strip(), cleaned[-1:]
+    if unit not in _UNITS or not number.isdigit():
+        raise ValueError(f"not a duration: {text!r} (try 3600, 90s, 15m, 12h, 7d or 2w)")
+    return int(number) * _UNITS[unit]
+
+
 class Settings(BaseSettings):
     """Every knob of the service; see the configuration table in the README."""
 
@@ -36,6 +50,12 @@ class Settings(BaseSettings):
     temp_max_age_seconds: int = Field(default=3600, ge=60)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Lifecycle: durations as seconds or with a unit ("90s", "15m", "12h", "7d", "2w")
+    trash_retention: int = 0  # 0: DELETE is final
+    default_expires_in: int | None = None
+    max_expires_in: int | None = None
+    maintenance_interval: int = Field(default=300, ge=1)
 
     # Images
     max_image_pixels: int = Field(default=100_000_000, ge=1)
@@ -78,6 +98,17 @@ class Settings(BaseSettings):
     @classmethod
     def _check_patterns(cls, value: list[str]) -> list[str]:
         return [validate_type_pattern(pattern) for pattern in value]
+
+    @field_validator(
+        "trash_retention",
+        "default_expires_in",
+        "max_expires_in",
+        "maintenance_interval",
+        mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("ip_allow", "ip_deny", "trusted_proxies")
     @classmethod

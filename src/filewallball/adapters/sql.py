@@ -74,11 +74,15 @@ files = sa.Table(
     sa.Column("owner", sa.String(128), nullable=True),
     sa.Column("scan_status", sa.String(16), nullable=False),
     sa.Column("thumbnail_status", sa.String(16), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_files_sha256", "sha256"),
     sa.Index("ix_files_created_at_id", "created_at", "id"),
     sa.Index("ix_files_size_id", "size", "id"),
     sa.Index("ix_files_filename_id", "filename", "id"),
     sa.Index("ix_files_content_type", "content_type"),
+    sa.Index("ix_files_expires_at", "expires_at"),
+    sa.Index("ix_files_deleted_at", "deleted_at"),
     sa.Index("ix_files_owner", "owner"),  # from 0002_security
 )
 
@@ -184,6 +188,49 @@ class SqlFileRepository(FileRepository):
             next_cursor = Cursor(query.sort, _sort_value(last, query.sort), last.id)
         return Page(items=items, next_cursor=next_cursor)
 
+    async def trash(self, file_id: FileId, *, at: datetime) -> FileRecord | None:
+        statement = (
+            files.update()
+            .where(files.c.id == file_id, files.c.deleted_at.is_(None))
+            .values(deleted_at=_utc(at))
+            .returning(*files.c)
+        )
+        async with self._transaction() as tx:
+            row = (await tx.execute(statement)).one_or_none()
+        return None if row is None else _to_record(row)
+
+    async def restore(self, file_id: FileId) -> FileRecord | None:
+        statement = (
+            files.update()
+            .where(files.c.id == file_id, files.c.deleted_at.is_not(None))
+            .values(deleted_at=None)
+            .returning(*files.c)
+        )
+        async with self._transaction() as tx:
+            row = (await tx.execute(statement)).one_or_none()
+        return None if row is None else _to_record(row)
+
+    async def due_for_removal(
+        self, *, now: datetime, trashed_before: datetime, limit: int
+    ) -> tuple[FileId, ...]:
+        expired = files.c.expires_at.is_not(None) & (files.c.expires_at <= _utc(now))
+        purged = files.c.deleted_at.is_not(None) & (files.c.deleted_at <= _utc(trashed_before))
+        query = sa.select(files.c.id).where(expired | purged).limit(limit)
+        async with self._transaction() as tx:
+            return tuple(FileId(i) for i in (await tx.execute(query)).scalars())
+
+    async def referenced_blobs(self, *, after: Sha256 | None, limit: int) -> tuple[Sha256, ...]:
+        query = (
+            sa.select(blobs.c.sha256)
+            .where(blobs.c.refcount > 0)
+            .order_by(blobs.c.sha256)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(blobs.c.sha256 > str(after))
+        async with self._transaction() as tx:
+            return tuple(Sha256(sha) for sha in (await tx.execute(query)).scalars())
+
     async def set_thumbnail_status(self, file_id: FileId, status: ThumbnailStatus) -> None:
         statement = (
             files.update().where(files.c.id == file_id).values(thumbnail_status=status.value)
@@ -256,6 +303,15 @@ def _select(query: ListQuery, *, on_postgresql: bool) -> sa.Select[Any] | None:
 def _filters(query: ListQuery, *, on_postgresql: bool) -> list[sa.ColumnElement[bool]] | None:
     """The visibility, type and name conditions; None when no stored file can match them."""
     conditions: list[sa.ColumnElement[bool]] = []
+    # Trashed files are listed only when asked for, expired ones never.
+    deleted = files.c.deleted_at.is_not(None)
+    conditions.append(deleted if query.trash else ~deleted)
+    if query.now is not None:
+        conditions.append(
+            sa.or_(files.c.expires_at.is_(None), files.c.expires_at > _utc(query.now))
+        )
+    if query.owner is not None:
+        conditions.append(files.c.owner == query.owner)
     if query.visible_to is not None:
         public = files.c.visibility == Visibility.PUBLIC.value
         conditions.append(sa.or_(files.c.owner == query.visible_to, public))
@@ -296,6 +352,8 @@ def _to_row(record: FileRecord) -> dict[str, Any]:
         "owner": record.owner,
         "scan_status": record.scan_status.value,
         "thumbnail_status": record.thumbnail_status.value,
+        "expires_at": _utc(record.expires_at) if record.expires_at else None,
+        "deleted_at": _utc(record.deleted_at) if record.deleted_at else None,
     }
 
 
@@ -311,6 +369,8 @@ def _to_record(row: sa.Row[Any]) -> FileRecord:
         owner=row.owner,
         scan_status=ScanStatus(row.scan_status),
         thumbnail_status=ThumbnailStatus(row.thumbnail_status),
+        expires_at=_utc(row.expires_at) if row.expires_at else None,
+        deleted_at=_utc(row.deleted_at) if row.deleted_at else None,
     )
 
 

@@ -9,7 +9,7 @@ Written against pyvips 3.2 with the pyvips-binary libvips 8.18, whose behaviour 
   to libvips through a reader that gives nothing more once the time is up: the streaming
   decoders (JPEG, PNG, TIFF) stop at their next read.
 - WebP and HEIF/AVIF read the whole source first, then decode a frame in one call that
-  neither stops: the pixel limit is what bounds them (about a second per 3e7 pixels).
+  neither stops: the pixel limit bounds them (36 Mpx of noise: WebP 1.4 s, AVIF 2.5 s).
 """
 
 from __future__ import annotations

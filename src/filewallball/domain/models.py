@@ -97,11 +97,7 @@ _RASTER_IMAGES = frozenset(
         "image/gif",
         "image/webp",
         "image/avif",
-        "image/heic",
-        "image/heif",
         "image/tiff",
-        "image/bmp",
-        "image/x-ms-bmp",
     }
 )
 # Text whatever a sniffer calls it: source code, configuration, data and logs.
@@ -324,6 +320,12 @@ class FileRecord:
     owner: str | None = None
     scan_status: ScanStatus = ScanStatus.SKIPPED
     thumbnail_status: ThumbnailStatus = ThumbnailStatus.NOT_APPLICABLE
+    expires_at: datetime | None = None
+    deleted_at: datetime | None = None  # in the trash since then
+
+    def is_live(self, now: datetime) -> bool:
+        """Neither in the trash nor expired: what readers may see."""
+        return self.deleted_at is None and (self.expires_at is None or now < self.expires_at)
 
     def to_json(self) -> bytes:
         """A compact serialisation for caches."""
@@ -338,6 +340,8 @@ class FileRecord:
             "owner": self.owner,
             "scan_status": self.scan_status.value,
             "thumbnail_status": self.thumbnail_status.value,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "deleted_at": self.deleted_at.isoformat() if self.deleted_at else None,
         }
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -355,6 +359,8 @@ class FileRecord:
             owner=data["owner"],
             scan_status=ScanStatus(data["scan_status"]),
             thumbnail_status=ThumbnailStatus(data["thumbnail_status"]),
+            expires_at=_maybe_datetime(data.get("expires_at")),
+            deleted_at=_maybe_datetime(data.get("deleted_at")),
         )
 
     @property
@@ -377,6 +383,10 @@ class FileRecord:
     @property
     def thumbnailable(self) -> bool:
         return self.content_type.is_thumbnailable
+
+
+def _maybe_datetime(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +459,9 @@ class ListQuery:
     content_type: str | None = None
     name_contains: str | None = None
     visible_to: str | None = None  # only this owner's files and public ones; None: all files
+    trash: bool = False  # list the trash instead of the live files
+    owner: str | None = None  # only this owner's files
+    now: datetime | None = None  # leave out files that expired by then
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_PAGE_SIZE:

@@ -52,6 +52,24 @@ class FileRepository(Protocol):
 
     async def set_thumbnail_status(self, file_id: FileId, status: ThumbnailStatus) -> None: ...
 
+    async def referenced_blobs(self, *, after: Sha256 | None, limit: int) -> tuple[Sha256, ...]:
+        """Blobs some record uses, in hash order after `after` (for the scrub)."""
+        ...
+
+    async def trash(self, file_id: FileId, *, at: datetime) -> FileRecord | None:
+        """Move a live record to the trash; the record as it is now, or None."""
+        ...
+
+    async def restore(self, file_id: FileId) -> FileRecord | None:
+        """Take a record out of the trash; the record, or None if it was not there."""
+        ...
+
+    async def due_for_removal(
+        self, *, now: datetime, trashed_before: datetime, limit: int
+    ) -> tuple[FileId, ...]:
+        """Files expired by `now` or trashed before `trashed_before`, at most `limit`."""
+        ...
+
     async def ping(self) -> None:
         """Raise DependencyUnavailable unless the store answers."""
         ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -15,6 +16,7 @@ from filewallball.domain.errors import (
     FileNotFound,
     FileTooLarge,
     FileWallBallError,
+    InvalidRequest,
     MalwareDetected,
     NotPreviewable,
     QuotaExceeded,
@@ -69,6 +71,8 @@ class UploadRequest:
     visibility: Visibility = Visibility.PRIVATE
     expected_sha256: Sha256 | None = None
     declared_size: int | None = None
+    expires_at: datetime | None = None
+    expires_in_seconds: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,9 @@ class UploadLimits:
     type_policy: TypePolicy
     cache_ttl_seconds: int
     scan_fail_open: bool = False
+    trash_retention_seconds: int = 0  # 0: a delete is final
+    default_expires_in_seconds: int | None = None
+    max_expires_in_seconds: int | None = None
 
 
 class FileService:
@@ -197,6 +204,7 @@ class FileService:
         limit = self._limits.max_upload_bytes
         if request.declared_size is not None and request.declared_size > limit:
             raise FileTooLarge(limit)
+        expires_at = self._expiry(request)
         quota = await self._quota_left(principal)
         if (
             quota is not None
@@ -236,11 +244,37 @@ class FileService:
                 visibility=request.visibility,
                 owner=principal.owner,
                 scan_status=scan_status,
+                expires_at=expires_at,
             )
             await self._files.add(record, publish=lambda: staged.publish(sha256))
         finally:
             await staged.discard()
         return record
+
+    def _expiry(self, request: UploadRequest) -> datetime | None:
+        """When the upload expires: asked for, or the server default; never past the maximum."""
+        now = self._clock.now()
+        longest = self._limits.max_expires_in_seconds
+        if request.expires_at is not None and request.expires_in_seconds is not None:
+            raise InvalidRequest("give expires_at or expires_in, not both", code="invalid_expiry")
+        expires_at = request.expires_at
+        if request.expires_in_seconds is not None:
+            if request.expires_in_seconds < 1:
+                raise InvalidRequest("expires_in must be at least 1 second", code="invalid_expiry")
+            expires_at = now + timedelta(seconds=request.expires_in_seconds)
+        explicit = expires_at is not None
+        if not explicit and self._limits.default_expires_in_seconds is not None:
+            expires_at = now + timedelta(seconds=self._limits.default_expires_in_seconds)
+        if expires_at is not None and expires_at <= now:
+            raise InvalidRequest("expires_at is in the past", code="invalid_expiry")
+        if longest is not None:
+            limit = now + timedelta(seconds=longest)
+            if explicit and expires_at is not None and expires_at > limit:
+                raise InvalidRequest(
+                    f"files may live at most {longest} seconds", code="invalid_expiry"
+                )
+            expires_at = min(expires_at or limit, limit)
+        return expires_at
 
     async def _quota_left(self, principal: Principal) -> int | None:
         """Bytes the principal may still store (None: no byte quota); QuotaExceeded when full."""
@@ -301,11 +335,13 @@ class FileService:
         cached = await self._cache.get(key)
         if cached == _TOMBSTONE:
             raise FileNotFound(f"no file {raw_id!r}")
-        if cached is not None:
-            return FileRecord.from_json(cached)
-        record = await self._files.get(file_id)
-        if record is None:
+        record = (
+            FileRecord.from_json(cached) if cached is not None else await self._files.get(file_id)
+        )
+        if record is None or not record.is_live(self._clock.now()):
             raise FileNotFound(f"no file {raw_id!r}")
+        if cached is not None:
+            return record
         # Only fill an empty slot: a delete's tombstone written meanwhile must win.
         await self._cache.add(key, record.to_json(), ttl_seconds=self._limits.cache_ttl_seconds)
         return record
@@ -355,7 +391,17 @@ class FileService:
     async def list(self, principal: Principal, query: ListQuery) -> Page[FileRecord]:
         """The files the principal may see: own and public ones, or all with files:read_all."""
         principal.require(Permission.FILES_READ)
-        if not principal.can(Permission.FILES_READ_ALL):
+        query = replace(query, now=self._clock.now())
+        if query.trash:
+            # The trash is its owner's (and the admins'): others' public files are not in it.
+            if not self._limits.trash_retention_seconds:
+                raise InvalidRequest(
+                    "the trash is not enabled (FWB_TRASH_RETENTION)", code="trash_disabled"
+                )
+            if not principal.can(Permission.FILES_DELETE_ALL):
+                principal.require(Permission.FILES_DELETE)
+                query = replace(query, owner=principal.owner or "")
+        elif not principal.can(Permission.FILES_READ_ALL):
             query = replace(query, visible_to=principal.owner or "")
         return await self._files.list(query)
 
@@ -365,15 +411,91 @@ class FileService:
         if not principal.can_delete(record):
             # A public file of someone else: visible, so the refusal is honest about it.
             principal.require(Permission.FILES_DELETE_ALL)
+        if self._limits.trash_retention_seconds:
+            trashed = await self._files.trash(record.id, at=self._clock.now())
+            if trashed is None:
+                raise FileNotFound(f"no file {raw_id!r}")
+            await self._forget(record)
+            await self._auditor.record(principal, "file.trash", Outcome.SUCCESS, target=record.id)
+            return trashed
         removed = await self._files.remove(record.id)
         if removed is None:
             raise FileNotFound(f"no file {raw_id!r}")
-        await self._cache.set(
-            cache_key(record.id), _TOMBSTONE, ttl_seconds=self._limits.cache_ttl_seconds
-        )
+        await self._forget(record)
         await self._auditor.record(principal, "file.delete", Outcome.SUCCESS, target=record.id)
         await self._collect(record.sha256)
         return removed
+
+    async def restore(self, principal: Principal, raw_id: str) -> FileRecord:
+        """Bring a file back from the trash (FWB_TRASH_RETENTION set), as its owner or an admin."""
+        if not self._limits.trash_retention_seconds:
+            raise InvalidRequest(
+                "the trash is not enabled (FWB_TRASH_RETENTION)", code="trash_disabled"
+            )
+        file_id = FileId.parse(raw_id)
+        record = await self._files.get(file_id) if file_id is not None else None
+        # The trash is its owner's and the admins': for anyone else the file is not there.
+        if record is None or record.deleted_at is None or not principal.can_delete(record):
+            raise FileNotFound(f"no file {raw_id!r} in the trash")
+        restored = await self._files.restore(record.id)
+        if restored is None:
+            raise FileNotFound(f"no file {raw_id!r} in the trash")
+        await self._cache.delete(cache_key(record.id))
+        await self._auditor.record(principal, "file.restore", Outcome.SUCCESS, target=record.id)
+        return restored
+
+    async def purge(self, *, batch: int = 500) -> int:
+        """Remove expired files and trash past its retention, bytes included; how many."""
+        now = self._clock.now()
+        retention = timedelta(seconds=self._limits.trash_retention_seconds)
+        removed = 0
+        while True:
+            due = await self._files.due_for_removal(
+                now=now, trashed_before=now - retention, limit=batch
+            )
+            for file_id in due:
+                record = await self._files.remove(file_id)
+                if record is None:
+                    continue  # another replica purged it first
+                await self._forget(record)
+                await self._auditor.record(
+                    Principal.system("purge"), "file.purge", Outcome.SUCCESS, target=file_id
+                )
+                await self._collect(record.sha256)
+                removed += 1
+            if len(due) < batch:
+                return removed
+
+    async def scrub(self, *, batch: int = 200) -> tuple[Sha256, ...]:
+        """Re-hash every stored blob; the ones whose bytes no longer match their hash."""
+        corrupt: list[Sha256] = []
+        after: Sha256 | None = None
+        while True:
+            shas = await self._files.referenced_blobs(after=after, limit=batch)
+            for sha256 in shas:
+                reader = await self._blobs.open(sha256)
+                digest = hashlib.sha256()
+                if reader is not None:
+                    try:
+                        async for chunk in reader.chunks(0, reader.size):
+                            digest.update(chunk)
+                    finally:
+                        await reader.close()
+                if reader is None or digest.hexdigest() != sha256:
+                    corrupt.append(sha256)
+                    _log.error("blob_corrupt", sha256=sha256, missing=reader is None)
+                    await self._auditor.record(
+                        Principal.system("scrub"), "blob.corrupt", Outcome.FAILED, target=sha256
+                    )
+            if len(shas) < batch:
+                return tuple(corrupt)
+            after = shas[-1]
+
+    async def _forget(self, record: FileRecord) -> None:
+        """Every reader, on every replica, sees the file gone from now on."""
+        await self._cache.set(
+            cache_key(record.id), _TOMBSTONE, ttl_seconds=self._limits.cache_ttl_seconds
+        )
 
     async def recover(self, *, temp_older_than_seconds: float) -> tuple[int, int]:
         """Clean up after a crash: stale temp files and blobs no record uses. Both counts."""

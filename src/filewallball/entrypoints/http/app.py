@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +18,8 @@ from filewallball import __version__
 from filewallball.adapters.sql import upgrade
 from filewallball.container import Container, build_container, close_clients
 from filewallball.domain.errors import DependencyUnavailable
+from filewallball.domain.jobs import TaskQueue
+from filewallball.domain.maintenance import MAINTENANCE_JOB, SCRUB_JOB
 from filewallball.domain.security import parse_network
 from filewallball.entrypoints.http.errors import install_error_handlers
 from filewallball.entrypoints.http.middleware import RequestContextMiddleware
@@ -69,6 +73,29 @@ def write_private_file(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
+async def _schedule_maintenance(root: Container) -> None:
+    """Queue the housekeeping jobs: maintenance every interval, the scrub once a day.
+
+    Every replica queues them; the job key (the time slot) keeps the queue from holding two,
+    and the jobs themselves are idempotent.
+    """
+    settings: Settings = root.settings()
+    queue: TaskQueue = root.task_queue()
+    interval = settings.maintenance_interval
+    scrubbed_day = None
+    while True:
+        await asyncio.sleep(interval)
+        now = time.time()
+        try:
+            await queue.enqueue(MAINTENANCE_JOB, key=str(int(now // interval)), payload={})
+            day = int(now // 86400)
+            if day != scrubbed_day:
+                await queue.enqueue(SCRUB_JOB, key=str(day), payload={})
+                scrubbed_day = day
+        except DependencyUnavailable as error:
+            log.warning("maintenance_not_queued", reason=error.detail)
+
+
 def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
     """The app for `settings` (from the environment when None) or a prepared container."""
     root = container or build_container(settings or Settings())
@@ -78,9 +105,12 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await _start(root)
         log.info("started", database=_redact(root.settings().resolved_database_url))
+        scheduler = asyncio.create_task(_schedule_maintenance(root))
         try:
             yield
         finally:
+            scheduler.cancel()
+            await asyncio.gather(scheduler, return_exceptions=True)
             await close_clients(root)
 
     app = FastAPI(

@@ -27,6 +27,8 @@ class FileOut(BaseModel):
     owner: str | None
     scan_status: str
     thumbnail_status: str
+    expires_at: datetime | None = Field(description="When the file goes; null: never")
+    deleted_at: datetime | None = Field(description="In the trash since; null for live files")
     urls: FileUrls
 
     @classmethod
@@ -42,6 +44,8 @@ class FileOut(BaseModel):
             owner=record.owner,
             scan_status=record.scan_status.value,
             thumbnail_status=record.thumbnail_status.value,
+            expires_at=record.expires_at,
+            deleted_at=record.deleted_at,
             urls=FileUrls(
                 self=f"{base_url}/files/{record.id}",
                 download=f"{base_url}/download/{record.id}",

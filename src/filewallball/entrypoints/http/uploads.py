@@ -6,8 +6,9 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
@@ -17,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from filewallball.domain.errors import DigestMismatch, FileTooLarge, InvalidRequest
 from filewallball.domain.models import Sha256, Visibility
 from filewallball.domain.services import UploadRequest
+from filewallball.settings import parse_duration
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -63,6 +65,27 @@ def parse_visibility(value: str | None) -> Visibility:
         ) from error
 
 
+def parse_expiry(fields: Mapping[str, str | None]) -> tuple[datetime | None, int | None]:
+    """(expires_at, expires_in seconds) from form fields or query parameters."""
+    raw_at, raw_in = fields.get("expires_at"), fields.get("expires_in")
+    expires_at = expires_in = None
+    if raw_at:
+        try:
+            expires_at = datetime.fromisoformat(raw_at.strip())
+        except ValueError as error:
+            raise InvalidRequest(
+                "expires_at is not an ISO 8601 date-time", code="invalid_expiry"
+            ) from error
+        if expires_at.tzinfo is None:
+            raise InvalidRequest("expires_at needs a time zone (e.g. Z)", code="invalid_expiry")
+    if raw_in:
+        try:
+            expires_in = parse_duration(raw_in)
+        except ValueError as error:
+            raise InvalidRequest(str(error), code="invalid_expiry") from error
+    return expires_at, expires_in
+
+
 async def _body(request: Request) -> AsyncIterator[bytes]:
     try:
         async for chunk in request.stream():
@@ -85,7 +108,10 @@ def _declared_length(request: Request) -> int | None:
 def raw_upload(request: Request, *, filename: str, visibility: str | None) -> UploadRequest:
     """The request body is the file (PUT /upload/{filename}, curl --upload-file)."""
     digest = parse_content_digest(request.headers.get("content-digest"))
+    expires_at, expires_in = parse_expiry(request.query_params)
     return UploadRequest(
+        expires_at=expires_at,
+        expires_in_seconds=expires_in,
         filename=filename,
         chunks=_body(request),
         visibility=parse_visibility(visibility),
@@ -139,7 +165,7 @@ class MultipartUpload:
         self._state = _FormState()
         self._body_digest = parse_content_digest(request.headers.get("content-digest"))
         self._body_hasher = hashlib.sha256() if self._body_digest is not None else None
-        self._query_visibility = request.query_params.get("visibility")
+        self._query: dict[str, str | None] = dict(request.query_params)
         try:
             self._parser = MultipartParser(boundary, self._callbacks())
         except Exception as error:  # python-multipart rejects absurd boundaries with a bare error
@@ -156,10 +182,13 @@ class MultipartUpload:
                 self._finish()
                 raise InvalidRequest("the form has no 'file' field", code="missing_file")
             self._feed(chunk)
+        expires_at, expires_in = parse_expiry(self._fields())
         request = UploadRequest(
             filename=state.filename or "",
             chunks=self._file_chunks(),
             visibility=self._visibility(),
+            expires_at=expires_at,
+            expires_in_seconds=expires_in,
         )
         self._upload = request
         return request
@@ -181,11 +210,16 @@ class MultipartUpload:
             self._feed(chunk)
         self._finish()
         self._upload.visibility = self._visibility()
+        self._upload.expires_at, self._upload.expires_in_seconds = parse_expiry(self._fields())
         if state.file_digest is not None:
             self._upload.expected_sha256 = Sha256.from_digest(state.file_digest)
 
+    def _fields(self) -> dict[str, str | None]:
+        """Form fields, over the same names in the query string."""
+        return {**self._query, **self._state.fields}
+
     def _visibility(self) -> Visibility:
-        return parse_visibility(self._state.fields.get("visibility", self._query_visibility))
+        return parse_visibility(self._fields().get("visibility"))
 
     def _feed(self, chunk: bytes) -> None:
         if self._body_hasher is not None:

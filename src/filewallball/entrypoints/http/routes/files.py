@@ -48,6 +48,8 @@ _MULTIPART_BODY = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "visibility": {"type": "string", "enum": ["private", "public"]},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                        "expires_in": {"type": "string", "description": "3600, 90s, 15m, 12h, 7d"},
                     },
                 }
             }
@@ -122,6 +124,7 @@ async def list_files(
     ] = None,
     q: Annotated[str | None, Query(max_length=255, description="name contains")] = None,
     sort: SortKey = SortKey.CREATED_AT_DESC,
+    trash: Annotated[bool, Query(description="List the trash (own files; admins: all)")] = False,
 ) -> FileList:
     if content_type is not None:
         try:
@@ -134,6 +137,7 @@ async def list_files(
         cursor=Cursor.decode(cursor) if cursor else None,
         content_type=content_type,
         name_contains=q or None,
+        trash=trash,
     )
     page = await service.list(caller, query)
     return FileList(
@@ -146,3 +150,11 @@ async def list_files(
 async def delete_file(file_id: str, service: Files, caller: Caller) -> Response:
     await service.delete(caller, file_id)
     return Response(status_code=204)
+
+
+@router.post(
+    "/files/{file_id}/restore", response_model=FileOut, responses=_problems(400, 403, 404, 503)
+)
+async def restore_file(file_id: str, service: Files, caller: Caller, base: BaseUrl) -> FileOut:
+    """Bring a file back from the trash (with FWB_TRASH_RETENTION set)."""
+    return FileOut.of(await service.restore(caller, file_id), base)

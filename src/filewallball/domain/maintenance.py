@@ -1,0 +1,36 @@
+"""Housekeeping jobs: purge expired and trashed files, sweep leftovers, scrub stored bytes."""
+
+from __future__ import annotations
+
+import structlog
+
+from filewallball.domain.jobs import JobPayload, JobRegistry
+from filewallball.domain.services import FileService
+
+MAINTENANCE_JOB = "maintenance"
+SCRUB_JOB = "scrub"
+
+_log = structlog.get_logger("filewallball.maintenance")
+
+
+def register_maintenance_jobs(
+    registry: JobRegistry, *, files: FileService, temp_max_age_seconds: float
+) -> None:
+    """Both jobs are idempotent: running one twice, or on two replicas at once, is harmless."""
+
+    async def maintenance(_: JobPayload) -> None:
+        purged = await files.purge()
+        swept, collected = await files.recover(temp_older_than_seconds=temp_max_age_seconds)
+        _log.info(
+            "maintenance_done",
+            purged=purged,
+            temp_files_removed=swept,
+            orphan_blobs_removed=collected,
+        )
+
+    async def scrub(_: JobPayload) -> None:
+        corrupt = await files.scrub()
+        _log.info("scrub_done", corrupt=len(corrupt))
+
+    registry.register(MAINTENANCE_JOB, maintenance)
+    registry.register(SCRUB_JOB, scrub)
