@@ -33,6 +33,7 @@ from filewallball.domain.ports import (
     KeyRepository,
     Sniffer,
     StagedBlob,
+    StorageTotals,
     UsageRepository,
 )
 from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule
@@ -347,6 +348,16 @@ class FakeUsageRepository(UsageRepository):
     async def stored_by(self, owner: str) -> tuple[int, int]:
         owned = [r for r in self.files.records.values() if r.owner == owner]
         return len(owned), sum(r.size for r in owned)
+
+    async def totals(self) -> StorageTotals:
+        records = list(self.files.records.values())
+        distinct = {r.sha256: r.size for r in records}
+        return StorageTotals(
+            files=len(records),
+            logical_bytes=sum(r.size for r in records),
+            blobs=len(distinct),
+            stored_bytes=sum(distinct.values()),
+        )
 
 
 def _utc_or_none(moment: datetime | None) -> datetime | None:

@@ -14,6 +14,13 @@ from filewallball.adapters.clamd import ClamdScanner, NoScanner
 from filewallball.adapters.disk import DiskBlobStore
 from filewallball.adapters.jobs import InProcessTaskQueue, SaqTaskQueue
 from filewallball.adapters.memory import MemoryCache, SystemClock
+from filewallball.adapters.metrics import (
+    CountingAuditLog,
+    CountingCache,
+    InstrumentedJobRegistry,
+    set_dependency,
+    set_storage,
+)
 from filewallball.adapters.ratelimit import LimitsRateLimiter
 from filewallball.adapters.redis_cache import RedisCache, create_redis
 from filewallball.adapters.sniffing import default_sniffer
@@ -24,6 +31,7 @@ from filewallball.adapters.sql_security import (
     SqlKeyRepository,
     SqlUsageRepository,
 )
+from filewallball.adapters.sql_stats import SqlStatsRepository
 from filewallball.adapters.vips import VipsThumbnailRenderer
 from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.jobs import JobRegistry, TaskQueue
@@ -32,6 +40,7 @@ from filewallball.domain.models import TypePolicy
 from filewallball.domain.ports import Cache, MalwareScanner
 from filewallball.domain.security import Role
 from filewallball.domain.services import FileService, UploadLimits
+from filewallball.domain.stats import StatsService
 from filewallball.domain.thumbnails import ThumbnailService, register_thumbnail_job
 from filewallball.settings import Settings
 
@@ -41,7 +50,8 @@ def _redis(url: str | None) -> Redis | None:
 
 
 def _cache(redis: Redis | None, prefix: str) -> Cache:
-    return RedisCache(redis, prefix=prefix) if redis is not None else MemoryCache()
+    inner: Cache = RedisCache(redis, prefix=prefix) if redis is not None else MemoryCache()
+    return CountingCache(inner, name="records")
 
 
 def _scanner(address: str | None) -> MalwareScanner:
@@ -104,8 +114,11 @@ class Container(containers.DeclarativeContainer):
     files = providers.Singleton(SqlFileRepository, engine=engine)
     keys = providers.Singleton(SqlKeyRepository, engine=engine)
     ip_rules = providers.Singleton(SqlIpRuleRepository, engine=engine)
-    audit_log = providers.Singleton(SqlAuditLog, engine=engine)
+    audit_log = providers.Singleton(
+        CountingAuditLog, inner=providers.Singleton(SqlAuditLog, engine=engine)
+    )
     usage = providers.Singleton(SqlUsageRepository, engine=engine)
+    stats = providers.Singleton(SqlStatsRepository, engine=engine)
     blobs = providers.Singleton(DiskBlobStore, root=settings.provided.blob_dir)
     cache = providers.Singleton(_cache, redis=redis, prefix=settings.provided.redis_prefix)
     rate_limiter = providers.Singleton(
@@ -125,7 +138,10 @@ class Container(containers.DeclarativeContainer):
     clock = providers.Singleton(SystemClock)
 
     # Filled by build_container() once the services exist (jobs call services, services queue jobs).
-    job_registry = providers.Singleton(JobRegistry)
+    job_registry = providers.Singleton(InstrumentedJobRegistry)
+    # Telemetry hooks for the entrypoints (readiness checks, scrapes).
+    observe_dependency = providers.Object(set_dependency)
+    observe_storage = providers.Object(set_storage)
     task_queue = providers.Singleton(
         _task_queue,
         registry=job_registry,
@@ -162,6 +178,7 @@ class Container(containers.DeclarativeContainer):
         charsets=charsets,
         jobs=task_queue,
     )
+    stats_service = providers.Singleton(StatsService, stats=stats, usage=usage, clock=clock)
     thumbnail_service = providers.Singleton(
         ThumbnailService,
         files=file_service,

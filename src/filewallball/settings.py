@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = []
     ip_rules_refresh_seconds: float = Field(default=5.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = []
+    metrics_allowed_cidrs: Annotated[list[str], NoDecode] = []
     hsts: bool = False
     public_docs: bool = False
     rate_limit: str = "600/minute"
@@ -86,6 +87,7 @@ class Settings(BaseSettings):
         "ip_deny",
         "trusted_proxies",
         "cors_origins",
+        "metrics_allowed_cidrs",
         mode="before",
     )
     @classmethod
@@ -110,7 +112,7 @@ class Settings(BaseSettings):
     def _duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
 
-    @field_validator("ip_allow", "ip_deny", "trusted_proxies")
+    @field_validator("ip_allow", "ip_deny", "trusted_proxies", "metrics_allowed_cidrs")
     @classmethod
     def _check_cidrs(cls, value: list[str]) -> list[str]:
         try:

@@ -488,6 +488,7 @@ async def test_each_entry_is_also_logged_as_an_audit_event(stores: Stores) -> No
             "request_id": e.request_id,
             "target": e.target,
             "detail": e.detail,
+            "bytes": e.bytes,
         }
         for e in stored
     ]

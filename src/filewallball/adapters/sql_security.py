@@ -16,7 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from filewallball.adapters.sql import _DRIVER_ERRORS, _storable, _utc, files, metadata
 from filewallball.domain.errors import Conflict, DependencyUnavailable, InvalidRequest
-from filewallball.domain.ports import AuditLog, IpRuleRepository, KeyRepository, UsageRepository
+from filewallball.domain.ports import (
+    AuditLog,
+    IpRuleRepository,
+    KeyRepository,
+    StorageTotals,
+    UsageRepository,
+)
 from filewallball.domain.security import (
     ApiKey,
     AuditEntry,
@@ -76,6 +82,7 @@ audit_log = sa.Table(
     sa.Column("request_id", sa.String(128), nullable=True),
     sa.Column("target", sa.String(255), nullable=True),
     sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("bytes", sa.BigInteger, nullable=True),
     sa.Index("ix_audit_log_at", "at"),
     sa.Index("ix_audit_log_actor_id", "actor", "id"),
     sa.Index("ix_audit_log_action_id", "action", "id"),
@@ -237,6 +244,7 @@ class SqlAuditLog(_SqlStore, AuditLog):
                     request_id=row.request_id,
                     target=row.target,
                     detail=row.detail,
+                    bytes=row.bytes,
                 )
                 for row in await tx.execute(statement)
             ]
@@ -253,6 +261,25 @@ class SqlUsageRepository(_SqlStore, UsageRepository):
             count, size = (await tx.execute(totals.where(files.c.owner == owner))).one()
         # PostgreSQL sums a BIGINT column as NUMERIC (a Decimal).
         return int(count), int(size)
+
+    async def totals(self) -> StorageTotals:
+        logical = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(files.c.size), 0))
+        # Distinct contents: the bytes the blob store really holds (deduplicated).
+        distinct = (
+            sa.select(files.c.sha256, sa.func.max(files.c.size).label("size"))
+            .group_by(files.c.sha256)
+            .subquery()
+        )
+        stored = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(distinct.c.size), 0))
+        async with self._transaction() as tx:
+            count, size = (await tx.execute(logical)).one()
+            blob_count, blob_bytes = (await tx.execute(stored)).one()
+        return StorageTotals(
+            files=int(count),
+            logical_bytes=int(size),
+            blobs=int(blob_count),
+            stored_bytes=int(blob_bytes),
+        )
 
 
 def _audit_fields(entry: AuditEntry) -> dict[str, Any]:

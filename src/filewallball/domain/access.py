@@ -53,6 +53,7 @@ class Auditor:
         detail: str | None = None,
         client_ip: str | None = None,
         request_id: str | None = None,
+        size: int | None = None,
     ) -> None:
         await self._log.record(
             AuditEntry(
@@ -65,6 +66,7 @@ class Auditor:
                 request_id=principal.request_id if principal else request_id,
                 target=target,
                 detail=detail,
+                bytes=size,
             )
         )
 

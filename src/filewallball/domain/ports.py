@@ -189,9 +189,25 @@ class AuditLog(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class StorageTotals:
+    files: int
+    logical_bytes: int  # what the files add up to
+    blobs: int
+    stored_bytes: int  # what the deduplicated blobs take
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+
 class UsageRepository(Protocol):
     async def stored_by(self, owner: str) -> tuple[int, int]:
         """(files, logical bytes) that `owner` stores now."""
+        ...
+
+    async def totals(self) -> StorageTotals:
+        """Everything stored, counted once per file and once per distinct content."""
         ...
 
 
@@ -255,4 +271,39 @@ class CharsetDecoder(Protocol):
     def decode(self, data: bytes, *, complete: bool) -> tuple[str, str] | None:
         """(text, charset) — `complete` False when `data` is a prefix cut anywhere — or None
         when the bytes are not text at all."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStats:
+    succeeded: int
+    failed: int
+    errors_by_reason: dict[str, int]
+
+    @property
+    def success_rate(self) -> float | None:
+        total = self.succeeded + self.failed
+        return self.succeeded / total if total else None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientUsage:
+    client: str  # a key id, or an address
+    actor: str | None
+    uploads: int
+    bytes_in: int
+    downloads: int
+    bytes_out: int
+    errors: int
+
+
+class StatsRepository(Protocol):
+    """Statistics computed from the audit log: the same answer on every replica."""
+
+    async def uploads(self, *, since: datetime) -> UploadStats: ...
+
+    async def usage(
+        self, *, since: datetime, by_address: bool, top: int
+    ) -> tuple[ClientUsage, ...]:
+        """The `top` clients by bytes moved, per key (or per address)."""
         ...

@@ -273,6 +273,7 @@ class AuditEntry:
     request_id: str | None = None
     target: str | None = None
     detail: str | None = None
+    bytes: int | None = None  # moved by the action (an upload's size, a download's length)
     id: int | None = None  # assigned by the log
 
 

@@ -188,7 +188,9 @@ class FileService:
                 detail=error.code,
             )
             raise
-        await self._auditor.record(principal, "file.upload", Outcome.SUCCESS, target=record.id)
+        await self._auditor.record(
+            principal, "file.upload", Outcome.SUCCESS, target=record.id, size=record.size
+        )
         if record.thumbnailable:
             await self._queue_thumbnails(record)
         return record
@@ -351,14 +353,19 @@ class FileService:
         record = await self.get(principal, raw_id)
         return record, await self.open_record(principal, record)
 
-    async def open_record(self, principal: Principal, record: FileRecord) -> BlobReader:
-        """The bytes of a record already read (and audited as a download)."""
+    async def open_record(
+        self, principal: Principal, record: FileRecord, *, length: int | None = None
+    ) -> BlobReader:
+        """The bytes of a record already read, audited as a download of `length` bytes (all)."""
+        length = record.size if length is None else length
         reader = await self._blobs.open(record.sha256)
         if reader is None:
             # The file was deleted between reading the record and opening the bytes.
             await self._cache.delete(cache_key(record.id))
             raise FileNotFound(f"no file {record.id!r}")
-        await self._auditor.record(principal, "file.download", Outcome.SUCCESS, target=record.id)
+        await self._auditor.record(
+            principal, "file.download", Outcome.SUCCESS, target=record.id, size=length
+        )
         return reader
 
     async def preview(

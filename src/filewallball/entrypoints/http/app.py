@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import anyio
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import metrics as prometheus_metrics
+from prometheus_fastapi_instrumentator.metrics import Info
 
 from filewallball import __version__
 from filewallball.adapters.sql import upgrade
@@ -23,7 +27,7 @@ from filewallball.domain.maintenance import MAINTENANCE_JOB, SCRUB_JOB
 from filewallball.domain.security import parse_network
 from filewallball.entrypoints.http.errors import install_error_handlers
 from filewallball.entrypoints.http.middleware import RequestContextMiddleware
-from filewallball.entrypoints.http.routes import admin, content, files, health
+from filewallball.entrypoints.http.routes import admin, content, files, health, metrics, stats
 from filewallball.entrypoints.http.security import GateConfig, SecurityGate, SecurityHeaders
 from filewallball.entrypoints.logs import configure_logging
 from filewallball.settings import Settings
@@ -96,6 +100,14 @@ async def _schedule_maintenance(root: Container) -> None:
             log.warning("maintenance_not_queued", reason=error.detail)
 
 
+@functools.cache
+def _http_metrics() -> Callable[[Info], None]:
+    """The default HTTP metrics, made once per process: a second app must reuse, not re-register."""
+    instrumentation = prometheus_metrics.default()
+    assert instrumentation is not None
+    return instrumentation
+
+
 def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
     """The app for `settings` (from the environment when None) or a prepared container."""
     root = container or build_container(settings or Settings())
@@ -133,6 +145,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             rate_limit=settings.rate_limit,
             upload_rate_limit=settings.upload_rate_limit,
             public_docs=settings.public_docs,
+            metrics_cidrs=tuple(parse_network(c) for c in settings.metrics_allowed_cidrs),
         ),
     )
     if settings.cors_origins:
@@ -165,8 +178,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         )
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(SecurityHeaders, hsts=settings.hsts)
-    for module in (files, content, admin, health):
+    for module in (files, content, admin, stats, health, metrics):
         app.include_router(module.router)
+    # HTTP metrics by route template (never raw paths), in the default registry /metrics renders.
+    instrumentator = Instrumentator(excluded_handlers=["/metrics"], should_group_untemplated=True)
+    instrumentator.add(_http_metrics()).instrument(app)
     return app
 
 

@@ -10,6 +10,7 @@ from starlette.types import Receive, Scope, Send
 
 from filewallball.domain.models import ByteRange
 from filewallball.domain.ports import BlobReader
+from filewallball.entrypoints.http.routes.metrics import DOWNLOADED_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class BlobResponse(Response):
         self.reader = reader
         self.segments = segments
         self.send_body = send_body
+        self.sent = 0  # bytes of the blob sent so far
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -57,6 +59,7 @@ class BlobResponse(Response):
         except OSError:
             return  # the client went away; nothing more to send
         finally:
+            DOWNLOADED_BYTES.inc(self.sent)
             if self.reader is not None:
                 await self.reader.close()
 
@@ -71,6 +74,7 @@ class BlobResponse(Response):
             rng = segment.blob_range
             async for chunk in self.reader.chunks(rng.start, rng.length):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.sent += len(chunk)
 
 
 def byteranges(

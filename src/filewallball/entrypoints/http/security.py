@@ -36,6 +36,7 @@ class GateConfig:
     rate_limit: str
     upload_rate_limit: str
     public_docs: bool
+    metrics_cidrs: tuple[Network, ...] = ()
 
 
 def client_address(scope: Scope, trusted: tuple[Network, ...]) -> str | None:
@@ -145,7 +146,10 @@ class SecurityGate:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        if path in OPEN_PATHS or (self._config.public_docs and path in DOCS_PATHS):
+        scraper = path == "/metrics" and in_any(
+            parse_address(client_ip or ""), self._config.metrics_cidrs
+        )
+        if path in OPEN_PATHS or scraper or (self._config.public_docs and path in DOCS_PATHS):
             await self.app(scope, receive, send_secured)
             return
         request_id = state.get("request_id")

@@ -122,7 +122,8 @@ async def download(file_id: str, request: Request, service: Files, caller: Calle
         status = 206
         content_type, segments = byteranges(ranges, size=record.size, content_type=content_type)
     headers["Content-Type"] = content_type
-    reader = None if head else await service.open_record(caller, record)
+    length = sum(s.blob_range.length for s in segments if s.blob_range)
+    reader = None if head else await service.open_record(caller, record, length=length)
     return BlobResponse(
         reader=reader, status=status, headers=headers, segments=segments, send_body=not head
     )

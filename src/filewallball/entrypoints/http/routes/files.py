@@ -18,6 +18,7 @@ from filewallball.domain.models import (
 )
 from filewallball.entrypoints.http.deps import BaseUrl, Caller, Files
 from filewallball.entrypoints.http.errors import PROBLEM_JSON
+from filewallball.entrypoints.http.routes.metrics import UPLOADED_BYTES
 from filewallball.entrypoints.http.schemas import FileList, FileOut, Problem
 from filewallball.entrypoints.http.uploads import MultipartUpload, raw_upload
 
@@ -65,6 +66,7 @@ _RAW_BODY = {
 
 
 def _created(record_out: FileOut) -> JSONResponse:
+    UPLOADED_BYTES.inc(record_out.size)
     return JSONResponse(
         record_out.model_dump(mode="json"),
         status_code=201,

@@ -47,6 +47,8 @@ async def readyz(request: Request) -> JSONResponse:
         probes["redis"] = (root.cache().ping, False)
     results = await asyncio.gather(*(_check(p, required=r) for p, r in probes.values()))
     checks = dict(zip(probes, results, strict=True))
+    for name, check in checks.items():
+        root.observe_dependency()(name, check.status == "ok")
     failing_required = any(c.status != "ok" and c.required for c in checks.values())
     degraded = any(c.status != "ok" for c in checks.values())
     status = "unavailable" if failing_required else "degraded" if degraded else "ok"

@@ -1,0 +1,136 @@
+"""Prometheus business metrics (prefix filewallball_), fed by decorators around the ports.
+
+Counters come from what the service already records: every audit entry, every cache lookup,
+every job run. Gauges that need a query are refreshed when /metrics is scraped. With several
+uvicorn workers, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by
+`filewallball serve --workers N`) adds the processes' values up.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from filewallball.domain.jobs import JobHandler, JobPayload, JobRegistry
+from filewallball.domain.ports import AuditLog, Cache, StorageTotals
+from filewallball.domain.security import AuditEntry, AuditQuery
+
+UPLOADS = Counter(
+    "filewallball_uploads_total", "Uploads by outcome and reason", ["outcome", "reason"]
+)
+DOWNLOADS = Counter("filewallball_downloads_total", "Downloads started")
+DENIED = Counter("filewallball_denied_requests_total", "Requests refused (401/403/429)", ["reason"])
+RATE_LIMITED = Counter("filewallball_rate_limited_requests_total", "Requests answered 429")
+MALWARE = Counter("filewallball_malware_detected_total", "Uploads refused as malware")
+QUOTA = Counter("filewallball_quota_rejections_total", "Uploads refused over a quota")
+CACHE = Counter("filewallball_cache_requests_total", "Cache lookups", ["cache", "result"])
+JOBS = Counter("filewallball_job_runs_total", "Background job runs", ["job", "outcome"])
+JOB_SECONDS = Histogram("filewallball_job_duration_seconds", "Background job run time", ["job"])
+STORED_FILES = Gauge("filewallball_stored_files", "Files stored", multiprocess_mode="mostrecent")
+STORED_BYTES = Gauge(
+    "filewallball_stored_bytes",
+    "Bytes stored: logical (per file) and physical (deduplicated)",
+    ["kind"],
+    multiprocess_mode="mostrecent",
+)
+DEPENDENCY_UP = Gauge(
+    "filewallball_dependency_up",
+    "1 when the dependency answered its last check",
+    ["dependency"],
+    multiprocess_mode="mostrecent",
+)
+DISK_FREE = Gauge(
+    "filewallball_blob_volume_free_bytes",
+    "Free bytes on the blob volume",
+    multiprocess_mode="mostrecent",
+)
+
+
+class CountingAuditLog(AuditLog):
+    """An AuditLog that also counts what it records."""
+
+    def __init__(self, inner: AuditLog) -> None:
+        self._inner = inner
+
+    async def record(self, entry: AuditEntry) -> None:
+        count(entry)
+        await self._inner.record(entry)
+
+    async def query(self, query: AuditQuery) -> list[AuditEntry]:
+        return await self._inner.query(query)
+
+
+def count(entry: AuditEntry) -> None:
+    if entry.action == "file.upload":
+        UPLOADS.labels(entry.outcome.value, entry.detail or "none").inc()
+        if entry.detail == "quota_exceeded":
+            QUOTA.inc()
+    elif entry.action == "file.download":
+        DOWNLOADS.inc()
+    elif entry.action == "malware.detected":
+        MALWARE.inc()
+    elif entry.action == "request.denied":
+        DENIED.labels(entry.detail or "unknown").inc()
+        if entry.detail == "rate_limited":
+            RATE_LIMITED.inc()
+
+
+class CountingCache(Cache):
+    """A Cache that counts its hits and misses under a name."""
+
+    def __init__(self, inner: Cache, *, name: str) -> None:
+        self._inner = inner
+        self._hits = CACHE.labels(name, "hit")
+        self._misses = CACHE.labels(name, "miss")
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._inner.get(key)
+        (self._misses if value is None else self._hits).inc()
+        return value
+
+    async def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None:
+        await self._inner.set(key, value, ttl_seconds=ttl_seconds)
+
+    async def add(self, key: str, value: bytes, *, ttl_seconds: int) -> bool:
+        return await self._inner.add(key, value, ttl_seconds=ttl_seconds)
+
+    async def delete(self, key: str) -> None:
+        await self._inner.delete(key)
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+
+class InstrumentedJobRegistry(JobRegistry):
+    """A JobRegistry whose handlers count their runs, failures and time."""
+
+    def register(self, name: str, handler: JobHandler) -> None:
+        super().register(name, _timed(name, handler))
+
+
+def _timed(name: str, handler: JobHandler) -> JobHandler:
+    async def run(payload: JobPayload) -> None:
+        started = time.perf_counter()
+        try:
+            await handler(payload)
+        except Exception:
+            JOBS.labels(name, "failure").inc()
+            raise
+        else:
+            JOBS.labels(name, "success").inc()
+        finally:
+            JOB_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+    return run
+
+
+def set_storage(totals: StorageTotals, free_bytes: int) -> None:
+    STORED_FILES.set(totals.files)
+    STORED_BYTES.labels("logical").set(totals.logical_bytes)
+    STORED_BYTES.labels("stored").set(totals.stored_bytes)
+    DISK_FREE.set(free_bytes)
+
+
+def set_dependency(name: str, up: bool) -> None:
+    DEPENDENCY_UP.labels(name).set(1 if up else 0)

@@ -1,0 +1,38 @@
+"""Statistics for operators: upload outcomes, usage per client, storage, the record cache."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from filewallball.domain.ports import (
+    ClientUsage,
+    Clock,
+    StatsRepository,
+    StorageTotals,
+    UploadStats,
+    UsageRepository,
+)
+from filewallball.domain.security import Permission, Principal
+
+
+class StatsService:
+    def __init__(self, *, stats: StatsRepository, usage: UsageRepository, clock: Clock) -> None:
+        self._stats = stats
+        self._usage = usage
+        self._clock = clock
+
+    async def uploads(self, principal: Principal, *, window: timedelta) -> UploadStats:
+        principal.require(Permission.STATS_READ)
+        return await self._stats.uploads(since=self._clock.now() - window)
+
+    async def usage(
+        self, principal: Principal, *, window: timedelta, by_address: bool, top: int
+    ) -> tuple[ClientUsage, ...]:
+        principal.require(Permission.STATS_READ)
+        return await self._stats.usage(
+            since=self._clock.now() - window, by_address=by_address, top=top
+        )
+
+    async def storage(self, principal: Principal) -> StorageTotals:
+        principal.require(Permission.STATS_READ)
+        return await self._usage.totals()

@@ -1,0 +1,51 @@
+"""GET /metrics: Prometheus text format, for a key with metrics:read or an allowed address."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import anyio
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from filewallball.domain.errors import FileWallBallError
+from filewallball.domain.security import Permission, Principal
+from filewallball.entrypoints.http.deps import container
+
+router = APIRouter(tags=["health"])
+
+# Bytes moved over HTTP: counted where they move.
+UPLOADED_BYTES = Counter("filewallball_uploaded_bytes_total", "Bytes of files accepted")
+DOWNLOADED_BYTES = Counter("filewallball_downloaded_bytes_total", "Bytes of files sent")
+
+
+def _registry() -> CollectorRegistry:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        # Several uvicorn workers: add up what every process wrote to the shared folder.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
+
+@router.get("/metrics", response_class=Response, include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    principal = request.scope.get("state", {}).get("principal")
+    if isinstance(principal, Principal):  # admitted by key (else by an allowed address)
+        principal.require(Permission.METRICS_READ)
+    root = container(request)
+    try:
+        totals = await root.usage().totals()
+        usage = await anyio.to_thread.run_sync(shutil.disk_usage, root.settings().blob_dir)
+        root.observe_storage()(totals, usage.free)
+    except (FileWallBallError, OSError):
+        pass  # the gauges keep their last values; dependency_up tells why
+    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)

