@@ -223,6 +223,9 @@ class FakeBlobStore(BlobStore):
     async def check_writable(self) -> None:
         return None
 
+    async def free_bytes(self) -> int | None:
+        return None
+
 
 class FakeSniffer(Sniffer):
     """Knows PNG and JPEG by their magic numbers; UTF-8 is text; anything else is binary."""

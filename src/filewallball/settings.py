@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     denied_types: Annotated[list[str], NoDecode] = []
     cache_ttl_seconds: int = Field(default=300, ge=1)
     temp_max_age_seconds: int = Field(default=3600, ge=60)
+    min_free_bytes: int = Field(default=1024**3, ge=0)  # /readyz fails below this
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

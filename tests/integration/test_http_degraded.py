@@ -104,3 +104,34 @@ async def test_unsupported_request_never_500s(tmp_path: Path) -> None:
         for request in probes:
             response = await client.send(request)
             assert response.status_code < 500, (request.url, response.text)
+
+
+async def test_readiness_with_too_little_free_space(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, bootstrap_admin_key=ADMIN_KEY, min_free_bytes=2**62)
+    async with serve(settings) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        check = ready.json()["checks"]["blob_storage"]
+        assert check["status"] == "failing"
+        assert "FWB_MIN_FREE_BYTES" in check["detail"]
+
+
+async def test_readiness_with_clamd_down(tmp_path: Path) -> None:
+    closed = "tcp://127.0.0.1:1"
+    async with serve(
+        Settings(data_dir=tmp_path, bootstrap_admin_key=ADMIN_KEY, clamd_address=closed)
+    ) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["clamd"] == {
+            **ready.json()["checks"]["clamd"],
+            "status": "failing",
+            "required": True,
+        }
+    fail_open = Settings(
+        data_dir=tmp_path, bootstrap_admin_key=ADMIN_KEY, clamd_address=closed, scan_fail_open=True
+    )
+    async with serve(fail_open) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "degraded"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
@@ -187,6 +188,13 @@ class DiskBlobStore(BlobStore):
         """Remove temp files not modified for that long; an upload in progress keeps its fresh."""
         with _storage_errors():
             return await anyio.to_thread.run_sync(_sweep, self._tmp, older_than_seconds)
+
+    async def free_bytes(self) -> int | None:
+        try:
+            usage = await anyio.to_thread.run_sync(shutil.disk_usage, self._root)
+        except OSError:
+            return None
+        return int(usage.free)
 
     async def check_writable(self) -> None:
         """Write, fsync and remove a probe file; DependencyUnavailable (even when full) if not."""

@@ -118,6 +118,10 @@ class BlobStore(Protocol):
         """Raise DependencyUnavailable unless a blob could be written now."""
         ...
 
+    async def free_bytes(self) -> int | None:
+        """Room left for blobs, when the store can tell."""
+        ...
+
 
 class Cache(Protocol):
     """A best-effort byte cache: misses and outages are never errors."""

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from filewallball.domain.errors import FileWallBallError
+from filewallball.domain.errors import DependencyUnavailable, FileWallBallError
 from filewallball.entrypoints.http.deps import container
 from filewallball.entrypoints.http.errors import PROBLEM_JSON, request_id_of
 from filewallball.entrypoints.http.schemas import Check, Health, Readiness
@@ -38,13 +38,28 @@ async def _check(probe: Callable[[], Awaitable[None]], *, required: bool) -> Che
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request) -> JSONResponse:
     root = container(request)
+    settings = root.settings()
+    blobs = root.blobs()
+
+    async def blob_storage() -> None:
+        await blobs.check_writable()
+        free = await blobs.free_bytes()
+        if free is not None and free < settings.min_free_bytes:
+            raise DependencyUnavailable(
+                "blob storage",
+                f"{free} bytes free, below FWB_MIN_FREE_BYTES={settings.min_free_bytes}",
+            )
+
     probes: dict[str, tuple[Callable[[], Awaitable[None]], bool]] = {
         "database": (root.files().ping, True),
-        "blob_storage": (root.blobs().check_writable, True),
+        "blob_storage": (blob_storage, True),
     }
-    if root.settings().redis_url:
+    if settings.redis_url:
         # The service serves from the database while Redis is down: degraded, still ready.
         probes["redis"] = (root.cache().ping, False)
+    if settings.clamd_address:
+        # Uploads fail closed without clamd, unless the operator chose to let them in.
+        probes["clamd"] = (root.scanner().ping, not settings.scan_fail_open)
     results = await asyncio.gather(*(_check(p, required=r) for p, r in probes.values()))
     checks = dict(zip(probes, results, strict=True))
     for name, check in checks.items():
