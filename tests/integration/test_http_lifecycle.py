@@ -135,3 +135,17 @@ async def test_scrub_reports_corrupted_blobs(make_client: AppFactory, tmp_path: 
             "items"
         ]
         assert [e["target"] for e in audit] == [record["sha256"]]
+
+
+async def test_expiry_field_after_the_file_part(make_client: AppFactory) -> None:
+    async with make_client() as client:
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.txt"\r\n\r\n'
+            b'data\r\n--b\r\nContent-Disposition: form-data; name="expires_in"\r\n\r\n'
+            b"1h\r\n--b--\r\n"
+        )
+        response = await client.post(
+            "/upload", content=body, headers={"content-type": "multipart/form-data; boundary=b"}
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["expires_at"] is not None

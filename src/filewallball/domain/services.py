@@ -206,7 +206,6 @@ class FileService:
         limit = self._limits.max_upload_bytes
         if request.declared_size is not None and request.declared_size > limit:
             raise FileTooLarge(limit)
-        expires_at = self._expiry(request)
         quota = await self._quota_left(principal)
         if (
             quota is not None
@@ -230,6 +229,8 @@ class FileService:
                 raise DigestMismatch(
                     f"the body's SHA-256 is {sha256}, not the {request.expected_sha256} declared"
                 )
+            # Read after the stream: a form may carry its expiry fields after the file.
+            expires_at = self._expiry(request)
             content_type = meter.content_type or ContentType.OCTET_STREAM
             record = FileRecord(
                 id=FileId.new(),
