@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -21,7 +21,7 @@ def unavailable(reason: str) -> None:
     """Skip, or fail when the services are required."""
     if os.environ.get("FWB_REQUIRE_SERVICES") == "1":
         pytest.fail(f"required service unavailable: {reason}")
-    pytest.skip(reason)
+    pytest.skip(reason=reason)
 
 
 async def _pg_admin(statement: str) -> None:
@@ -93,3 +93,26 @@ def redis_prefix(redis_server: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture
+async def pg_natural_language_url(pg_server: str) -> AsyncIterator[str]:
+    """A database whose default collation is ICU English, where "B" sorts between "a" and "c"."""
+    import asyncpg
+    import sqlalchemy as sa
+
+    name = f"fwb_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server, timeout=5)
+    try:
+        await admin.execute(
+            f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        )
+    except asyncpg.PostgresError as error:
+        await admin.close()
+        pytest.skip(reason=f"no ICU collations on this server: {error}")
+    try:
+        url = sa.make_url(pg_server).set(drivername="postgresql+asyncpg", database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import astuple, replace
@@ -583,26 +582,6 @@ async def test_a_forged_cursor_is_an_invalid_request(
         await sql_repo.list(ListQuery(sort=sort, cursor=cursor))
 
     assert raised.value.code == "invalid_cursor"
-
-
-@pytest.fixture
-async def pg_natural_language_url(pg_server: str) -> AsyncIterator[str]:
-    """A database whose default collation is ICU English, where "B" sorts between "a" and "c"."""
-    name = f"fwb_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server, timeout=5)
-    try:
-        await admin.execute(
-            f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
-        )
-    except asyncpg.PostgresError as error:
-        await admin.close()
-        pytest.skip(f"no ICU collations on this server: {error}")
-    try:
-        url = sa.make_url(pg_server).set(drivername="postgresql+asyncpg", database=name)
-        yield url.render_as_string(hide_password=False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_postgresql_sorts_bytewise_whatever_its_locale(pg_natural_language_url: str) -> None:

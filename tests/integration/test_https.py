@@ -17,7 +17,7 @@ from tests.integration.test_server import Server, start_server
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not installed: no certificate to serve")
+        pytest.skip(reason="openssl is not installed: no certificate to serve")
     folder = tmp_path_factory.mktemp("tls")
     subprocess.run(
         [

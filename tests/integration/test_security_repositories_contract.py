@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import astuple, dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,9 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import asyncpg
 import pytest
-import sqlalchemy as sa
 import structlog
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -570,26 +567,6 @@ async def test_the_migrated_schema_matches_every_table_the_adapters_query(sql_ur
         await engine.dispose()
 
     assert differences == []
-
-
-@pytest.fixture
-async def pg_natural_language_url(pg_server: str) -> AsyncIterator[str]:
-    """A database whose default collation is ICU English, where "B" sorts between "a" and "c"."""
-    name = f"fwb_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server, timeout=5)
-    try:
-        await admin.execute(
-            f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
-        )
-    except asyncpg.PostgresError as error:
-        await admin.close()
-        pytest.skip(f"no ICU collations on this server: {error}")
-    try:
-        url = sa.make_url(pg_server).set(drivername="postgresql+asyncpg", database=name)
-        yield url.render_as_string(hide_password=False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_postgresql_orders_ids_bytewise_whatever_its_locale(

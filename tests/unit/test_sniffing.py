@@ -102,7 +102,7 @@ def libmagic() -> LibmagicSniffer:
     try:
         return LibmagicSniffer()
     except Exception as error:
-        pytest.skip(f"libmagic is not usable here: {error!r}")
+        pytest.skip(reason=f"libmagic is not usable here: {error!r}")
 
 
 @pytest.mark.parametrize(
