@@ -120,7 +120,11 @@ class Container(containers.DeclarativeContainer):
     usage = providers.Singleton(SqlUsageRepository, engine=engine)
     stats = providers.Singleton(SqlStatsRepository, engine=engine)
     blobs = providers.Singleton(DiskBlobStore, root=settings.provided.blob_dir)
-    cache = providers.Singleton(_cache, redis=redis, prefix=settings.provided.redis_prefix)
+    cache = providers.Singleton(
+        _cache,
+        redis=redis,
+        prefix=providers.Callable(lambda p: f"{p}cache:", settings.provided.redis_prefix),
+    )
     rate_limiter = providers.Singleton(
         LimitsRateLimiter,
         storage_uri=settings.provided.redis_url,
@@ -178,7 +182,9 @@ class Container(containers.DeclarativeContainer):
         charsets=charsets,
         jobs=task_queue,
     )
-    stats_service = providers.Singleton(StatsService, stats=stats, usage=usage, clock=clock)
+    stats_service = providers.Singleton(
+        StatsService, stats=stats, usage=usage, cache=cache, clock=clock
+    )
     thumbnail_service = providers.Singleton(
         ThumbnailService,
         files=file_service,

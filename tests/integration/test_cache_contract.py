@@ -67,6 +67,31 @@ async def test_ping(cache: Cache) -> None:
     await cache.ping()
 
 
+async def test_stats_count_hits_misses_and_live_entries(cache: Cache) -> None:
+    empty = await cache.stats()
+    assert (empty.hits, empty.misses, empty.entries, empty.ratio, empty.since) == (
+        0,
+        0,
+        0,
+        None,
+        None,
+    )
+    await cache.set("a", b"v", ttl_seconds=60)
+    await cache.set("short", b"v", ttl_seconds=1)
+    assert await cache.add("b", b"v", ttl_seconds=60)  # add and set are not lookups
+    assert await cache.get("a") == b"v"
+    assert await cache.get("a") == b"v"
+    assert await cache.get("b") == b"v"
+    assert await cache.get("absent") is None
+    stats = await cache.stats()
+    assert (stats.hits, stats.misses, stats.entries) == (3, 1, 3)
+    assert stats.ratio == 0.75
+    assert stats.since is not None
+    await asyncio.sleep(1.1)
+    await cache.delete("b")
+    assert (await cache.stats()).entries == 1
+
+
 # Redis only.
 
 
@@ -78,6 +103,44 @@ async def test_prefixes_keep_caches_apart(redis_server: str, redis_prefix: str) 
         await mine.set("k", b"mine", ttl_seconds=60)
         assert await theirs.get("k") is None
         assert await client.get(redis_prefix + "a:k") == b"mine"
+    finally:
+        await client.aclose()
+
+
+async def test_stats_are_shared_by_every_client_of_a_prefix(
+    redis_server: str, redis_prefix: str
+) -> None:
+    """Two replicas (two connections) count into one place; another prefix is apart."""
+    first, second = create_redis(redis_server), create_redis(redis_server)
+    try:
+        replica_a = RedisCache(first, prefix=redis_prefix + "c:")
+        replica_b = RedisCache(second, prefix=redis_prefix + "c:")
+        elsewhere = RedisCache(first, prefix=redis_prefix + "d:")
+        await replica_a.set("k", b"v", ttl_seconds=60)
+        assert await replica_b.get("k") == b"v"
+        assert await replica_a.get("k") == b"v"
+        assert await replica_b.get("gone") is None
+        await elsewhere.set("x", b"v", ttl_seconds=60)
+        for replica in (replica_a, replica_b):
+            stats = await replica.stats()
+            assert (stats.hits, stats.misses, stats.entries, stats.shared) == (2, 1, 1, True)
+        assert (await elsewhere.stats()).entries == 1
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_a_prefix_with_glob_characters_counts_only_its_own_entries(
+    redis_server: str, redis_prefix: str
+) -> None:
+    client = create_redis(redis_server)
+    try:
+        starred = RedisCache(client, prefix=redis_prefix + "[*]:")
+        plain = RedisCache(client, prefix=redis_prefix + "x:")
+        await starred.set("k", b"v", ttl_seconds=60)
+        await plain.set("k", b"v", ttl_seconds=60)
+        await plain.set("j", b"v", ttl_seconds=60)
+        assert (await starred.stats()).entries == 1
     finally:
         await client.aclose()
 
@@ -100,6 +163,8 @@ async def test_an_outage_is_a_quick_miss_not_an_error() -> None:
         assert "error" in logs[0]
         with pytest.raises(DependencyUnavailable):
             await cache.ping()
+        with pytest.raises(DependencyUnavailable):
+            await cache.stats()
     finally:
         await client.aclose()
 

@@ -72,3 +72,28 @@ async def test_stats_of_an_empty_instance(client: httpx.AsyncClient) -> None:
     assert errors["uploads"] == 0
     assert errors["success_rate"] is None
     assert (await client.get("/stats/storage")).json()["dedup_ratio"] == 1.0
+
+
+async def test_cache_stats_follow_record_lookups(make_client: AppFactory) -> None:
+    async with make_client() as first, make_client() as second:
+        before = (await first.get("/stats/cache")).json()
+        created = (await first.post("/upload", files={"file": ("a.txt", b"abc")})).json()
+        for _ in range(3):
+            assert (await second.get(f"/files/{created['id']}")).status_code == 200
+        # On Redis both instances count into one place; in process, each has its own cache.
+        asked = first if before["shared"] else second
+        after = (await asked.get("/stats/cache")).json()
+        assert after["cache"] == "records"
+        assert after["backend"] == ("redis" if before["shared"] else "memory")
+        hits = after["hits"] - before["hits"]
+        misses = after["misses"] - before["misses"]
+        assert (hits, misses) == (2, 1)
+        assert after["entries"] >= 1
+        assert 0 < after["ratio"] <= 1
+        assert after["since"] is not None
+        ann = (await first.post("/admin/keys", json={"name": "r", "role": "reader"})).json()
+        assert_problem(
+            await first.get("/stats/cache", headers={"authorization": f"Bearer {ann['key']}"}),
+            403,
+            "access_denied",
+        )

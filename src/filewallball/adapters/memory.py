@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from datetime import UTC, datetime
 
-from filewallball.domain.ports import Cache, Clock
+from filewallball.domain.ports import Cache, CacheStats, Clock
 
 
 class MemoryCache(Cache):
@@ -15,8 +15,21 @@ class MemoryCache(Cache):
     def __init__(self, *, max_entries: int = 10_000) -> None:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._max_entries = max_entries
+        self._hits = 0
+        self._misses = 0
+        self._since: datetime | None = None
 
     async def get(self, key: str) -> bytes | None:
+        value = self._lookup(key)
+        if self._since is None:
+            self._since = datetime.now(UTC)
+        if value is None:
+            self._misses += 1
+        else:
+            self._hits += 1
+        return value
+
+    def _lookup(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -34,7 +47,7 @@ class MemoryCache(Cache):
             self._entries.popitem(last=False)
 
     async def add(self, key: str, value: bytes, *, ttl_seconds: int) -> bool:
-        if await self.get(key) is not None:
+        if self._lookup(key) is not None:
             return False
         await self.set(key, value, ttl_seconds=ttl_seconds)
         return True
@@ -44,6 +57,18 @@ class MemoryCache(Cache):
 
     async def ping(self) -> None:
         return None
+
+    async def stats(self) -> CacheStats:
+        now = time.monotonic()
+        live = sum(1 for expires, _ in self._entries.values() if expires > now)
+        return CacheStats(
+            backend="memory",
+            shared=False,
+            hits=self._hits,
+            misses=self._misses,
+            entries=live,
+            since=self._since,
+        )
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -13,7 +13,7 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 
 from filewallball.domain.jobs import JobHandler, JobPayload, JobRegistry
-from filewallball.domain.ports import AuditLog, Cache, StorageTotals
+from filewallball.domain.ports import AuditLog, Cache, CacheStats, StorageTotals
 from filewallball.domain.security import AuditEntry, AuditQuery
 
 UPLOADS = Counter(
@@ -100,6 +100,9 @@ class CountingCache(Cache):
 
     async def ping(self) -> None:
         await self._inner.ping()
+
+    async def stats(self) -> CacheStats:
+        return await self._inner.stats()
 
 
 class InstrumentedJobRegistry(JobRegistry):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import redis.asyncio
@@ -13,13 +15,23 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from filewallball.domain.errors import DependencyUnavailable
-from filewallball.domain.ports import Cache
+from filewallball.domain.ports import Cache, CacheStats
 
 T = TypeVar("T")
 
 # OSError covers the builtin ConnectionError and TimeoutError a socket may raise directly.
 _FAILURES = (RedisError, OSError)
 _log = structlog.get_logger()
+
+# GET that also counts the hit or miss in a hash every replica shares: one round trip, exact.
+_COUNTED_GET = """
+local value = redis.call('GET', KEYS[1])
+local field = 'misses'
+if value then field = 'hits' end
+redis.call('HINCRBY', KEYS[2], field, 1)
+redis.call('HSETNX', KEYS[2], 'since', redis.call('TIME')[1])
+return value
+"""
 
 
 def create_redis(url: str, *, timeout_seconds: float = 0.5) -> redis.asyncio.Redis:
@@ -34,20 +46,29 @@ def create_redis(url: str, *, timeout_seconds: float = 0.5) -> redis.asyncio.Red
 
 
 class RedisCache(Cache):
-    """Keys under `prefix`; after a failure, Redis is skipped for `cooldown_seconds`."""
+    """Keys under `prefix`; after a failure, Redis is skipped for `cooldown_seconds`.
+
+    Lookups are counted in the hash `<prefix>#stats`, shared by every process using the prefix.
+    """
 
     def __init__(
         self, client: redis.asyncio.Redis, *, prefix: str, cooldown_seconds: float = 5.0
     ) -> None:
         self._client = client
         self._prefix = prefix
+        self._stats_key = f"{prefix}#stats"  # cache keys never start with '#'
+        self._counted_get = client.register_script(_COUNTED_GET)
         self._cooldown = cooldown_seconds
         self._skip_until = 0.0
         # Operations answered without Redis (skipped during a cooldown, or failed), for metrics.
         self.bypassed = 0
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._guarded("get", lambda: self._client.get(self._prefix + key), None)
+        value = await self._guarded(
+            "get",
+            lambda: self._counted_get(keys=[self._prefix + key, self._stats_key]),
+            None,
+        )
         # The client is made without decode_responses, so a hit is bytes.
         return value if isinstance(value, bytes) else None
 
@@ -76,6 +97,28 @@ class RedisCache(Cache):
             raise DependencyUnavailable("redis", f"redis is unavailable: {error}") from error
         self._skip_until = 0.0
 
+    async def stats(self) -> CacheStats:
+        """Counts from the shared hash; entries by SCAN (admin use: it walks the keyspace)."""
+        try:
+            counts = await self._client.hgetall(self._stats_key)
+            entries = 0
+            async for raw in self._client.scan_iter(
+                match=_glob_escape(self._prefix) + "*", count=1000
+            ):
+                if raw != self._stats_key.encode():
+                    entries += 1
+        except _FAILURES as error:
+            raise DependencyUnavailable("redis", f"redis is unavailable: {error}") from error
+        since = counts.get(b"since")
+        return CacheStats(
+            backend="redis",
+            shared=True,
+            hits=int(counts.get(b"hits", 0)),
+            misses=int(counts.get(b"misses", 0)),
+            entries=entries,
+            since=datetime.fromtimestamp(int(since), UTC) if since else None,
+        )
+
     async def _guarded(self, operation: str, call: Callable[[], Awaitable[T]], fallback: T) -> T:
         if time.monotonic() < self._skip_until:
             self.bypassed += 1
@@ -96,3 +139,8 @@ class RedisCache(Cache):
 
     def _trip(self) -> None:
         self._skip_until = time.monotonic() + self._cooldown
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally by a Redis glob pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)

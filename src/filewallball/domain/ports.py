@@ -123,8 +123,28 @@ class BlobStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A cache's lookups since `since`, counted by every process that shares it."""
+
+    backend: str
+    shared: bool  # False when each process has a cache (and counts) of its own
+    hits: int
+    misses: int
+    entries: int  # keys held now, expired ones excluded
+    since: datetime | None  # the first counted lookup
+
+    @property
+    def ratio(self) -> float | None:
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else None
+
+
 class Cache(Protocol):
-    """A best-effort byte cache: misses and outages are never errors."""
+    """A best-effort byte cache: misses and outages are never errors.
+
+    `get` counts a hit or a miss; `stats` reads the counts of every process sharing the cache.
+    """
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -138,6 +158,10 @@ class Cache(Protocol):
 
     async def ping(self) -> None:
         """Raise DependencyUnavailable unless the cache answers."""
+        ...
+
+    async def stats(self) -> CacheStats:
+        """Hits, misses and entries; raise DependencyUnavailable if they cannot be read."""
         ...
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from filewallball.domain.ports import (
+    Cache,
+    CacheStats,
     ClientUsage,
     Clock,
     StatsRepository,
@@ -16,9 +18,12 @@ from filewallball.domain.security import Permission, Principal
 
 
 class StatsService:
-    def __init__(self, *, stats: StatsRepository, usage: UsageRepository, clock: Clock) -> None:
+    def __init__(
+        self, *, stats: StatsRepository, usage: UsageRepository, cache: Cache, clock: Clock
+    ) -> None:
         self._stats = stats
         self._usage = usage
+        self._cache = cache
         self._clock = clock
 
     async def uploads(self, principal: Principal, *, window: timedelta) -> UploadStats:
@@ -36,3 +41,7 @@ class StatsService:
     async def storage(self, principal: Principal) -> StorageTotals:
         principal.require(Permission.STATS_READ)
         return await self._usage.totals()
+
+    async def cache(self, principal: Principal) -> CacheStats:
+        principal.require(Permission.STATS_READ)
+        return await self._cache.stats()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -76,6 +76,17 @@ class StorageStats(BaseModel):
     dedup_ratio: float
 
 
+class CacheStatsOut(BaseModel):
+    cache: str
+    backend: str
+    shared: bool
+    hits: int
+    misses: int
+    ratio: float | None
+    entries: int
+    since: datetime | None
+
+
 @router.get("/errors", response_model=ErrorStats)
 async def errors(stats: Stats, caller: Caller, window: WindowParam = "24h") -> ErrorStats:
     result = await stats.uploads(caller, window=_window(window))
@@ -125,4 +136,27 @@ async def storage(stats: Stats, caller: Caller) -> StorageStats:
         blobs=totals.blobs,
         stored_bytes=totals.stored_bytes,
         dedup_ratio=round(totals.dedup_ratio, 4),
+    )
+
+
+@router.get(
+    "/cache",
+    response_model=CacheStatsOut,
+    summary="Record cache hits, misses, hit ratio and entries",
+    description=(
+        "Counted in Redis by every replica (`shared: true`). Without Redis each process has a"
+        " cache of its own, and these are that process's figures (`shared: false`)."
+    ),
+)
+async def cache(stats: Stats, caller: Caller) -> CacheStatsOut:
+    result = await stats.cache(caller)
+    return CacheStatsOut(
+        cache="records",
+        backend=result.backend,
+        shared=result.shared,
+        hits=result.hits,
+        misses=result.misses,
+        ratio=None if result.ratio is None else round(result.ratio, 4),
+        entries=result.entries,
+        since=result.since,
     )
