@@ -135,3 +135,23 @@ async def test_readiness_with_clamd_down(tmp_path: Path) -> None:
         ready = await client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["status"] == "degraded"
+
+
+async def test_readiness_and_uploads_with_unwritable_blob_storage(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, bootstrap_admin_key=ADMIN_KEY, **GENEROUS)
+    async with serve(settings) as client:
+        assert (await client.get("/readyz")).json()["checks"]["blob_storage"]["status"] == "ok"
+        # A file where the staging folder should be: every write fails, even as root.
+        staging = tmp_path / "blobs" / ".tmp"
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+        staging.write_bytes(b"")
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        check = ready.json()["checks"]["blob_storage"]
+        assert check["status"] == "failing"
+        assert "not writable" in check["detail"]
+        assert ready.json()["checks"]["database"]["status"] == "ok"
+        assert_problem(await post(client, b"nowhere to go"), 503, "dependency_unavailable")
+        assert (await client.get("/files")).json()["items"] == []

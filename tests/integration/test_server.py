@@ -51,10 +51,12 @@ def start_server(
     *,
     scheme: str = "http",
     verify: ssl.SSLContext | bool = True,
+    env: dict[str, str] | None = None,
+    log_name: str = "server.log",
 ) -> Server:
     """Start `filewallball serve` on a free port and wait until /healthz answers."""
     port = _free_port()
-    log_path = data_dir / "server.log"
+    log_path = data_dir / log_name
     command = Path(sys.executable).with_name("filewallball")
     env = {
         **os.environ,
@@ -64,6 +66,7 @@ def start_server(
         "FWB_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
         "FWB_RATE_LIMIT": GENEROUS["rate_limit"],
         "FWB_UPLOAD_RATE_LIMIT": GENEROUS["upload_rate_limit"],
+        **(env or {}),
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
