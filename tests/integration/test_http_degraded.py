@@ -155,3 +155,43 @@ async def test_readiness_and_uploads_with_unwritable_blob_storage(tmp_path: Path
         assert ready.json()["checks"]["database"]["status"] == "ok"
         assert_problem(await post(client, b"nowhere to go"), 503, "dependency_unavailable")
         assert (await client.get("/files")).json()["items"] == []
+
+
+async def test_readiness_names_an_unmigrated_or_older_schema(tmp_path: Path, pg_url: str) -> None:
+    import asyncio
+
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from filewallball.adapters.sql import head_revision, upgrade
+
+    settings = Settings(
+        data_dir=tmp_path, database_url=pg_url, auto_migrate=False, bootstrap_admin_key=ADMIN_KEY
+    )
+
+    async def readiness() -> tuple[int, dict[str, object]]:
+        async with serve(settings) as client:
+            ready = await client.get("/readyz")
+            return ready.status_code, ready.json()["checks"]["database"]
+
+    async def stamp(revision: str) -> None:
+        engine = create_async_engine(pg_url)
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.text("UPDATE alembic_version SET version_num = :r"), {"r": revision}
+            )
+        await engine.dispose()
+
+    status, check = await readiness()
+    assert status == 503
+    assert "empty database" in str(check["detail"])
+    assert "filewallball migrate" in str(check["detail"])
+
+    await asyncio.to_thread(upgrade, pg_url)
+    assert (await readiness())[0] == 200
+    await stamp("0001")  # older than this code needs
+    status, check = await readiness()
+    assert status == 503
+    assert f"at revision 0001, this version needs {head_revision()}" in str(check["detail"])
+    await stamp("9999_from_a_newer_release")  # a rolling upgrade migrated first: still ready
+    assert (await readiness())[0] == 200

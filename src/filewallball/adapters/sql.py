@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -115,6 +117,23 @@ def create_engine(
     # pre_ping replaces connections that died with a database restart, so the service recovers
     # on its own once the database is back.
     return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+@functools.cache
+def head_revision() -> str:
+    """The latest migration's revision: the schema this version of the code expects."""
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    if head is None:
+        raise RuntimeError("no migrations found")
+    return head
+
+
+@functools.cache
+def _older_revisions() -> frozenset[str]:
+    scripts = ScriptDirectory(str(MIGRATIONS))
+    return frozenset(
+        script.revision for script in scripts.walk_revisions() if script.revision != head_revision()
+    )
 
 
 def upgrade(url: str) -> None:
@@ -239,8 +258,26 @@ class SqlFileRepository(FileRepository):
             await tx.execute(statement)
 
     async def ping(self) -> None:
+        """The database answers and its schema is not older than this version needs.
+
+        A revision this code does not know is newer (a rolling upgrade migrated first): the
+        migrations add before they remove, so the older code keeps working and stays ready.
+        """
         async with self._transaction() as tx:
-            await tx.execute(sa.text("SELECT 1"))
+            has_versions = await tx.connection.run_sync(
+                lambda sync: sa.inspect(sync).has_table("alembic_version")
+            )
+            revision = (
+                (await tx.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+                if has_versions
+                else None
+            )
+        if revision is None or revision in _older_revisions():
+            raise DependencyUnavailable(
+                "database",
+                f"the database schema is at revision {revision or 'none (empty database)'},"
+                f" this version needs {head_revision()}: run `filewallball migrate`",
+            )
 
     def _reference(self, sha256: Sha256, created_at: datetime) -> sa.Executable:
         """Insert the blob row with one reference, or add one to an existing row."""
