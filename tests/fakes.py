@@ -161,6 +161,7 @@ class FakeBlobReader(BlobReader):
     data: bytes
     size: int = 0
     closed: bool = False
+    path: str | None = None
 
     def __post_init__(self) -> None:
         self.size = len(self.data)

@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from tests.integration.conftest import ADMIN_KEY
-from tests.integration.test_server import Server, start_server
+from tests.integration.test_server import SERVERS, Server, start_server
 
 
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+@pytest.fixture(scope="module", params=SERVERS)
+def tls_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Server:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip(reason="openssl is not installed: no certificate to serve")
@@ -45,7 +45,14 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     data_dir.mkdir()
     return start_server(
         data_dir,
-        ["--ssl-certfile", str(folder / "cert.pem"), "--ssl-keyfile", str(folder / "key.pem")],
+        [
+            "--server",
+            request.param,
+            "--ssl-certfile",
+            str(folder / "cert.pem"),
+            "--ssl-keyfile",
+            str(folder / "key.pem"),
+        ],
         scheme="https",
         verify=ssl.create_default_context(cafile=folder / "cert.pem"),
     )

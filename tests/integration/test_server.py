@@ -89,9 +89,15 @@ def start_server(
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    started = start_server(tmp_path_factory.mktemp("served"))
+SERVERS = ["granian", "uvicorn"]
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """`filewallball serve` on each server it can run on."""
+    started = start_server(tmp_path_factory.mktemp("served"), ["--server", request.param])
     yield started
     started.process.terminate()
     started.process.wait(timeout=30)

@@ -104,9 +104,10 @@ class DiskStagedBlob(StagedBlob):
 class DiskBlobReader(BlobReader):
     """An open file descriptor: POSIX keeps its bytes readable after the blob is unlinked."""
 
-    def __init__(self, *, fd: int, size: int) -> None:
+    def __init__(self, *, fd: int, size: int, path: str | None = None) -> None:
         self._fd = fd
         self.size = size
+        self.path = path
 
     async def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
         """The bytes `start .. start+length`, cut at the end of the blob, 256 KiB at a time."""
@@ -137,8 +138,9 @@ class DiskBlobStore(BlobStore):
     """Blobs at `<root>/ab/cd/<sha256>`, staged in `<root>/.tmp` on the same filesystem."""
 
     def __init__(self, root: Path) -> None:
-        self._root = root
-        self._tmp = root / TEMP_DIR
+        # Absolute, so a reader's path (sent by the server itself) does not depend on the cwd.
+        self._root = root.absolute()
+        self._tmp = self._root / TEMP_DIR
 
     async def stage(self, chunks: AsyncIterator[bytes]) -> StagedBlob:
         """Write and fsync a temp file; on any error it is removed and the error re-raised as is."""
@@ -166,7 +168,7 @@ class DiskBlobStore(BlobStore):
         if opened is None:
             return None
         fd, size = opened
-        return DiskBlobReader(fd=fd, size=size)
+        return DiskBlobReader(fd=fd, size=size, path=str(path))
 
     async def delete(self, sha256: Sha256) -> None:
         """Unlink the blob (a missing one is fine); open readers keep reading."""

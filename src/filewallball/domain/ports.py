@@ -79,6 +79,9 @@ class BlobReader(Protocol):
     """An open blob: stays readable until closed, even if the blob is deleted meanwhile."""
 
     size: int
+    # A local file holding exactly these bytes, for servers that send files themselves (zero
+    # copy); None when the store has none. Unlike `chunks`, it is gone once the blob is deleted.
+    path: str | None
 
     def chunks(self, start: int, length: int) -> AsyncIterator[bytes]: ...
 

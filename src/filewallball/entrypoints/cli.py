@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import importlib.util
 import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -24,35 +26,74 @@ app = typer.Typer(
 )
 
 
+class ServerKind(enum.StrEnum):
+    UVICORN = "uvicorn"
+    GRANIAN = "granian"
+
+
+APP_FACTORY = "filewallball.entrypoints.http.app:create_app"
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    server: Annotated[
+        ServerKind,
+        typer.Option(
+            help="granian sends whole files without Python in the loop (ASGI pathsend);"
+            " uvicorn streams them through the event loop"
+        ),
+    ] = ServerKind.GRANIAN,
     ssl_certfile: Annotated[str | None, typer.Option(help="PEM certificate: serve HTTPS")] = None,
     ssl_keyfile: Annotated[
-        str | None, typer.Option(help="PEM private key of the certificate")
+        str | None, typer.Option(help="PEM private key of the certificate (PKCS#8 for granian)")
     ] = None,
 ) -> None:
-    """Serve the HTTP API with uvicorn (uvloop and httptools when installed)."""
-    import uvicorn
-
-    from filewallball.entrypoints.logs import configure_logging, uvicorn_log_config
+    """Serve the HTTP API (granian by default, or uvicorn), in the foreground until SIGTERM."""
+    from filewallball.entrypoints.logs import configure_logging, server_log_config
 
     settings = Settings()
     configure_logging(settings.log_level)
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its metrics here; /metrics adds them up (prometheus_client).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fwb-metrics-")
+    log_config = server_log_config(settings.log_level)
+    has_uvloop = importlib.util.find_spec("uvloop") is not None
+    if server is ServerKind.GRANIAN:
+        from granian.constants import Interfaces, Loops, SSLProtocols
+        from granian.server import Server
+
+        Server(
+            APP_FACTORY,
+            factory=True,
+            address=host,
+            port=port,
+            interface=Interfaces.ASGI,
+            workers=workers,
+            loop=Loops.uvloop if has_uvloop else Loops.asyncio,
+            log_dictconfig=log_config,
+            log_access=False,  # the app writes its own access lines, with request ids
+            ssl_cert=Path(ssl_certfile) if ssl_certfile else None,
+            ssl_key=Path(ssl_keyfile) if ssl_keyfile else None,
+            ssl_protocol_min=SSLProtocols.tls12,
+            respawn_failed_workers=True,
+            workers_kill_timeout=30,
+        ).serve()
+        return
+
+    import uvicorn
+
     uvicorn.run(
-        "filewallball.entrypoints.http.app:create_app",
+        APP_FACTORY,
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        loop="uvloop" if has_uvloop else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        log_config=uvicorn_log_config(settings.log_level),
+        log_config=log_config,
         access_log=False,
         server_header=False,
         # Client addresses come from the socket; trusted proxies are handled by the app itself.

@@ -64,8 +64,8 @@ def configure_logging(level: str = "info") -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
-    """A dictConfig for uvicorn, applied in every worker process before the app is built."""
+def server_log_config(level: str = "info") -> dict[str, Any]:
+    """A dictConfig for uvicorn or granian, applied in every worker before the app is built."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -82,5 +82,7 @@ def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
             "uvicorn": {"handlers": [], "propagate": True},
             "uvicorn.error": {"handlers": [], "propagate": True},
             "uvicorn.access": {"handlers": [], "propagate": False},
+            "_granian": {"handlers": [], "propagate": True},
+            "granian.access": {"handlers": [], "propagate": False},
         },
     }

@@ -1,4 +1,8 @@
-"""Responses that stream a blob: whole, one range, or multipart/byteranges; the fd closed always."""
+"""Responses that stream a blob: whole, one range, or multipart/byteranges; the fd closed always.
+
+A whole blob with a local file goes by the ASGI `http.response.pathsend` extension when the
+server offers it (granian): the server then sends the file itself, without Python in the loop.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +57,12 @@ class BlobResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
+            if self.send_body and (path := self._whole_file(scope)) is not None:
+                await send({"type": "http.response.pathsend", "path": path})
+                # The server reads the file after this returns: what reaches the client is not
+                # known here, so the whole file counts as sent.
+                self.sent = sum(s.length for s in self.segments)
+                return
             if self.send_body:
                 await self._send_segments(send)
             await send({"type": "http.response.body", "body": b""})
@@ -62,6 +72,19 @@ class BlobResponse(Response):
             DOWNLOADED_BYTES.inc(self.sent)
             if self.reader is not None:
                 await self.reader.close()
+
+    def _whole_file(self, scope: Scope) -> str | None:
+        """The blob's local path, when the body is the whole blob and the server can send it."""
+        if self.reader is None or self.reader.path is None or self.status_code != 200:
+            return None
+        if "http.response.pathsend" not in scope.get("extensions", {}):
+            return None
+        match self.segments:
+            case [Segment(blob_range=ByteRange(start=0, length=length))] if (
+                length == self.reader.size
+            ):
+                return self.reader.path
+        return None
 
     async def _send_segments(self, send: Send) -> None:
         for segment in self.segments:
