@@ -9,6 +9,7 @@ from dependency_injector import containers, providers
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from filewallball.adapters.cached_keys import CachedKeyRepository
 from filewallball.adapters.charsets import NormalizerCharsetDecoder
 from filewallball.adapters.clamd import ClamdScanner, NoScanner
 from filewallball.adapters.disk import DiskBlobStore
@@ -37,7 +38,7 @@ from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.jobs import JobRegistry, TaskQueue
 from filewallball.domain.maintenance import register_maintenance_jobs
 from filewallball.domain.models import TypePolicy
-from filewallball.domain.ports import Cache, MalwareScanner
+from filewallball.domain.ports import Cache, KeyRepository, MalwareScanner
 from filewallball.domain.security import Role
 from filewallball.domain.services import FileService, UploadLimits
 from filewallball.domain.stats import StatsService
@@ -52,6 +53,15 @@ def _redis(url: str | None) -> Redis | None:
 def _cache(redis: Redis | None, prefix: str) -> Cache:
     inner: Cache = RedisCache(redis, prefix=prefix) if redis is not None else MemoryCache()
     return CountingCache(inner, name="records")
+
+
+def _keys(engine: AsyncEngine, redis: Redis | None, prefix: str) -> KeyRepository:
+    """Keys from the database, through Redis when there is one (shared, so revocable at once)."""
+    stored = SqlKeyRepository(engine=engine)
+    if redis is None:
+        return stored
+    cache = CountingCache(RedisCache(redis, prefix=f"{prefix}keys:"), name="keys")
+    return CachedKeyRepository(stored, cache=cache)
 
 
 def _scanner(address: str | None) -> MalwareScanner:
@@ -112,7 +122,9 @@ class Container(containers.DeclarativeContainer):
     redis = providers.Singleton(_redis, url=settings.provided.redis_url)
 
     files = providers.Singleton(SqlFileRepository, engine=engine)
-    keys = providers.Singleton(SqlKeyRepository, engine=engine)
+    keys = providers.Singleton(
+        _keys, engine=engine, redis=redis, prefix=settings.provided.redis_prefix
+    )
     ip_rules = providers.Singleton(SqlIpRuleRepository, engine=engine)
     audit_log = providers.Singleton(
         CountingAuditLog, inner=providers.Singleton(SqlAuditLog, engine=engine)

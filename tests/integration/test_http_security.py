@@ -183,6 +183,18 @@ async def test_role_matrix(make_client: AppFactory) -> None:
         assert (await admin.delete(f"/files/{public['id']}")).status_code == 204  # admin: any file
 
 
+async def test_revocation_is_immediate_on_another_instance(make_client: AppFactory) -> None:
+    """On PostgreSQL + Redis, the other instance had the key cached: it must refuse it anyway."""
+    async with make_client() as first, make_client() as second:
+        key = await make_key(first, "cached", "reader")
+        for _ in range(2):
+            assert (await second.get("/files", headers=as_key(second, key))).status_code == 200
+        assert (await first.delete(f"/admin/keys/{key.split('_')[1]}")).status_code == 204
+        assert_problem(
+            await second.get("/files", headers=as_key(second, key)), 401, "unauthenticated"
+        )
+
+
 async def test_revocation_is_immediate(make_client: AppFactory) -> None:
     async with make_client() as admin:
         key = await make_key(admin, "temp", "uploader")

@@ -15,6 +15,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from structlog.testing import capture_logs
 
+from filewallball.adapters.cached_keys import CachedKeyRepository
+from filewallball.adapters.redis_cache import RedisCache, create_redis
 from filewallball.adapters.sql import SqlFileRepository, create_engine, metadata, upgrade
 from filewallball.adapters.sql_security import (
     SqlAuditLog,
@@ -26,6 +28,7 @@ from filewallball.domain.errors import Conflict, DependencyUnavailable, InvalidR
 from filewallball.domain.models import ByteSize, ContentType, FileId, Filename, FileRecord, Sha256
 from filewallball.domain.ports import (
     AuditLog,
+    Cache,
     FileRepository,
     IpRuleRepository,
     KeyRepository,
@@ -42,6 +45,7 @@ from filewallball.domain.security import (
     RuleAction,
     hash_secret,
 )
+from tests.conftest import REDIS_URL
 from tests.fakes import (
     FakeAuditLog,
     FakeFileRepository,
@@ -74,10 +78,29 @@ def migrated_url(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -
     return url
 
 
-@pytest.fixture(params=["fake", "sqlite", "postgresql"])
+@pytest.fixture(params=["fake", "sqlite", "postgresql", "postgresql+redis"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
-    """None for the fakes, else the URL of a migrated database (made outside the event loop)."""
-    return None if request.param == "fake" else migrated_url(request, tmp_path, request.param)
+    """None for the fakes, else the URL of a migrated database (made outside the event loop).
+
+    "postgresql+redis" reads keys through the Redis cache (CachedKeyRepository).
+    """
+    if request.param == "fake":
+        return None
+    if request.param == "postgresql+redis":
+        request.getfixturevalue("redis_server")
+    return migrated_url(request, tmp_path, request.param.removesuffix("+redis"))
+
+
+@pytest.fixture
+async def key_cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache | None]:
+    if "+redis" not in request.node.callspec.params.get("backend_url", ""):
+        yield None
+        return
+    client = create_redis(REDIS_URL)
+    try:
+        yield RedisCache(client, prefix=request.getfixturevalue("redis_prefix"))
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -86,7 +109,7 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def stores(backend_url: str | None) -> AsyncIterator[Stores]:
+async def stores(backend_url: str | None, key_cache: Cache | None) -> AsyncIterator[Stores]:
     if backend_url is None:
         files = FakeFileRepository()
         yield Stores(
@@ -99,8 +122,11 @@ async def stores(backend_url: str | None) -> AsyncIterator[Stores]:
         return
     engine = create_engine(backend_url)
     try:
+        keys: KeyRepository = SqlKeyRepository(engine)
+        if key_cache is not None:
+            keys = CachedKeyRepository(keys, cache=key_cache)
         yield Stores(
-            SqlKeyRepository(engine),
+            keys,
             SqlIpRuleRepository(engine),
             SqlAuditLog(engine),
             SqlUsageRepository(engine),
@@ -234,13 +260,15 @@ async def test_touch_records_the_latest_use(stores: Stores) -> None:
     await stores.keys.add(other)
     used = T0 + timedelta(hours=1)
 
+    # Through a cache, last_used_at lags by design: the stored value is what is checked.
+    stored = getattr(stores.keys, "uncached", stores.keys)
     await stores.keys.touch(key.id, at=used.astimezone(PLUS_TWO))
-    assert await stores.keys.get(key.id) == replace(key, last_used_at=used)
+    assert await stored.get(key.id) == replace(key, last_used_at=used)
 
     await stores.keys.touch(key.id, at=used + timedelta(seconds=1))
     # A request that started earlier but finished later does not move the time back.
     await stores.keys.touch(key.id, at=used - timedelta(minutes=5))
-    touched = await stores.keys.get(key.id)
+    touched = await stored.get(key.id)
 
     assert touched == replace(key, last_used_at=used + timedelta(seconds=1))
     assert touched is not None and touched.last_used_at is not None

@@ -33,6 +33,7 @@ from filewallball.domain.security import (
 
 # last_used_at is a hint for operators, not a counter: one write a minute per key is enough.
 _TOUCH_INTERVAL = timedelta(minutes=1)
+_MAX_TOUCHED = 10_000
 MAX_NAME_LENGTH = 128
 
 
@@ -102,6 +103,8 @@ class AccessService:
         self._role_quotas = dict(role_quotas or {})
         self._policy: IpPolicy | None = None
         self._policy_loaded = 0.0
+        # When this process last recorded each key's use: a cached key's last_used_at lags.
+        self._touched: dict[str, datetime] = {}
 
     async def authenticate(
         self, presented: str | None, *, client_ip: str | None, request_id: str | None
@@ -120,7 +123,11 @@ class AccessService:
             raise Unauthenticated("the API key is not valid, revoked or expired")
         if not key.allows(parse_address(client_ip or "")):
             raise AccessDenied("this API key may not be used from this address")
-        if key.last_used_at is None or now - key.last_used_at > _TOUCH_INTERVAL:
+        last_used = max(filter(None, (key.last_used_at, self._touched.get(key.id))), default=None)
+        if last_used is None or now - last_used > _TOUCH_INTERVAL:
+            if len(self._touched) >= _MAX_TOUCHED:
+                self._touched.clear()
+            self._touched[key.id] = now
             await self._keys.touch(key.id, at=now)
         quota = self._role_quotas.get(key.role, (None, None))
         return Principal.of_key(key, client_ip, request_id, default_quota=quota)

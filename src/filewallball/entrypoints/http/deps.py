@@ -1,4 +1,8 @@
-"""What handlers take from the composition root, via FastAPI dependencies."""
+"""What handlers take from the composition root, via FastAPI dependencies.
+
+Dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency
+in a worker thread, a hop that costs more than the dependency itself.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +23,18 @@ def container(request: Request) -> Container:
     return value
 
 
-def file_service(request: Request) -> FileService:
+async def file_service(request: Request) -> FileService:
     service: FileService = container(request).file_service()
     return service
 
 
-def base_url(request: Request) -> str:
+async def base_url(request: Request) -> str:
     """Absolute URLs start here: FWB_PUBLIC_BASE_URL, else the request's own base URL."""
     configured: str | None = container(request).settings().public_base_url
     return configured or str(request.base_url).rstrip("/")
 
 
-def principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
     """The caller the security gate admitted (every route but the probes has one)."""
     value = request.scope.get("state", {}).get("principal")
     if not isinstance(value, Principal):
@@ -38,17 +42,17 @@ def principal(request: Request) -> Principal:
     return value
 
 
-def access_service(request: Request) -> AccessService:
+async def access_service(request: Request) -> AccessService:
     service: AccessService = container(request).access_service()
     return service
 
 
-def auditor(request: Request) -> Auditor:
+async def auditor(request: Request) -> Auditor:
     value: Auditor = container(request).auditor()
     return value
 
 
-def thumbnail_service(request: Request) -> ThumbnailService:
+async def thumbnail_service(request: Request) -> ThumbnailService:
     service: ThumbnailService = container(request).thumbnail_service()
     return service
 

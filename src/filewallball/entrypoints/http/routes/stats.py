@@ -22,7 +22,7 @@ router = APIRouter(prefix="/stats", tags=["stats"], responses=_PROBLEMS)
 MAX_WINDOW = timedelta(days=366)
 
 
-def stats_service(request: Request) -> StatsService:
+async def stats_service(request: Request) -> StatsService:
     service: StatsService = container(request).stats_service()
     return service
 
