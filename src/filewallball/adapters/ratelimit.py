@@ -1,4 +1,9 @@
-"""Rate limits on the `limits` library: one budget in Redis, or in process; never an error."""
+"""Rate limits on the `limits` library: one budget in Redis, or in process; never an error.
+
+`limits` parses the rules, names the keys and keeps the in-process windows. For Redis, one
+Lua script does what its fixed-window strategy does in three round trips (count the hit, read
+the count, read the expiry): the same keys and the same counting, one round trip per request.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,8 @@ import time
 import redis.asyncio
 import structlog
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
-from limits.errors import StorageError
 from redis.exceptions import RedisError
 
 from filewallball.adapters.redis_cache import create_redis
@@ -21,11 +25,20 @@ from filewallball.domain.ports import RateDecision, RateLimiter
 # Longer than this and Redis counts as down: the request is decided in process instead.
 _REDIS_TIMEOUT_SECONDS = 0.5
 # OSError covers the socket errors and the TimeoutError of asyncio.wait_for.
-_FAILURES = (RedisError, StorageError, OSError)
-# Redis reports a TTL rounded to the nearest second, so the true reset may be up to half a
-# second later; adding that before rounding up keeps Retry-After from sending clients back early.
-_REDIS_TTL_SLACK_SECONDS = 0.5
+_FAILURES = (RedisError, OSError)
 _log = structlog.get_logger()
+
+# A fixed window: the first hit creates the counter with the window as its expiry; every hit
+# (refused ones too, as in `limits`) adds one. Returns the count and the milliseconds left.
+_HIT = """
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  left = tonumber(ARGV[1])
+end
+return {count, left}
+"""
 
 
 def validate_rule(rule: str) -> str:
@@ -49,12 +62,6 @@ def _parse(rule: str) -> RateLimitItem:
     return items[0]
 
 
-def _limits_uri(url: str) -> str:
-    """The async scheme limits wants for a redis-py URL: redis://h → async+redis://h."""
-    scheme, _, rest = url.partition("://")
-    return f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
-
-
 class LimitsRateLimiter(RateLimiter):
     """Fixed-window limits shared through Redis (or in process without a URI).
 
@@ -75,22 +82,11 @@ class LimitsRateLimiter(RateLimiter):
         # reset frees a single slot. The price: a burst of up to twice the limit across a boundary.
         self._memory = FixedWindowRateLimiter(MemoryStorage())
         self._client: redis.asyncio.Redis | None = None
-        self._redis: FixedWindowRateLimiter | None = None
+        self._prefix = prefix
         if storage_uri is not None:
             # Our own client gives short socket timeouts and no retries, and a pool we can close.
             self._client = create_redis(storage_uri, timeout_seconds=_REDIS_TIMEOUT_SECONDS)
-            storage = RedisStorage(
-                _limits_uri(storage_uri),
-                # redis-py increments and sets the expiry in one Lua script; the coredis bridge
-                # sends two commands, and a timeout between them would leave a key that never
-                # expires (a client blocked for good).
-                implementation="redispy",
-                # limits joins prefix and key with ":"; this keeps every key under `prefix`.
-                key_prefix=prefix.removesuffix(":"),
-                # Documented by limits, though its annotation only allows float | str | bool.
-                connection_pool=self._client.connection_pool,  # type: ignore[arg-type]
-            )
-            self._redis = FixedWindowRateLimiter(storage)
+            self._hit = self._client.register_script(_HIT)
         self._cooldown = fallback_cooldown_seconds
         self._skip_until = 0.0
         self._degraded = False
@@ -99,13 +95,12 @@ class LimitsRateLimiter(RateLimiter):
 
     async def hit(self, key: str, *, rule: str) -> RateDecision:
         item = _parse(rule)
-        if self._redis is None:
-            return await _decide(self._memory, item, key, slack=0.0)
+        if self._client is None:
+            return await _decide(self._memory, item, key)
         if time.monotonic() >= self._skip_until:
             try:
                 decision = await asyncio.wait_for(
-                    _decide(self._redis, item, key, slack=_REDIS_TTL_SLACK_SECONDS),
-                    _REDIS_TIMEOUT_SECONDS,
+                    self._decide_in_redis(item, key), _REDIS_TIMEOUT_SECONDS
                 )
             except _FAILURES as error:
                 self._trip(error)
@@ -113,7 +108,22 @@ class LimitsRateLimiter(RateLimiter):
                 self._recover()
                 return decision
         self.fallbacks += 1
-        return await _decide(self._memory, item, key, slack=0.0)
+        return await _decide(self._memory, item, key)
+
+    async def _decide_in_redis(self, item: RateLimitItem, key: str) -> RateDecision:
+        window = item.get_expiry()
+        # The key `limits` itself would use, under our prefix.
+        name = f"{self._prefix}{item.key_for(key)}"
+        count, left_ms = await self._hit(keys=[name], args=[window * 1000, 1])
+        allowed = int(count) <= item.amount
+        return RateDecision(
+            allowed=allowed,
+            limit=item.amount,
+            remaining=max(item.amount - int(count), 0),
+            # Rounded up: Retry-After never sends a client back before the window ends.
+            reset_after_seconds=min(max(math.ceil(int(left_ms) / 1000), 1), window),
+            window_seconds=window,
+        )
 
     async def aclose(self) -> None:
         """Close the Redis connections, if any."""
@@ -138,13 +148,11 @@ class LimitsRateLimiter(RateLimiter):
             _log.info("rate_limit_recovered")
 
 
-async def _decide(
-    limiter: FixedWindowRateLimiter, item: RateLimitItem, key: str, *, slack: float
-) -> RateDecision:
+async def _decide(limiter: FixedWindowRateLimiter, item: RateLimitItem, key: str) -> RateDecision:
     allowed = await limiter.hit(item, key)
     stats = await limiter.get_window_stats(item, key)
     window = item.get_expiry()
-    reset_after = math.ceil(stats.reset_time - time.time() + slack)
+    reset_after = math.ceil(stats.reset_time - time.time())
     return RateDecision(
         allowed=allowed,
         limit=item.amount,
