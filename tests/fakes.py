@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from filewallball.domain.errors import Conflict, InvalidRequest
+from filewallball.domain.errors import Conflict, DependencyUnavailable, InvalidRequest
 from filewallball.domain.jobs import JobPayload, TaskQueue
 from filewallball.domain.models import (
     ContentType,
@@ -319,8 +319,11 @@ class FakeAuditLog(AuditLog):
 
     def __init__(self) -> None:
         self.entries: list[AuditEntry] = []
+        self.fail_writes = False  # the database is down
 
     async def record(self, entry: AuditEntry) -> None:
+        if self.fail_writes:
+            raise DependencyUnavailable("database")
         entry = replace(entry, id=len(self.entries) + 1, at=entry.at.astimezone(UTC))
         self.entries.append(entry)
         fields = {**asdict(entry), "at": entry.at.isoformat(), "outcome": entry.outcome.value}
@@ -329,6 +332,18 @@ class FakeAuditLog(AuditLog):
     async def query(self, query: AuditQuery) -> list[AuditEntry]:
         newest_first = [e for e in reversed(self.entries) if _audit_matches(e, query)]
         return newest_first[: max(query.limit, 0)]
+
+    async def record_many(self, entries: Sequence[AuditEntry]) -> None:
+        """Like SqlAuditLog.record_many: all or none, and not logged (the caller logs)."""
+        if self.fail_writes:
+            raise DependencyUnavailable("database")
+        for entry in entries:
+            self.entries.append(
+                replace(entry, id=len(self.entries) + 1, at=entry.at.astimezone(UTC))
+            )
+
+    async def flush(self) -> None:
+        return None
 
 
 def _audit_matches(entry: AuditEntry, query: AuditQuery) -> bool:

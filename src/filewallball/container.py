@@ -9,6 +9,7 @@ from dependency_injector import containers, providers
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from filewallball.adapters.audit_buffer import BufferedAuditLog
 from filewallball.adapters.cached_keys import CachedKeyRepository
 from filewallball.adapters.charsets import NormalizerCharsetDecoder
 from filewallball.adapters.clamd import ClamdScanner, NoScanner
@@ -38,7 +39,7 @@ from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.jobs import JobRegistry, TaskQueue
 from filewallball.domain.maintenance import register_maintenance_jobs
 from filewallball.domain.models import TypePolicy
-from filewallball.domain.ports import Cache, KeyRepository, MalwareScanner
+from filewallball.domain.ports import AuditLog, Cache, KeyRepository, MalwareScanner
 from filewallball.domain.security import Role
 from filewallball.domain.services import FileService, UploadLimits
 from filewallball.domain.stats import StatsService
@@ -62,6 +63,13 @@ def _keys(engine: AsyncEngine, redis: Redis | None, prefix: str) -> KeyRepositor
         return stored
     cache = CountingCache(RedisCache(redis, prefix=f"{prefix}keys:"), name="keys")
     return CachedKeyRepository(stored, cache=cache)
+
+
+def _audit_log(engine: AsyncEngine, flush_interval: float) -> AuditLog:
+    stored = SqlAuditLog(engine=engine)
+    if not flush_interval:
+        return stored
+    return BufferedAuditLog(stored, flush_interval=flush_interval)
 
 
 def _scanner(address: str | None) -> MalwareScanner:
@@ -126,9 +134,10 @@ class Container(containers.DeclarativeContainer):
         _keys, engine=engine, redis=redis, prefix=settings.provided.redis_prefix
     )
     ip_rules = providers.Singleton(SqlIpRuleRepository, engine=engine)
-    audit_log = providers.Singleton(
-        CountingAuditLog, inner=providers.Singleton(SqlAuditLog, engine=engine)
+    audit_store = providers.Singleton(
+        _audit_log, engine=engine, flush_interval=settings.provided.audit_flush_interval
     )
+    audit_log = providers.Singleton(CountingAuditLog, inner=audit_store)
     usage = providers.Singleton(SqlUsageRepository, engine=engine)
     stats = providers.Singleton(SqlStatsRepository, engine=engine)
     blobs = providers.Singleton(DiskBlobStore, root=settings.provided.blob_dir)
@@ -195,7 +204,7 @@ class Container(containers.DeclarativeContainer):
         jobs=task_queue,
     )
     stats_service = providers.Singleton(
-        StatsService, stats=stats, usage=usage, cache=cache, clock=clock
+        StatsService, stats=stats, usage=usage, cache=cache, audit=audit_log, clock=clock
     )
     thumbnail_service = providers.Singleton(
         ThumbnailService,
@@ -221,7 +230,10 @@ def build_container(settings: Settings) -> Container:
 
 
 async def close_clients(container: Container) -> None:
-    """Close the pools the container opened (on shutdown)."""
+    """Write what is queued, then close the pools the container opened (on shutdown)."""
+    audit: AuditLog = container.audit_store()
+    if isinstance(audit, BufferedAuditLog):
+        await audit.close()
     engine: AsyncEngine = container.engine()
     await engine.dispose()
     limiter: LimitsRateLimiter = container.rate_limiter()

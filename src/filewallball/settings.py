@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     default_expires_in: int | None = None
     max_expires_in: int | None = None
     maintenance_interval: int = Field(default=300, ge=1)
+    # Audit entries are written in batches this often (seconds); 0 writes each in its request.
+    audit_flush_interval: float = Field(default=0.1, ge=0, le=10)
 
     # Images
     max_image_pixels: int = Field(default=100_000_000, ge=1)

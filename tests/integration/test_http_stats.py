@@ -9,7 +9,9 @@ from tests.integration.test_http_files import PNG, assert_problem, post
 
 
 async def test_errors_usage_and_storage_after_a_mixed_workload(make_client: AppFactory) -> None:
-    limit = {"max_upload_bytes": 1000}
+    # Each instance writes its audit entries at once, so the other sees them without waiting
+    # (by default a replica's entries reach the database within FWB_AUDIT_FLUSH_INTERVAL).
+    limit = {"max_upload_bytes": 1000, "audit_flush_interval": 0}
     async with (
         make_client(**limit) as admin,
         make_client(client_ip="10.9.8.7", **limit) as other,

@@ -493,6 +493,30 @@ async def test_cursors_outside_the_ids_are_no_error(stores: Stores) -> None:
     assert await stores.audit.query(AuditQuery(limit=2**70)) == everything
 
 
+async def test_a_batch_of_entries_is_stored_in_order_with_every_field(stores: Stores) -> None:
+    batch = [
+        AuditEntry(
+            at=T0 + timedelta(seconds=n),
+            action="file.download",
+            outcome=Outcome.SUCCESS,
+            actor="ann",
+            key_id="abcdef012345",
+            client_ip="10.0.0.1",
+            request_id=f"r{n}",
+            target=f"f{n}",
+            bytes=n,
+        )
+        for n in range(3)
+    ]
+    record_many = stores.audit.record_many  # type: ignore[attr-defined]
+    await record_many(batch)
+    await record_many([])
+    await stores.audit.flush()
+    stored = list(reversed(await stores.audit.query(AuditQuery())))
+    assert [replace(e, id=None) for e in stored] == batch
+    assert [e.id for e in stored] == sorted(e.id for e in stored)
+
+
 async def test_each_entry_is_also_logged_as_an_audit_event(stores: Stores) -> None:
     entries = audit_catalogue()[:3]
     with capture_logs() as logs:

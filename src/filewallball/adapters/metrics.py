@@ -60,6 +60,9 @@ class CountingAuditLog(AuditLog):
     async def query(self, query: AuditQuery) -> list[AuditEntry]:
         return await self._inner.query(query)
 
+    async def flush(self) -> None:
+        await self._inner.flush()
+
 
 def count(entry: AuditEntry) -> None:
     if entry.action == "file.upload":

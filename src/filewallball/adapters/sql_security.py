@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
@@ -210,16 +210,24 @@ class SqlAuditLog(_SqlStore, AuditLog):
     """The audit trail in the `audit_log` table, each entry also logged as an "audit" event."""
 
     async def record(self, entry: AuditEntry) -> None:
-        row = {**asdict(entry), "at": _utc(entry.at), "outcome": entry.outcome.value}
-        del row["id"]  # the database numbers the entries
+        row = _audit_row(entry)
         try:
             async with self._transaction() as tx:
                 inserted = audit_log.insert().values(row).returning(audit_log.c.id)
                 entry = replace(entry, id=(await tx.execute(inserted)).scalar_one())
         finally:
             # Logged even when the database is down (then with no id): the trail survives there.
-            # Looked up each time: a module-level logger keeps the configuration of its first use.
-            structlog.get_logger("filewallball.audit").info("audit", **_audit_fields(entry))
+            log_audit_event(entry)
+
+    async def record_many(self, entries: Sequence[AuditEntry]) -> None:
+        """Insert the entries in one statement and transaction (not logged: the caller does)."""
+        if not entries:
+            return
+        async with self._transaction() as tx:
+            await tx.execute(audit_log.insert(), [_audit_row(entry) for entry in entries])
+
+    async def flush(self) -> None:
+        return None  # every entry is written when recorded
 
     async def query(self, query: AuditQuery) -> list[AuditEntry]:
         conditions = _audit_conditions(query)
@@ -282,9 +290,17 @@ class SqlUsageRepository(_SqlStore, UsageRepository):
         )
 
 
-def _audit_fields(entry: AuditEntry) -> dict[str, Any]:
-    """Every field of `entry`, as JSON-ready values for a log event."""
-    return {**asdict(entry), "at": _utc(entry.at).isoformat(), "outcome": entry.outcome.value}
+def log_audit_event(entry: AuditEntry) -> None:
+    """The entry as an "audit" JSON log event, every field included."""
+    fields = {**asdict(entry), "at": _utc(entry.at).isoformat(), "outcome": entry.outcome.value}
+    # Looked up each time: a module-level logger keeps the configuration of its first use.
+    structlog.get_logger("filewallball.audit").info("audit", **fields)
+
+
+def _audit_row(entry: AuditEntry) -> dict[str, Any]:
+    row = {**asdict(entry), "at": _utc(entry.at), "outcome": entry.outcome.value}
+    del row["id"]  # the database numbers the entries
+    return row
 
 
 def _audit_conditions(query: AuditQuery) -> list[sa.ColumnElement[bool]] | None:

@@ -219,6 +219,10 @@ class AuditLog(Protocol):
         """Entries newest first, matching every filter, at most `query.limit`."""
         ...
 
+    async def flush(self) -> None:
+        """Make every entry recorded so far visible to queries (a no-op if written at once)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class StorageTotals:
