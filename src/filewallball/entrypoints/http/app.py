@@ -100,12 +100,24 @@ async def _schedule_maintenance(root: Container) -> None:
             log.warning("maintenance_not_queued", reason=error.detail)
 
 
+# Up to the longest transfers the alerts watch (p95 upload/download above 30 s).
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
 @functools.cache
-def _http_metrics() -> Callable[[Info], None]:
-    """The default HTTP metrics, made once per process: a second app must reuse, not re-register."""
-    instrumentation = prometheus_metrics.default()
-    assert instrumentation is not None
-    return instrumentation
+def _http_metrics() -> tuple[Callable[[Info], None], ...]:
+    """Requests and latency by route template, made once per process (a second app reuses them).
+
+    Only the two that the alerts and the dashboard read: each metric costs every request its
+    label lookups and, with several workers, a write to a shared file. Bytes moved have their
+    own counters (filewallball_uploaded_bytes_total, filewallball_downloaded_bytes_total).
+    """
+    requests = prometheus_metrics.requests()
+    latency = prometheus_metrics.latency(
+        should_include_status=False, buckets=(*_LATENCY_BUCKETS, float("inf"))
+    )
+    assert requests is not None and latency is not None
+    return requests, latency
 
 
 def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
@@ -182,7 +194,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         app.include_router(module.router)
     # HTTP metrics by route template (never raw paths), in the default registry /metrics renders.
     instrumentator = Instrumentator(excluded_handlers=["/metrics"], should_group_untemplated=True)
-    instrumentator.add(_http_metrics()).instrument(app)
+    instrumentator.add(*_http_metrics()).instrument(app)
     return app
 
 
