@@ -24,7 +24,7 @@ from filewallball.domain.ports import RateDecision, RateLimiter
 
 # Longer than this and Redis counts as down: the request is decided in process instead.
 _REDIS_TIMEOUT_SECONDS = 0.5
-# OSError covers the socket errors and the TimeoutError of asyncio.wait_for.
+# OSError covers the socket errors and the TimeoutError of asyncio.timeout.
 _FAILURES = (RedisError, OSError)
 _log = structlog.get_logger()
 
@@ -99,9 +99,9 @@ class LimitsRateLimiter(RateLimiter):
             return await _decide(self._memory, item, key)
         if time.monotonic() >= self._skip_until:
             try:
-                decision = await asyncio.wait_for(
-                    self._decide_in_redis(item, key), _REDIS_TIMEOUT_SECONDS
-                )
+                # asyncio.timeout, not wait_for: no extra task per request.
+                async with asyncio.timeout(_REDIS_TIMEOUT_SECONDS):
+                    decision = await self._decide_in_redis(item, key)
             except _FAILURES as error:
                 self._trip(error)
             else:
