@@ -28,18 +28,46 @@ async def file_service(request: Request) -> FileService:
     return service
 
 
-async def base_url(request: Request) -> str:
-    """Absolute URLs start here: FWB_PUBLIC_BASE_URL, else the request's own base URL."""
+def _base_url(request: Request) -> str:
     configured: str | None = container(request).settings().public_base_url
     return configured or str(request.base_url).rstrip("/")
 
 
-async def principal(request: Request) -> Principal:
-    """The caller the security gate admitted (every route but the probes has one)."""
+def _principal(request: Request) -> Principal:
     value = request.scope.get("state", {}).get("principal")
     if not isinstance(value, Principal):
         raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
     return value
+
+
+async def base_url(request: Request) -> str:
+    """Absolute URLs start here: FWB_PUBLIC_BASE_URL, else the request's own base URL."""
+    return _base_url(request)
+
+
+async def principal(request: Request) -> Principal:
+    """The caller the security gate admitted (every route but the probes has one)."""
+    return _principal(request)
+
+
+class FileCall:
+    """What a file route needs, as one dependency: FastAPI charges each one to every request."""
+
+    __slots__ = ("_request", "caller", "files")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self.files: FileService = container(request).file_service()
+        self.caller = _principal(request)
+
+    @property
+    def base(self) -> str:
+        """Absolute URLs start here: FWB_PUBLIC_BASE_URL, else the request's own base URL."""
+        return _base_url(self._request)
+
+
+async def file_call(request: Request) -> FileCall:
+    return FileCall(request)
 
 
 async def access_service(request: Request) -> AccessService:
@@ -58,6 +86,7 @@ async def thumbnail_service(request: Request) -> ThumbnailService:
 
 
 Files = Annotated[FileService, Depends(file_service)]
+FileRequest = Annotated[FileCall, Depends(file_call)]
 Thumbnails = Annotated[ThumbnailService, Depends(thumbnail_service)]
 Access = Annotated[AccessService, Depends(access_service)]
 Audit = Annotated[Auditor, Depends(auditor)]

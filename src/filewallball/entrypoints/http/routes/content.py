@@ -18,7 +18,7 @@ from filewallball.entrypoints.http.conditional import (
     if_range_allows,
     parse_ranges,
 )
-from filewallball.entrypoints.http.deps import Caller, Files, Thumbnails
+from filewallball.entrypoints.http.deps import Caller, FileRequest, Files, Thumbnails
 from filewallball.entrypoints.http.errors import PROBLEM_JSON, HttpProblem
 from filewallball.entrypoints.http.responses import BlobResponse, Segment, byteranges
 from filewallball.entrypoints.http.schemas import Problem
@@ -98,8 +98,9 @@ def _ranges(request: Request, record: FileRecord) -> list[ByteRange] | None:
     response_class=Response,
     summary="Download a file's bytes",
 )
-async def download(file_id: str, request: Request, service: Files, caller: Caller) -> Any:
+async def download(file_id: str, request: Request, call: FileRequest) -> Any:
     head = request.method == "HEAD"
+    service, caller = call.files, call.caller
     record = await service.get(caller, file_id)
     headers = _representation_headers(record)
     decision = _precondition(request, record)

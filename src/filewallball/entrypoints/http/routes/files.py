@@ -16,7 +16,7 @@ from filewallball.domain.models import (
     SortKey,
     validate_type_pattern,
 )
-from filewallball.entrypoints.http.deps import BaseUrl, Caller, Files
+from filewallball.entrypoints.http.deps import FileRequest
 from filewallball.entrypoints.http.errors import PROBLEM_JSON
 from filewallball.entrypoints.http.routes.metrics import UPLOADED_BYTES
 from filewallball.entrypoints.http.schemas import FileList, FileOut, Problem
@@ -82,10 +82,10 @@ def _created(record_out: FileOut) -> JSONResponse:
     responses=_problems(400, 413, 415, 503, 507),
     summary="Upload a file (multipart/form-data, field `file`)",
 )
-async def upload(request: Request, service: Files, caller: Caller, base: BaseUrl) -> JSONResponse:
-    form = MultipartUpload(request, max_file_bytes=service.max_upload_bytes)
-    record = await service.upload(caller, await form.start())
-    return _created(FileOut.of(record, base))
+async def upload(request: Request, call: FileRequest) -> JSONResponse:
+    form = MultipartUpload(request, max_file_bytes=call.files.max_upload_bytes)
+    record = await call.files.upload(call.caller, await form.start())
+    return _created(FileOut.of(record, call.base))
 
 
 @router.put(
@@ -99,26 +99,22 @@ async def upload(request: Request, service: Files, caller: Caller, base: BaseUrl
 async def upload_raw(
     filename: str,
     request: Request,
-    service: Files,
-    caller: Caller,
-    base: BaseUrl,
+    call: FileRequest,
     visibility: Annotated[str | None, Query(pattern="^(private|public)$")] = None,
 ) -> JSONResponse:
     upload = raw_upload(request, filename=filename, visibility=visibility)
-    record = await service.upload(caller, upload)
-    return _created(FileOut.of(record, base))
+    record = await call.files.upload(call.caller, upload)
+    return _created(FileOut.of(record, call.base))
 
 
 @router.get("/files/{file_id}", response_model=FileOut, responses=_problems(404, 503))
-async def get_file(file_id: str, service: Files, caller: Caller, base: BaseUrl) -> FileOut:
-    return FileOut.of(await service.get(caller, file_id), base)
+async def get_file(file_id: str, call: FileRequest) -> FileOut:
+    return FileOut.of(await call.files.get(call.caller, file_id), call.base)
 
 
 @router.get("/files", response_model=FileList, responses=_problems(400, 503))
 async def list_files(
-    service: Files,
-    caller: Caller,
-    base: BaseUrl,
+    call: FileRequest,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
     content_type: Annotated[
@@ -141,7 +137,8 @@ async def list_files(
         name_contains=q or None,
         trash=trash,
     )
-    page = await service.list(caller, query)
+    page = await call.files.list(call.caller, query)
+    base = call.base
     return FileList(
         items=[FileOut.of(record, base) for record in page.items],
         next_cursor=page.next_cursor.encode() if page.next_cursor else None,
@@ -149,14 +146,14 @@ async def list_files(
 
 
 @router.delete("/files/{file_id}", status_code=204, responses=_problems(404, 503))
-async def delete_file(file_id: str, service: Files, caller: Caller) -> Response:
-    await service.delete(caller, file_id)
+async def delete_file(file_id: str, call: FileRequest) -> Response:
+    await call.files.delete(call.caller, file_id)
     return Response(status_code=204)
 
 
 @router.post(
     "/files/{file_id}/restore", response_model=FileOut, responses=_problems(400, 403, 404, 503)
 )
-async def restore_file(file_id: str, service: Files, caller: Caller, base: BaseUrl) -> FileOut:
+async def restore_file(file_id: str, call: FileRequest) -> FileOut:
     """Bring a file back from the trash (with FWB_TRASH_RETENTION set)."""
-    return FileOut.of(await service.restore(caller, file_id), base)
+    return FileOut.of(await call.files.restore(call.caller, file_id), call.base)
