@@ -231,7 +231,7 @@ class FakeBlobStore(BlobStore):
 class FakeSniffer(Sniffer):
     """Knows PNG and JPEG by their magic numbers; UTF-8 is text; anything else is binary."""
 
-    def sniff(self, head: bytes) -> ContentType:
+    async def sniff(self, head: bytes) -> ContentType:
         if head.startswith(b"\x89PNG\r\n\x1a\n"):
             return ContentType("image/png")
         if head.startswith(b"\xff\xd8\xff"):

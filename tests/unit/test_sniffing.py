@@ -108,8 +108,8 @@ def libmagic() -> LibmagicSniffer:
 @pytest.mark.parametrize(
     ("head", "expected"), [case[1:] for case in LIBMAGIC_CASES], ids=[c[0] for c in LIBMAGIC_CASES]
 )
-def test_libmagic(libmagic: LibmagicSniffer, head: bytes, expected: str) -> None:
-    answer = libmagic.sniff(head)
+async def test_libmagic(libmagic: LibmagicSniffer, head: bytes, expected: str) -> None:
+    answer = await libmagic.sniff(head)
     assert isinstance(answer, ContentType)
     assert answer == expected
 
@@ -119,8 +119,8 @@ def test_libmagic(libmagic: LibmagicSniffer, head: bytes, expected: str) -> None
     [case[1:] for case in PUREMAGIC_CASES],
     ids=[c[0] for c in PUREMAGIC_CASES],
 )
-def test_puremagic(head: bytes, expected: str) -> None:
-    answer = PuremagicSniffer().sniff(head)
+async def test_puremagic(head: bytes, expected: str) -> None:
+    answer = await PuremagicSniffer().sniff(head)
     assert isinstance(answer, ContentType)
     assert answer == expected
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 from typing import Any
 
+import anyio
 import puremagic
 import structlog
 
@@ -40,11 +41,13 @@ class LibmagicSniffer(Sniffer):
         # One answer up front, so a library without a usable database fails here, not per upload.
         self._magic.from_buffer(b"probe")
 
-    def sniff(self, head: bytes) -> ContentType:
+    async def sniff(self, head: bytes) -> ContentType:
         if not head:
             return ContentType.OCTET_STREAM
         try:
-            answer = self._magic.from_buffer(head)
+            # In a thread: libmagic takes milliseconds on text and unknown binary (it tries
+            # every rule), and ctypes lets go of the GIL meanwhile, so the loop keeps serving.
+            answer = await anyio.to_thread.run_sync(self._magic.from_buffer, head)
         except self._errors:
             return ContentType.OCTET_STREAM
         return _normalise(answer)
@@ -53,7 +56,7 @@ class LibmagicSniffer(Sniffer):
 class PuremagicSniffer(Sniffer):
     """puremagic's signatures, then UTF-8 text → text/plain; everything else is binary."""
 
-    def sniff(self, head: bytes) -> ContentType:
+    async def sniff(self, head: bytes) -> ContentType:
         if not head:
             return ContentType.OCTET_STREAM
         answer = _puremagic_type(head)

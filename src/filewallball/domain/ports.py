@@ -171,7 +171,7 @@ class Cache(Protocol):
 class Sniffer(Protocol):
     """Tells a content type from the first bytes of a file, never from what a client claims."""
 
-    def sniff(self, head: bytes) -> ContentType: ...
+    async def sniff(self, head: bytes) -> ContentType: ...
 
 
 class Clock(Protocol):
