@@ -200,7 +200,7 @@ def test_uv_install_steps_build_a_working_environment(
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    for command in ("serve", "migrate", "worker", "keys"):
+    for command in ("serve", "migrate", "worker", "keys", "backup"):
         assert command in result.stdout
     probe = (
         "import importlib.util as u, filewallball, sys;"

@@ -17,6 +17,7 @@ import typer
 from filewallball.domain.access import AccessService
 from filewallball.domain.errors import FileWallBallError
 from filewallball.domain.security import ApiKey, Principal, Role
+from filewallball.entrypoints.backup_cli import backup
 from filewallball.settings import Settings
 
 T = TypeVar("T")
@@ -152,6 +153,7 @@ def worker(
 
 keys = typer.Typer(help="Manage API keys directly in the database.", no_args_is_help=True)
 app.add_typer(keys, name="keys")
+app.add_typer(backup, name="backup")
 
 
 def _run_with_access(work: Callable[[AccessService], Awaitable[T]]) -> T:

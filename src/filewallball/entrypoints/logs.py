@@ -53,7 +53,10 @@ class _LoggerFactory:
         self._file = file
 
     def __call__(self, *args: Any) -> NamedBytesLogger:
-        return NamedBytesLogger(self._file, name=str(args[0]) if args else "filewallball")
+        # The current stdout, not the one at configuration time: it may have been replaced since
+        # (a test runner's capture, typer's CliRunner), and the old one closed.
+        file = self._file or getattr(sys.stdout, "buffer", None)
+        return NamedBytesLogger(file, name=str(args[0]) if args else "filewallball")
 
 
 class JsonFormatter(structlog.stdlib.ProcessorFormatter):
@@ -73,7 +76,7 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None) -> N
     """structlog straight to stdout as JSON; the standard library through the same shape."""
     structlog.configure(
         processors=[*_shared_processors(), structlog.processors.JSONRenderer(serializer=_dumps)],
-        logger_factory=_LoggerFactory(file or sys.stdout.buffer),
+        logger_factory=_LoggerFactory(file),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         # Not cached: tests (and a reconfigured app) must see the current configuration.
         cache_logger_on_first_use=False,

@@ -1,0 +1,275 @@
+"""Check an archive (verify) and restore it into an empty instance.
+
+Both read the archive once, as a stream, through the same checks (adapters/backup_check.py);
+a restore writes the blobs through the blob store as they pass and commits the metadata in one
+transaction at the end, so it leaves all of the archive or none of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from filewallball.adapters.backup import NoProgress, Progress
+from filewallball.adapters.backup_archive import ArchiveReader, Member
+from filewallball.adapters.backup_check import ArchiveCheck
+from filewallball.adapters.backup_sql import (
+    audit_row,
+    key_exists,
+    references,
+    restore_tables,
+    target_contents,
+)
+from filewallball.adapters.sql import upgrade
+from filewallball.domain.backup import (
+    BLOB_PREFIX,
+    TABLES,
+    BackupError,
+    Digest,
+    Header,
+    Manifest,
+    MemberKind,
+    SecretAction,
+    SecretInfo,
+    plan_secret,
+    table_member,
+)
+from filewallball.domain.models import Sha256
+from filewallball.domain.ports import BlobStore
+from filewallball.domain.security import IssuedKey
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    manifest: Manifest
+    secret: SecretAction
+    stale_admin_key_file: Path | None  # removed: its key is not among the restored ones
+
+
+async def verify_backup(path: Path, *, progress: Progress | None = None) -> Manifest:
+    """Read the whole archive and check it; its manifest, or BackupError saying what is wrong."""
+    progress = progress or NoProgress()
+    async with _staging(path.parent) as staging, ArchiveReader(path) as reader:
+        check = ArchiveCheck(staging)
+        try:
+            progress.start(f"verifying {path.name}", total=reader.total)
+
+            def tick() -> None:
+                progress.update(reader.position)
+
+            async def hash_blob(member: Member) -> Digest:
+                digest = hashlib.sha256()
+                async for chunk in member.chunks():
+                    digest.update(chunk)
+                    tick()
+                return Digest(size=member.size, sha256=digest.hexdigest())
+
+            return await _read_archive(reader, check, store_blob=hash_blob, tick=tick)
+        finally:
+            check.close()
+
+
+async def restore_backup(
+    path: Path,
+    *,
+    engine: AsyncEngine,
+    database_url: str,
+    blobs: BlobStore,
+    data_dir: Path,
+    secret: SecretInfo,
+    secret_file: Path,
+    admin_key_file: Path,
+    allow_secret_mismatch: bool = False,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore the archive into an empty instance: all of it, or (on any error) none of it.
+
+    Blobs go through the blob store as they stream by (temp file, fsync, rename), each checked
+    against its name first; the metadata is inserted in one transaction once the whole archive
+    has been checked. After a failure the blobs already written are deleted again.
+    """
+    progress = progress or NoProgress()
+    if not await anyio.Path(path).is_file():
+        raise BackupError(f"{path} does not exist or is not a file")
+    progress.start("migrating the target database", total=None)
+    await anyio.to_thread.run_sync(upgrade, database_url)
+    (await target_contents(engine)).check_empty()  # refuse before reading gigabytes
+    await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
+    committed = False
+    async with _staging(data_dir) as staging, ArchiveReader(path) as reader:
+        check = ArchiveCheck(staging)
+        try:
+            progress.start(f"restoring {path.name}", total=reader.total)
+            action = SecretAction.KEEP
+
+            def tick() -> None:
+                progress.update(reader.position)
+
+            async def on_header(header: Header) -> None:
+                nonlocal action
+                action = plan_secret(
+                    header.secret,
+                    keys=header.api_keys,
+                    target=secret,
+                    allow_mismatch=allow_secret_mismatch,
+                )
+
+            async def store_blob(member: Member) -> Digest:
+                return await _store(blobs, member, tick)
+
+            manifest = await _read_archive(
+                reader, check, store_blob=store_blob, tick=tick, on_header=on_header
+            )
+            progress.start("writing the metadata", total=None)
+            new_secret = None
+            if action is SecretAction.INSTALL:
+                archived = check.secret()
+                assert archived is not None  # required by the manifest for a file secret
+                new_secret = await anyio.to_thread.run_sync(_prepare_private, secret_file, archived)
+            try:
+                await restore_tables(
+                    engine,
+                    {table: check.path_of(table_member(table)) for table in TABLES},
+                    audit=_restore_audit(path, manifest),
+                )
+                committed = True
+            finally:
+                if new_secret is not None and not committed:
+                    new_secret.unlink(missing_ok=True)
+            if new_secret is not None:
+                await anyio.to_thread.run_sync(_install, new_secret, secret_file)
+            stale = await _stale_admin_key(engine, admin_key_file)
+            return RestoreResult(manifest=manifest, secret=action, stale_admin_key_file=stale)
+        except BaseException:
+            if not committed:
+                with anyio.CancelScope(shield=True):
+                    await _remove_unused(engine, blobs, check.blob_names())
+            raise
+        finally:
+            check.close()
+
+
+async def _read_archive(
+    reader: ArchiveReader,
+    check: ArchiveCheck,
+    *,
+    store_blob: Callable[[Member], Awaitable[Digest]],
+    tick: Callable[[], None],
+    on_header: Callable[[Header], Awaitable[None]] | None = None,
+) -> Manifest:
+    async for member in reader.members():
+        check.expect(member)
+        if member.kind is MemberKind.HEADER:
+            header = await check.read_header(member)
+            if on_header is not None:
+                await on_header(header)
+        elif member.kind is MemberKind.BLOB:
+            await check.record_blob(member.name, await store_blob(member))
+        elif member.kind is MemberKind.MANIFEST:
+            await check.read_manifest(member)
+        else:
+            await check.spool(member)
+        tick()
+    return await check.finish()
+
+
+async def _store(blobs: BlobStore, member: Member, tick: Callable[[], None]) -> Digest:
+    """Write a blob member through the blob store; published only if it hashes to its name."""
+    digest = hashlib.sha256()
+
+    async def hashed() -> AsyncIterator[bytes]:
+        async for chunk in member.chunks():
+            digest.update(chunk)
+            tick()
+            yield chunk
+
+    staged = await blobs.stage(hashed())
+    try:
+        found = Digest(size=staged.size, sha256=digest.hexdigest())
+        if found.sha256 == member.name.removeprefix(BLOB_PREFIX):
+            await staged.publish(Sha256(found.sha256))
+        return found  # a mismatch is refused by the check, with the details
+    finally:
+        await staged.discard()
+
+
+async def _remove_unused(engine: AsyncEngine, blobs: BlobStore, shas: list[str]) -> None:
+    """Undo a failed restore's blobs: those no file uses (a restore target has none)."""
+    for sha in shas:
+        with contextlib.suppress(Exception):
+            if await references(engine, sha) == 0:
+                await blobs.delete(Sha256(sha))
+
+
+def _restore_audit(path: Path, manifest: Manifest) -> dict[str, object]:
+    header = manifest.header
+    return audit_row(
+        "backup.restore",
+        target=path.name,
+        detail=(
+            f"archive of {header.created_at.isoformat()} from {header.source_backend} "
+            f"(FileWallBall {header.app_version}): {manifest.rows['files']} files, "
+            f"{manifest.blobs} blobs, {manifest.rows['api_keys']} keys"
+        ),
+    )
+
+
+async def _stale_admin_key(engine: AsyncEngine, admin_key_file: Path) -> Path | None:
+    """Remove <data_dir>/admin.key if the key it holds was replaced by the archive's keys."""
+    try:
+        text = await anyio.Path(admin_key_file).read_text()
+    except FileNotFoundError:
+        return None
+    key_id = IssuedKey.key_id_of(text.strip())
+    if key_id is not None and await key_exists(engine, key_id):
+        return None
+    await anyio.Path(admin_key_file).unlink(missing_ok=True)
+    return admin_key_file
+
+
+def _prepare_private(final: Path, data: bytes) -> Path:
+    """`data` in a fsynced 0600 temp file beside `final`, ready for _install."""
+    temp = final.with_name(f".{final.name}.restore")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return temp
+
+
+def _install(temp: Path, final: Path) -> None:
+    os.replace(temp, final)
+    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def _staging(near: Path) -> AsyncIterator[Path]:
+    """A private scratch directory beside `near` if writable there, else in the temp dir."""
+
+    def make() -> Path:
+        try:
+            return Path(tempfile.mkdtemp(prefix=".fwb-backup-", dir=near))
+        except OSError:
+            return Path(tempfile.mkdtemp(prefix="fwb-backup-"))
+
+    path = await anyio.to_thread.run_sync(make)
+    try:
+        yield path
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))

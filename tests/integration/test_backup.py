@@ -1,0 +1,514 @@
+"""Backup and restore end to end: real SQLite and PostgreSQL, real blobs, the real CLI.
+
+Every round trip populates an instance through the HTTP app, backs it up, verifies the archive,
+restores it into a new instance on the other backend, and then compares every record and
+downloads every file from the restored instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import re
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from filewallball.adapters.backup import SkippedFile, create_backup, read_secret
+from filewallball.adapters.backup_restore import restore_backup, verify_backup
+from filewallball.adapters.sql import _utc, blobs, create_engine, files
+from filewallball.adapters.sql_security import api_keys, audit_log, ip_rules
+from filewallball.container import build_container
+from filewallball.domain.backup import BackupError
+from filewallball.entrypoints.cli import app
+from filewallball.entrypoints.logs import configure_logging
+from filewallball.settings import Settings
+from tests.images import png
+from tests.integration.conftest import ADMIN_KEY, GENEROUS, blob_files, serve
+from tests.integration.test_server import start_server
+from tests.unit.test_backup_archive import (
+    entry,
+    plain,
+    sample,
+    tar_bytes,
+)
+
+CLI = Path(sys.executable).with_name("filewallball")
+TABLES = {"files": files, "blobs": blobs, "api_keys": api_keys, "ip_rules": ip_rules}
+Rows = dict[str, list[dict[str, Any]]]
+
+
+@dataclass
+class Population:
+    contents: dict[str, bytes] = field(default_factory=dict)  # file id -> bytes
+    trashed: str = ""
+    image: str = ""
+    uploader_key: str = ""
+    uploader_file: str = ""
+
+
+def as_key(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def populate(settings: Settings) -> Population:
+    """Files (duplicates, an image, an expiring one, a trashed one), keys, IP rules, audit."""
+    made = Population()
+    async with serve(settings) as admin:
+
+        async def put(name: str, data: bytes, key: str = ADMIN_KEY, **params: str) -> str:
+            response = await admin.put(
+                f"/upload/{name}", content=data, params=params, headers=as_key(key)
+            )
+            assert response.status_code == 201, response.text
+            file_id: str = response.json()["id"]
+            made.contents[file_id] = data
+            return file_id
+
+        await put("alpha.txt", b"alpha\n" * 1000)
+        await put("alpha-again.txt", b"alpha\n" * 1000)  # the same bytes: one blob, two files
+        await put("ñandú 日本.txt", "ñandú 日本\n".encode())
+        await put("later.txt", b"expires in a week", expires_in="7d")
+        await put("random.bin", random.Random(5).randbytes(300_000))
+        picture = png(64, 48)
+        uploaded = await admin.post(
+            "/upload", files={"file": ("pic.png", picture)}, data={"visibility": "public"}
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        made.image = uploaded.json()["id"]
+        made.contents[made.image] = picture
+        made.trashed = await put("trash.txt", b"into the trash")
+        assert (await admin.delete(f"/files/{made.trashed}")).status_code == 204
+        created = await admin.post(
+            "/admin/keys",
+            json={
+                "name": "uploader",
+                "role": "uploader",
+                "allowed_cidrs": ["127.0.0.0/8"],
+                "quota_bytes": 1_000_000,
+                "quota_files": 50,
+            },
+        )
+        assert created.status_code == 201, created.text
+        made.uploader_key = created.json()["key"]
+        made.uploader_file = await put("mine.txt", b"the uploader's", key=made.uploader_key)
+        expiring = {
+            "name": "reader",
+            "role": "reader",
+            "expires_at": (datetime.now(UTC) + timedelta(days=30)).isoformat(),
+        }
+        assert (await admin.post("/admin/keys", json=expiring)).status_code == 201
+        rule = {"cidr": "192.0.2.0/24", "action": "deny", "note": "documentation range"}
+        assert (await admin.post("/admin/ip-rules", json=rule)).status_code == 201
+        denied = await admin.get("/files", headers=as_key("fwb_nosuchkey00_" + "x" * 43))
+        assert denied.status_code == 401
+    return made
+
+
+async def dump(url: str) -> Rows:
+    """Every backed-up table, rows as dicts in key order, date-times in UTC."""
+    engine = create_engine(url)
+    rows: Rows = {}
+    try:
+        async with engine.connect() as connection:
+            for name, table in {**TABLES, "audit_log": audit_log}.items():
+                [key] = table.primary_key.columns
+                found = (await connection.execute(sa.select(table))).mappings().all()
+                rows[name] = sorted(
+                    (
+                        {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+                        for row in found
+                    ),
+                    key=lambda row: str(row[key.name]).zfill(20),
+                )
+    finally:
+        await engine.dispose()
+    return rows
+
+
+def assert_same_records(source: Rows, target: Rows) -> None:
+    """The target holds exactly the source's records, plus the restore's own audit entry."""
+    for table in TABLES:
+        assert target[table] == source[table], table
+    archived = [row for row in source["audit_log"] if row["action"] != "backup.create"]
+    assert len(archived) < len(source["audit_log"]), "the backup is in the source's audit log"
+    *restored, restore_entry = target["audit_log"]
+    assert restored == archived
+    assert restore_entry["action"] == "backup.restore"
+    assert restore_entry["id"] > archived[-1]["id"]
+
+
+async def assert_serves_everything(settings: Settings, made: Population) -> None:
+    """Every file downloads byte-identical; restored keys authenticate; thumbnails render."""
+    async with serve(settings) as admin:
+        for file_id, data in made.contents.items():
+            if file_id == made.trashed:
+                continue
+            response = await admin.get(f"/download/{file_id}")
+            assert response.status_code == 200, response.text
+            assert hashlib.sha256(response.content).digest() == hashlib.sha256(data).digest()
+        gone = await admin.get(f"/download/{made.trashed}")
+        assert gone.status_code == 404
+        back = await admin.post(f"/files/{made.trashed}/restore")
+        assert back.status_code == 200, back.text
+        again = await admin.get(f"/download/{made.trashed}")
+        assert again.content == made.contents[made.trashed]
+        mine = await admin.get("/files", headers=as_key(made.uploader_key))
+        assert mine.status_code == 200, mine.text
+        # Its own file, and the public image.
+        visible = {item["id"] for item in mine.json()["items"]}
+        assert visible == {made.uploader_file, made.image}
+        # Thumbnails are not archived: the restored instance renders them when asked.
+        thumbnail = await admin.get(f"/thumbnails/{made.image}", params={"size": "small"})
+        assert thumbnail.status_code == 200, thumbnail.text
+        assert thumbnail.headers["content-type"].startswith("image/")
+        # New audit entries follow the restored ones (PostgreSQL's sequence was moved on).
+        assert (await admin.put("/upload/new.txt", content=b"after the restore")).status_code == 201
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`filewallball backup ...` as a real process, configured only by `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FWB_")}
+    return subprocess.run(
+        [str(CLI), "backup", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def invoke(*args: str, **env: str | None) -> Any:
+    """`filewallball backup ...` in this process (typer's CliRunner)."""
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("FWB_")}
+    try:
+        return CliRunner().invoke(app, ["backup", *args], env={**unset, **env})
+    finally:
+        # The command pointed the logs at the runner's stdout, closed by now: point them back.
+        configure_logging()
+
+
+def test_sqlite_to_postgresql_round_trip_with_the_real_cli(tmp_path: Path, pg_url: str) -> None:
+    source, target, backups = tmp_path / "source", tmp_path / "target", tmp_path / "backups"
+    backups.mkdir()
+    settings = Settings(
+        data_dir=source, bootstrap_admin_key=ADMIN_KEY, trash_retention="1h", **GENEROUS
+    )
+    made = asyncio.run(populate(settings))
+    archive = backups / "fwb.tar.gz"
+
+    created = cli("create", "--out", str(archive), FWB_DATA_DIR=str(source))
+    assert created.returncode == 0, created.stderr
+    assert re.match(r"backup written to .*fwb\.tar\.gz: 8 files, 7 blobs", created.stdout)
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+    assert [p.name for p in backups.iterdir()] == ["fwb.tar.gz"]  # no spool, no temp left
+
+    verified = invoke("verify", str(archive))
+    assert verified.exit_code == 0, verified.output
+    assert "is a sound FileWallBall backup: 8 files" in verified.output
+
+    restored = cli("restore", str(archive), FWB_DATA_DIR=str(target), FWB_DATABASE_URL=pg_url)
+    assert restored.returncode == 0, restored.stderr
+    assert "installed the archive's server secret" in restored.stderr
+
+    assert_same_records(
+        asyncio.run(dump(settings.resolved_database_url)), asyncio.run(dump(pg_url))
+    )
+    assert (target / "secret.key").read_bytes() == (source / "secret.key").read_bytes()
+    assert stat.S_IMODE((target / "secret.key").stat().st_mode) == 0o600
+    restored_settings = Settings(
+        data_dir=target, database_url=pg_url, trash_retention="1h", **GENEROUS
+    )
+    asyncio.run(assert_serves_everything(restored_settings, made))
+
+    again = cli("restore", str(archive), FWB_DATA_DIR=str(target), FWB_DATABASE_URL=pg_url)
+    assert again.returncode == 1
+    assert again.stderr.startswith("error: the target is not empty (files: 9")
+
+
+def test_postgresql_to_sqlite_round_trip_needs_the_same_secret(tmp_path: Path, pg_url: str) -> None:
+    secret = "a-shared-server-secret-" + "s" * 24
+    source, target = tmp_path / "source", tmp_path / "target"
+    settings = Settings(
+        data_dir=source,
+        database_url=pg_url,
+        auto_migrate=True,
+        secret_key=secret,
+        bootstrap_admin_key=ADMIN_KEY,
+        trash_retention="1h",
+        **GENEROUS,
+    )
+    made = asyncio.run(populate(settings))
+    archive = tmp_path / "fwb.tar"
+    env = {"FWB_DATA_DIR": str(source), "FWB_DATABASE_URL": pg_url, "FWB_SECRET_KEY": secret}
+    created = invoke("create", "--out", str(archive), "--quiet", **env)
+    assert created.exit_code == 0, created.output
+    assert invoke("verify", str(archive)).exit_code == 0
+
+    # Without the source's FWB_SECRET_KEY the keys could not authenticate: refused, untouched.
+    refused = invoke("restore", str(archive), FWB_DATA_DIR=str(target))
+    assert refused.exit_code == 1
+    assert "error: the archive's API keys were hashed with the source's FWB_SECRET_KEY" in (
+        refused.output
+    )
+    assert blob_files(target) == []
+    assert not (target / "secret.key").exists()
+
+    restored = invoke("restore", str(archive), FWB_DATA_DIR=str(target), FWB_SECRET_KEY=secret)
+    assert restored.exit_code == 0, restored.output
+    target_settings = Settings(data_dir=target, secret_key=secret, trash_retention="1h", **GENEROUS)
+    assert_same_records(
+        asyncio.run(dump(pg_url)), asyncio.run(dump(target_settings.resolved_database_url))
+    )
+    asyncio.run(assert_serves_everything(target_settings, made))
+
+
+async def _upload(client: httpx.AsyncClient, name: str, data: bytes) -> str:
+    response = await client.put(f"/upload/{name}", content=data)
+    assert response.status_code == 201, response.text
+    file_id: str = response.json()["id"]
+    return file_id
+
+
+async def test_files_deleted_after_the_snapshot_are_left_out_and_listed(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "source", bootstrap_admin_key=ADMIN_KEY, **GENEROUS)
+    archive = tmp_path / "fwb.tar"
+    async with serve(settings) as client:
+        alone = await _upload(client, "alone.txt", b"nobody else has these bytes")
+        shared = await _upload(client, "shared.txt", b"two files share these")
+        twin = await _upload(client, "twin.txt", b"two files share these")
+
+        async def delete_concurrently() -> None:
+            # Between the snapshot and the blob copy: the first DELETE takes its blob with it,
+            # the second leaves the blob to its twin.
+            for file_id in (alone, shared):
+                assert (await client.delete(f"/files/{file_id}")).status_code == 204
+
+        container = build_container(settings)
+        secret, secret_file = read_secret(None, settings.secret_key_file)
+        try:
+            result = await create_backup(
+                archive,
+                engine=container.engine(),
+                blobs=container.blobs(),
+                secret=secret,
+                secret_file=secret_file,
+                after_snapshot=delete_concurrently,
+            )
+        finally:
+            await container.engine().dispose()
+    sha = hashlib.sha256(b"nobody else has these bytes").hexdigest()
+    assert result.skipped == [SkippedFile(file_id=alone, sha256=sha, reason="deleted")]
+    assert result.manifest.skipped == 1
+    assert result.manifest.rows["files"] == 2  # the snapshot's shared and twin
+    assert (await verify_backup(archive)) == result.manifest
+
+    target = Settings(data_dir=tmp_path / "target", **GENEROUS)
+    target_container = build_container(target)
+    try:
+        await _restore(target, target_container, archive)
+    finally:
+        await target_container.engine().dispose()
+    restored = await dump(target.resolved_database_url)
+    assert sorted(row["id"] for row in restored["files"]) == sorted([shared, twin])
+
+
+async def _restore(settings: Settings, container: Any, archive: Path) -> None:
+    secret, _ = read_secret(settings.secret_key, settings.secret_key_file)
+    await restore_backup(
+        archive,
+        engine=container.engine(),
+        database_url=settings.resolved_database_url,
+        blobs=container.blobs(),
+        data_dir=settings.data_dir,
+        secret=secret,
+        secret_file=settings.secret_key_file,
+        admin_key_file=settings.admin_key_file,
+    )
+
+
+def test_a_backup_while_a_real_server_serves_uploads_and_deletes(tmp_path: Path) -> None:
+    """The backup races real traffic: it succeeds, verifies, and restores only whole files."""
+    source = tmp_path / "source"
+    source.mkdir()
+    server = start_server(source)
+    contents: dict[str, bytes] = {}
+    deleted: set[str] = set()
+    stop = threading.Event()
+    errors: list[str] = []
+    auth = as_key(ADMIN_KEY)
+    try:
+        with httpx.Client(base_url=server.url, headers=auth, timeout=30) as client:
+            for number in range(40):
+                data = random.Random(number).randbytes(512 * 1024) + b"%d" % number
+                response = client.put(f"/upload/f{number}.bin", content=data)
+                assert response.status_code == 201, response.text
+                contents[response.json()["id"]] = data
+
+        def churn() -> None:
+            generator = random.Random(99)
+            with httpx.Client(base_url=server.url, headers=auth, timeout=30) as client:
+                number = 1000
+                while not stop.is_set():
+                    victims = sorted(set(contents) - deleted)
+                    if victims and generator.random() < 0.6:
+                        victim = generator.choice(victims)
+                        if client.delete(f"/files/{victim}").status_code == 204:
+                            deleted.add(victim)
+                    else:
+                        data = generator.randbytes(64 * 1024)
+                        response = client.put(f"/upload/n{number}.bin", content=data)
+                        if response.status_code != 201:
+                            errors.append(response.text)
+                            return
+                        contents[response.json()["id"]] = data
+                        number += 1
+
+        before = set(contents)
+        worker = threading.Thread(target=churn)
+        worker.start()
+        try:
+            time.sleep(0.2)
+            archive = tmp_path / "live.tar.gz"
+            created = cli("create", "--out", str(archive), FWB_DATA_DIR=str(source))
+        finally:
+            stop.set()
+            worker.join(timeout=60)
+        assert errors == []
+        assert created.returncode == 0, created.stderr
+        assert deleted, "the churn deleted nothing: the race was not exercised"
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=30)
+
+    left_out = set(re.findall(r"left out file (\S+) \(deleted during the backup\)", created.stderr))
+    assert left_out <= deleted
+    assert invoke("verify", str(archive)).exit_code == 0
+    target = tmp_path / "target"
+    restored = invoke("restore", str(archive), FWB_DATA_DIR=str(target))
+    assert restored.exit_code == 0, restored.output
+
+    target_settings = Settings(data_dir=target, **GENEROUS)
+    rows = asyncio.run(dump(target_settings.resolved_database_url))
+    restored_ids = {row["id"] for row in rows["files"]}
+    assert before - deleted <= restored_ids  # nothing that lived throughout is missing
+    assert not restored_ids & left_out
+
+    async def download_all() -> None:
+        async with serve(target_settings) as client:
+            for file_id in restored_ids:
+                response = await client.get(f"/download/{file_id}")
+                assert response.status_code == 200, response.text
+                assert response.content == contents[file_id]
+
+    asyncio.run(download_all())
+
+
+def _blob_path(data_dir: Path, data: bytes) -> Path:
+    sha = hashlib.sha256(data).hexdigest()
+    return data_dir / "blobs" / sha[:2] / sha[2:4] / sha
+
+
+async def _two_files(data_dir: Path) -> tuple[str, str]:
+    settings = Settings(data_dir=data_dir, bootstrap_admin_key=ADMIN_KEY, **GENEROUS)
+    async with serve(settings) as client:
+        return (
+            await _upload(client, "kept.txt", b"these bytes stay"),
+            await _upload(client, "lost.txt", b"these bytes get lost"),
+        )
+
+
+def test_a_lost_blob_fails_the_backup_unless_told_to_skip_it(tmp_path: Path) -> None:
+    source, out = tmp_path / "source", tmp_path / "out"
+    out.mkdir()
+    _, lost = asyncio.run(_two_files(source))
+    _blob_path(source, b"these bytes get lost").unlink()
+
+    failed = invoke("create", "--out", str(out / "fwb.tar"), FWB_DATA_DIR=str(source))
+    assert failed.exit_code == 1
+    assert "is missing from the blob store though files still use it" in failed.output
+    assert list(out.iterdir()) == []  # no half-written archive, no temp files
+
+    skipped = invoke(
+        "create", "--out", str(out / "fwb.tar"), "--skip-missing", FWB_DATA_DIR=str(source)
+    )
+    assert skipped.exit_code == 0, skipped.output
+    assert f"warning: left out file {lost} (its bytes are lost)" in skipped.output
+    manifest = asyncio.run(verify_backup(out / "fwb.tar"))
+    assert (manifest.rows["files"], manifest.skipped) == (1, 1)
+
+
+def test_a_corrupt_blob_fails_the_backup(tmp_path: Path) -> None:
+    source, out = tmp_path / "source", tmp_path / "out"
+    out.mkdir()
+    asyncio.run(_two_files(source))
+    blob = _blob_path(source, b"these bytes stay")
+    blob.write_bytes(b"THESE BYTES STAY")  # same size, other bytes: bit rot
+
+    failed = invoke("create", "--out", str(out / "fwb.tar"), FWB_DATA_DIR=str(source))
+    assert failed.exit_code == 1
+    assert "is corrupt in the blob store" in failed.output
+    assert list(out.iterdir()) == []
+
+
+def test_restore_into_a_started_instance_replaces_its_bootstrap_key(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    asyncio.run(_two_files(source))
+    archive = tmp_path / "fwb.tar"
+    assert invoke("create", "--out", str(archive), FWB_DATA_DIR=str(source)).exit_code == 0
+
+    async def start_once() -> None:
+        async with serve(Settings(data_dir=target, **GENEROUS), key=None):
+            pass  # a first start: a generated admin key (admin.key) and server secret
+
+    asyncio.run(start_once())
+    assert (target / "admin.key").exists()
+    restored = invoke("restore", str(archive), FWB_DATA_DIR=str(target))
+    assert restored.exit_code == 0, restored.output
+    assert f"removed {target / 'admin.key'}" in restored.output
+    assert not (target / "admin.key").exists()
+    assert (target / "secret.key").read_bytes() == (source / "secret.key").read_bytes()
+
+    in_use = tmp_path / "in-use"
+    asyncio.run(_two_files(in_use))
+    refused = invoke("restore", str(archive), FWB_DATA_DIR=str(in_use))
+    assert refused.exit_code == 1
+    assert "error: the target is not empty (files: 2, blob records: 2" in refused.output
+
+
+async def test_a_hostile_archive_restores_nothing(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "target", **GENEROUS)
+    members = sample()
+    [_, second] = [name for name, _ in members if name.startswith("blobs/")]
+    # The first blob is sound (and gets written), the second's bytes are not its name.
+    corrupt = [(n, b"not these bytes" if n == second else d) for n, d in members]
+    escaping = [*plain(members[:2]), entry("../../escaped", b"gotcha"), *plain(members[2:])]
+    for number, raw in enumerate([tar_bytes(plain(corrupt)), tar_bytes(escaping)]):
+        archive = tmp_path / f"hostile{number}.tar"
+        archive.write_bytes(raw)
+        container = build_container(settings)
+        try:
+            with pytest.raises(BackupError, match=r"not to its name|points outside"):
+                await _restore(settings, container, archive)
+        finally:
+            await container.engine().dispose()
+        assert blob_files(settings.data_dir) == []  # the sound blob was removed again
+        rows = await dump(settings.resolved_database_url)
+        assert all(rows[table] == [] for table in rows)
+    assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "escaped").exists()
+    # No staging directory is left in the data directory.
+    assert sorted(p.name for p in settings.data_dir.iterdir() if p.name.startswith(".")) == []
