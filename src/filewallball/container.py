@@ -126,7 +126,11 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
 
     # Both connect lazily, on first use: building the container does no I/O.
-    engine = providers.Singleton(create_engine, url=settings.provided.resolved_database_url)
+    engine = providers.Singleton(
+        create_engine,
+        url=settings.provided.resolved_database_url,
+        pool_size=settings.provided.database_pool_size,
+    )
     redis = providers.Singleton(_redis, url=settings.provided.redis_url)
 
     files = providers.Singleton(SqlFileRepository, engine=engine)

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./var")
     database_url: str | None = None
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
     redis_url: str | None = None
     redis_prefix: str = "fwb:"
     public_base_url: str | None = None

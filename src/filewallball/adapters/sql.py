@@ -99,7 +99,7 @@ blobs = sa.Table(
 
 
 def create_engine(
-    url: str, *, command_timeout: float | None = COMMAND_TIMEOUT_SECONDS
+    url: str, *, command_timeout: float | None = COMMAND_TIMEOUT_SECONDS, pool_size: int = 10
 ) -> AsyncEngine:
     """An engine for `url` (sqlite+aiosqlite or postgresql+asyncpg) that fails fast when down."""
     parsed = sa.make_url(url)
@@ -115,8 +115,16 @@ def create_engine(
         connect_args["timeout"] = CONNECT_TIMEOUT_SECONDS
         connect_args["command_timeout"] = command_timeout
     # pre_ping replaces connections that died with a database restart, so the service recovers
-    # on its own once the database is back.
-    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    # on its own once the database is back. `pool_size` connections stay open; as many again
+    # may be opened under load, and are closed when returned (SQLAlchemy's default of 5 had
+    # busy workers opening and closing connections all the time).
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args=connect_args,
+    )
 
 
 @functools.cache

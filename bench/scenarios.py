@@ -1,0 +1,279 @@
+"""The scenarios of issue 7 and the order they run in: rounds, each pair alternating its order."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench import GiB, KiB, MiB, ceiling, size_label
+from bench.memory import MemoryResult, streamed_upload
+from bench.procs import BenchError, Managed
+from bench.targets import Nginx, Ours
+from bench.wrk import Load, WrkResult, run_wrk
+
+SCENARIOS = {
+    "a": "GET /files/{id}: a file record (cached metadata) with a valid key",
+    "b": "GET /download/{id}: whole files, against nginx serving the same bytes statically",
+    "c": "concurrent uploads: PUT /upload/{name} against nginx's WebDAV PUT",
+    "d": "one large streamed upload: the server's peak RSS growth",
+    "e": "a bare FastAPI JSON route on the same server settings: the framework ceiling",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that decides the load; recorded in the JSON."""
+
+    rounds: int
+    duration: float
+    warmup: float
+    pause: float
+    threads: int
+    connections: int  # a, e, and downloads below LARGE_DOWNLOAD
+    large_connections: int  # downloads of LARGE_DOWNLOAD and more
+    upload_connections: int
+    download_sizes: tuple[int, ...]
+    upload_sizes: tuple[int, ...]
+    memory_size: int
+    scenarios: frozenset[str]
+    timeout: float = 60  # wrk's per-request timeout: a late answer counts as an error
+
+
+LARGE_DOWNLOAD = 64 * MiB  # and larger: fewer connections (large_connections)
+LONG_UPLOAD = 4 * MiB  # and larger: runs three times as long
+FULL_SIZES: dict[str, Any] = {
+    "download_sizes": (KiB, MiB, 100 * MiB),
+    "upload_sizes": (MiB, 10 * MiB),
+    "memory_size": GiB,
+}
+SMOKE_SIZES: dict[str, Any] = {
+    "download_sizes": (KiB, 64 * KiB, MiB),
+    "upload_sizes": (16 * KiB, 256 * KiB),
+    "memory_size": 32 * MiB,
+}
+
+
+@dataclass
+class Measurement:
+    scenario: str
+    case: str
+    target: str  # "ours", "nginx" or "ceiling"
+    round: int
+    result: WrkResult | MemoryResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "case": self.case,
+            "target": self.target,
+            "round": self.round,
+            **self.result.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class Case:
+    """One figure's worth of runs: a load per target, run as an alternating pair."""
+
+    id: str
+    scenario: str
+    loads: dict[str, Load]
+    after: Callable[[str], None] | None = None  # called with the target after its run
+
+    def label(self, target: str) -> tuple[str, str]:
+        """The scenario and case a target's runs count for: the ceiling is scenario e."""
+        return ("e", "e") if target == "ceiling" else (self.scenario, self.id)
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    wrk: str
+    ours: Ours | None
+    nginx: Nginx | None
+    ceiling: tuple[str, Managed] | None  # its URL and process
+    work: Path
+    console: Console
+    measurements: list[Measurement] = field(default_factory=list)
+    downloads: dict[int, str] = field(default_factory=dict)  # size -> file id
+    kept_blobs: set[str] = field(default_factory=set)  # sha256 of the files downloads read
+
+    # --- preparation --------------------------------------------------------------------
+
+    def prepare_downloads(self) -> None:
+        """Upload each download size once through the API; nginx gets the same bytes."""
+        if self.ours is None:
+            raise BenchError("scenarios a and b need FileWallBall")
+        # Scenario a reads the record of the 1 KiB file.
+        sizes = sorted({*self.plan.download_sizes, KiB} if "b" in self.plan.scenarios else {KiB})
+        source = self.work / "download-source.bin"
+        with self.ours.client(timeout=600) as client:
+            for size in sizes:
+                with source.open("wb") as out:
+                    left = size
+                    while left:
+                        out.write(os.urandom(min(MiB, left)))
+                        left -= min(MiB, left)
+                with source.open("rb") as body:
+                    response = client.put(f"/upload/download-{size_label(size)}.bin", content=body)
+                if response.status_code != 201:
+                    raise BenchError(f"pre-upload failed: {response.status_code} {response.text}")
+                file_id = str(response.json()["id"])
+                self.kept_blobs.add(str(response.json()["sha256"]))
+                if self.nginx:
+                    shutil.copyfile(source, self.nginx.download_dir / file_id)
+                self.downloads[size] = file_id
+                # The first read fills the metadata cache (scenario a reads this record).
+                client.get(f"/files/{file_id}").raise_for_status()
+        source.unlink()
+
+    def upload_body(self, size: int) -> Path:
+        path = self.work / f"upload-{size_label(size)}.bin"
+        if not path.exists():
+            path.write_bytes(os.urandom(size))
+        return path
+
+    # --- the cases ----------------------------------------------------------------------
+
+    def _load(self, url: str, **fields: Any) -> Load:
+        return Load(
+            **{"threads": self.plan.threads, "duration": self.plan.duration, **fields}, url=url
+        )
+
+    def cases(self) -> list[Case]:
+        plan, ours, nginx = self.plan, self.ours, self.nginx
+        cases: list[Case] = []
+        auth = ours.authorization if ours else ""
+        small = {"connections": plan.connections, "timeout": plan.timeout}
+        if "a" in plan.scenarios or "e" in plan.scenarios:
+            loads: dict[str, Load] = {}
+            if "a" in plan.scenarios and ours:
+                path = f"/files/{self.downloads[KiB]}"
+                loads["ours"] = self._load(ours.url, path=path, authorization=auth, **small)
+            if "e" in plan.scenarios and self.ceiling:
+                loads["ceiling"] = self._load(self.ceiling[0], path=ceiling.PATH, **small)
+            cases.append(Case("a", "a", loads))
+        if "b" in plan.scenarios and ours and nginx:
+            for size in plan.download_sizes:
+                path = f"/download/{self.downloads[size]}"
+                many = plan.large_connections if size >= LARGE_DOWNLOAD else plan.connections
+                common = {
+                    "path": path,
+                    "body_size": size,
+                    "connections": many,
+                    "timeout": plan.timeout,
+                }
+                loads = {
+                    "ours": self._load(ours.url, authorization=auth, **common),
+                    "nginx": self._load(nginx.url, **common),
+                }
+                cases.append(Case(f"b-{size_label(size)}", "b", loads))
+        if "c" in plan.scenarios and ours and nginx:
+            for size in plan.upload_sizes:
+                # 100 uploads of 10 MiB take seconds each: longer runs, so that every
+                # connection completes several and the cut-off at the end weighs little.
+                long = size >= LONG_UPLOAD
+                common = {
+                    "duration": plan.duration * 3 if long else plan.duration,
+                    "body_file": self.upload_body(size),
+                    "body_size": size,
+                    "connections": plan.upload_connections,
+                    "timeout": plan.timeout,
+                }
+                loads = {
+                    "ours": self._load(
+                        ours.url, path_prefix="/upload/bench-", authorization=auth, **common
+                    ),
+                    "nginx": self._load(nginx.url, path_prefix="/put/", **common),
+                }
+                cases.append(Case(f"c-{size_label(size)}", "c", loads, after=self._after_upload))
+        return cases
+
+    def _after_upload(self, target: str) -> None:
+        """Write back the dirty pages now, outside any measured run, and free the space.
+
+        A run of 10 MiB uploads stores gigabytes. nginx's folder is emptied; FileWallBall's
+        uploads are never read again, so their blobs are deleted from its blob folder (their
+        records stay until the database is dropped at the end).
+        """
+        os.sync()
+        if target == "nginx" and self.nginx:
+            # Uploads cut off by wrk's end may still land: nginx re-creates the folder then.
+            shutil.rmtree(self.nginx.put_dir, ignore_errors=True)
+            self.nginx.put_dir.mkdir(exist_ok=True)
+        if target == "ours" and self.ours:
+            blobs = Path(self.ours.env["FWB_DATA_DIR"]) / "blobs"
+            for blob in blobs.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*"):
+                if blob.name not in self.kept_blobs:
+                    blob.unlink(missing_ok=True)
+
+    # --- running ------------------------------------------------------------------------
+
+    def run_load(self, case: Case, target: str) -> WrkResult:
+        result = run_wrk(self.wrk, case.loads[target])
+        if case.after:
+            case.after(target)
+        return result
+
+    def warm_up(self, cases: list[Case]) -> None:
+        if self.plan.warmup <= 0:
+            return
+        self.console.print(f"[dim]warm-up: {self.plan.warmup:g} s per case and target[/]")
+        for case in cases:
+            for target, load in case.loads.items():
+                warm = Load(**{**load.__dict__, "duration": self.plan.warmup})
+                run_wrk(self.wrk, warm)
+                if case.after:
+                    case.after(target)
+
+    def run(self) -> list[Measurement]:
+        cases = self.cases()
+        self.warm_up(cases)
+        for number in range(1, self.plan.rounds + 1):
+            for case in cases:
+                targets = list(case.loads)
+                if number % 2 == 0:
+                    targets.reverse()  # alternate who goes first: no order advantage
+                for target in targets:
+                    result = self.run_load(case, target)
+                    scenario, case_id = case.label(target)
+                    self.record(Measurement(scenario, case_id, target, number, result))
+                    time.sleep(self.plan.pause)
+        return self.measurements
+
+    def run_memory(self) -> None:
+        """Scenario d, every round, first of all: before other work has grown the workers'
+        heaps, so that memory freed by earlier requests cannot hide the upload's growth."""
+        if "d" not in self.plan.scenarios or self.ours is None:
+            return
+        for number in range(1, self.plan.rounds + 1):
+            memory = streamed_upload(self.ours, self.plan.memory_size)
+            os.sync()
+            case = f"d-{size_label(memory.size)}"
+            self.record(Measurement("d", case, "ours", number, memory))
+            time.sleep(self.plan.pause)
+
+    def record(self, measurement: Measurement) -> None:
+        self.measurements.append(measurement)
+        result = measurement.result
+        head = f"[dim]round {measurement.round}[/] {measurement.case:<10} {measurement.target:<8}"
+        if isinstance(result, WrkResult):
+            problems = sum(result.errors.values()) + result.non_2xx
+            flag = f" [red]{problems} errors/non-2xx[/]" if problems else ""
+            self.console.print(
+                f"{head} {result.rps:>10.1f} req/s {result.mb_per_s:>9.1f} MB/s "
+                f"p99 {result.latency_ms['p99']:>8.1f} ms  ({result.requests} requests){flag}"
+            )
+        else:
+            self.console.print(
+                f"{head} {result.status} in {result.seconds:.1f} s, {result.mb_per_s:.1f} MB/s, "
+                f"RSS growth {result.rss_growth_total_mib:.1f} MiB "
+                f"(worker {result.rss_growth_worker_mib:.1f} MiB)"
+            )
