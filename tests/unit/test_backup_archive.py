@@ -7,26 +7,39 @@ what is wrong.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import stat
 import tarfile
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from filewallball.adapters.backup_archive import ArchiveReader, ArchiveWriter
+from filewallball.adapters import backup_check
+from filewallball.adapters.backup_archive import (
+    MAX_EXTENDED_HEADER_BYTES,
+    MAX_EXTENDED_HEADERS,
+    ArchiveReader,
+    ArchiveWriter,
+)
 from filewallball.adapters.backup_restore import verify_backup
 from filewallball.adapters.backup_sql import head_revision
 from filewallball.domain.backup import (
     BLOB_INDEX,
+    FREE_SPACE_MARGIN,
     HEADER,
     MANIFEST,
+    MAX_HEADER_BYTES,
+    MAX_SECRET_BYTES,
+    SECRET,
     SKIPPED,
     TABLES,
     BackupError,
@@ -317,6 +330,18 @@ HOSTILE: dict[str, tuple[Hostile, str]] = {
         ),
         "schema revision '9999' is unknown here",
     ),
+    # Rows are checked against this version's tables: an older archive is not half-restored.
+    "older schema revision": (
+        lambda m: tar_bytes(
+            plain(
+                with_manifest(
+                    _swap(m, HEADER, dict(m)[HEADER].replace(head_revision().encode(), b"0001"))
+                )
+            )
+        ),
+        r"schema revision '0001', made by an older FileWallBall \(test\).*restore it with "
+        r"FileWallBall test, then upgrade",
+    ),
     "manifest disagreeing with the header": (
         lambda m: tar_bytes(
             plain(_swap(m, MANIFEST, dict(m)[MANIFEST].replace(b'"sqlite"', b'"postgresql"')))
@@ -326,6 +351,39 @@ HOSTILE: dict[str, tuple[Hostile, str]] = {
     "oversized manifest": (
         lambda m: tar_bytes(plain([*m[:-1], (MANIFEST, b" " * (1024 * 1024 + 1))])),
         r"'manifest\.json' is 1048577 bytes, over its limit",
+    ),
+    "oversized header": (
+        lambda m: tar_bytes(plain([(HEADER, b" " * (MAX_HEADER_BYTES + 1)), *m[1:]])),
+        rf"'header\.json' is {MAX_HEADER_BYTES + 1} bytes, over its limit",
+    ),
+    "oversized secret": (
+        lambda m: tar_bytes(plain([*m[:-1], (SECRET, b"s" * (MAX_SECRET_BYTES + 1)), m[-1]])),
+        rf"'secret\.key' is {MAX_SECRET_BYTES + 1} bytes, over its limit",
+    ),
+    "global PAX header": (
+        lambda m: tar_bytes(
+            [*plain(m[:1]), entry("pax_global_header", b"", type=tarfile.XGLTYPE), *plain(m[1:])]
+        ),
+        "a global PAX header: refused",
+    ),
+    "extended headers in a row": (
+        lambda m: (
+            tar_bytes(plain(m[:1]))[: _boundary(m, 1)]
+            + b"".join(
+                _header_block(tarfile.GNUTYPE_LONGNAME, 512) + b"x" * 511 + b"\0"
+                for _ in range(MAX_EXTENDED_HEADERS + 1)
+            )
+            + tar_bytes(plain(m[1:]))
+        ),
+        f"more than {MAX_EXTENDED_HEADERS} extended tar headers in a row",
+    ),
+    "GNU sparse file": (
+        lambda m: (
+            tar_bytes(plain(m[:1]))[: _boundary(m, 1)]
+            + _header_block(tarfile.GNUTYPE_SPARSE, 0, name=_blob_name(m))
+            + tar_bytes(plain(m[1:]))
+        ),
+        "is a sparse file: refused",
     ),
     "member after the manifest": (
         lambda m: tar_bytes(plain([*m, (SKIPPED, b"")])),
@@ -370,6 +428,126 @@ async def test_a_hostile_or_broken_archive_is_refused(tmp_path: Path, case: str)
         await verify_backup(archive)
     # Nothing extracted anywhere, and the staging area is gone.
     assert _tree(tmp_path) == before
+
+
+def _header_block(kind: bytes, size: int, *, name: str = "././@LongLink") -> bytes:
+    """One bare tar header block of type `kind` declaring `size` bytes of data."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+
+
+BOMB_BYTES = 64 * 1024 * 1024  # what the header declares, and what follows it (zeros)
+
+
+def _write_header_bomb(path: Path, kind: bytes, *, first: bool) -> None:
+    """A .tar.gz (about 65 KB) holding an extended header of `kind` declaring BOMB_BYTES, with
+    that many zero bytes after it: what tarfile alone would read whole into memory."""
+    prefix = b"" if first else tar_bytes(plain(sample()[:1]))[: _boundary(sample(), 1)]
+    zeros = bytes(1024 * 1024)
+    with gzip.open(path, "wb") as out:
+        out.write(prefix + _header_block(kind, BOMB_BYTES))
+        for _ in range(BOMB_BYTES // len(zeros)):
+            out.write(zeros)
+        out.write(bytes(2 * tarfile.BLOCKSIZE))
+
+
+@pytest.mark.parametrize(
+    ("kind", "first"),
+    [
+        (tarfile.GNUTYPE_LONGNAME, False),
+        (tarfile.GNUTYPE_LONGNAME, True),  # read by tarfile while the archive is opened
+        (tarfile.GNUTYPE_LONGLINK, False),
+        (tarfile.XHDTYPE, False),
+        (tarfile.SOLARIS_XHDTYPE, False),
+    ],
+)
+async def test_an_oversized_extended_header_is_refused_before_it_is_read(
+    tmp_path: Path, kind: bytes, first: bool
+) -> None:
+    archive = tmp_path / "bomb.tar.gz"
+    _write_header_bomb(archive, kind, first=first)
+    assert archive.stat().st_size < 1024 * 1024
+    tracemalloc.start()
+    try:
+        with pytest.raises(BackupError) as refused:
+            await verify_backup(archive)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 1024 * 1024, f"{peak} bytes held while refusing a {BOMB_BYTES}-byte header"
+    assert f"extended tar header (type {kind.decode()!r}) of {BOMB_BYTES} bytes" in str(
+        refused.value
+    )
+    assert f"over the limit of {MAX_EXTENDED_HEADER_BYTES}" in str(refused.value)
+
+
+async def test_long_names_within_the_limits_are_read(tmp_path: Path) -> None:
+    """GNU long names and PAX headers as such are fine: only oversized ones are refused."""
+    members = sample()
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+            for info, data in plain(members):
+                if info.name == HEADER:
+                    info.uname = "u" * 200  # a PAX record in PAX; ignored in GNU
+                tar.addfile(info, io.BytesIO(data))
+        assert (await verified(tmp_path, buffer.getvalue(), f"f{fmt}.tar")).blobs == 2
+
+
+@pytest.mark.parametrize(("compress", "name"), [(bz2.compress, "bzip2"), (lzma.compress, "xz")])
+async def test_only_plain_and_gzip_archives_are_read(
+    tmp_path: Path, compress: Callable[[bytes], bytes], name: str
+) -> None:
+    raw = tar_bytes(plain(sample()))
+    with pytest.raises(BackupError, match=f"is compressed with {name}: only .tar and .tar.gz"):
+        await verified(tmp_path, compress(raw), "backup.tar.gz")
+    # gzip is told by its first bytes, not by the name.
+    assert (await verified(tmp_path, gzip.compress(raw), "backup.tar")).blobs == 2
+
+
+async def test_members_beyond_the_small_limits_stream(tmp_path: Path) -> None:
+    """Only header, manifest and secret are held whole: a blob larger than all of their limits
+    (and than the reader's chunk) verifies, and is read a chunk at a time."""
+    big = os.urandom(2 * 1024 * 1024 + 3)
+    members = sample((big, b"small\n"))
+    manifest = await verified(tmp_path, tar_bytes(plain(members)))
+    assert manifest.blob_bytes == len(big) + len(b"small\n")
+    path = tmp_path / "stream.tar"
+    path.write_bytes(tar_bytes(plain(members)))
+    async with ArchiveReader(path) as reader:
+        async for member in reader.members():
+            if member.size == len(big):
+                sizes = [len(chunk) async for chunk in member.chunks()]
+                assert len(sizes) > 1 and max(sizes) < len(big) and sum(sizes) == len(big)
+            else:
+                async for _ in member.chunks():
+                    pass
+
+
+async def test_a_member_larger_than_the_free_space_is_refused_before_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    members = sample()
+    blobs_table = dict(members)[table_member("blobs")]
+    seen: list[Path] = []
+
+    def free_bytes(path: Path) -> int:
+        seen.append(path)
+        return FREE_SPACE_MARGIN + len(blobs_table) - 1  # one byte short for the first table
+
+    monkeypatch.setattr(backup_check, "free_bytes", free_bytes)
+    archive = tmp_path / "in" / "backup.tar"
+    archive.parent.mkdir()
+    archive.write_bytes(tar_bytes(plain(members)))
+    with pytest.raises(
+        BackupError,
+        match=rf"tables/blobs\.jsonl is {len(blobs_table)} bytes, but the staging directory "
+        rf".* has {len(blobs_table) - 1 + FREE_SPACE_MARGIN} bytes free",
+    ):
+        await verify_backup(archive)
+    assert seen and all(path.parent == archive.parent for path in seen)
+    assert _tree(tmp_path) == [archive.parent, archive]
 
 
 async def _chunks(*pieces: bytes) -> AsyncIterator[bytes]:
@@ -426,3 +604,20 @@ async def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="exists already"):
         await ArchiveWriter.create(path, mtime=0)
     assert path.read_bytes() == b"an older backup"
+
+
+async def test_a_file_appearing_at_the_last_moment_is_not_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No check-then-rename: the file appears after any check could run (exists() says no)."""
+    path = tmp_path / "out.tar"
+    writer = await ArchiveWriter.create(path, mtime=0)
+    await writer.add_bytes("header.json", b"{}")
+    path.write_bytes(b"another backup, written meanwhile")
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    with pytest.raises(BackupError, match="appeared while the backup was written"):
+        await writer.commit()
+    monkeypatch.undo()
+    await writer.abort()
+    assert path.read_bytes() == b"another backup, written meanwhile"
+    assert _tree(tmp_path) == [path]  # the temp file is gone

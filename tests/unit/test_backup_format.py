@@ -10,6 +10,7 @@ import pytest
 
 from filewallball.domain.backup import (
     FORMAT_VERSION,
+    FREE_SPACE_MARGIN,
     BackupError,
     Digest,
     Header,
@@ -19,6 +20,8 @@ from filewallball.domain.backup import (
     SecretInfo,
     SecretSource,
     TargetContents,
+    check_revision,
+    check_room,
     classify,
     plan_secret,
     secret_fingerprint,
@@ -79,10 +82,25 @@ def test_any_other_name_is_refused(name: str) -> None:
         classify(name)
 
 
-def test_small_members_have_limits_and_the_others_stream() -> None:
-    assert MemberKind.MANIFEST.max_bytes == 1024 * 1024
-    assert MemberKind.HEADER.max_bytes and MemberKind.SECRET.max_bytes
-    assert MemberKind.BLOB.max_bytes is None and MemberKind.TABLE.max_bytes is None
+def test_a_member_must_leave_the_margin_free_where_it_is_written() -> None:
+    check_room("blobs/x", 100, free=FREE_SPACE_MARGIN + 100, where="the blob store")
+    check_room("blobs/x", 10**15, free=None, where="the blob store")  # cannot tell: allowed
+    for free in (FREE_SPACE_MARGIN + 99, 50, 0):
+        with pytest.raises(BackupError, match=r"blobs/x is 100 bytes, but the blob store has"):
+            check_room("blobs/x", 100, free=free, where="the blob store")
+
+
+def test_only_archives_of_this_schema_revision_are_accepted() -> None:
+    known = {"0001", "0002", "0003"}
+    check_revision("0003", app_version="0.3.0", head="0003", known=known)
+    with pytest.raises(
+        BackupError,
+        match=r"revision '0001', made by an older FileWallBall \(0\.1\.0\); this one reads "
+        r"revision '0003' only: restore it with FileWallBall 0\.1\.0, then upgrade",
+    ):
+        check_revision("0001", app_version="0.1.0", head="0003", known=known)
+    with pytest.raises(BackupError, match=r"'0009' is unknown here: .* newer FileWallBall \(0\.9"):
+        check_revision("0009", app_version="0.9.0", head="0003", known=known)
 
 
 def test_manifest_round_trips() -> None:

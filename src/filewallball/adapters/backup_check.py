@@ -3,13 +3,15 @@
 Members other than blobs are spooled into a private staging directory (hashed on the way);
 blobs are handled by the caller (hashed and dropped by verify, written to the blob store by
 restore) and recorded in a ledger: a SQLite file in the staging directory, so memory stays flat
-however many blobs an archive holds.
+however many blobs an archive holds. A restore also notes there the blobs it created (the only
+ones it may delete again after a failure).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import anyio.to_thread
 from filewallball.adapters.backup_archive import Member
 from filewallball.adapters.backup_sql import (
     decode_row,
+    head_revision,
     known_revisions,
     numbered_lines,
     primary_key,
@@ -37,6 +40,8 @@ from filewallball.domain.backup import (
     Manifest,
     MemberKind,
     SecretSource,
+    check_revision,
+    check_room,
     is_sha256,
     load_object,
     secret_fingerprint,
@@ -48,6 +53,7 @@ CREATE TABLE members (sha TEXT PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE indexed (sha TEXT PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE blob_rows (sha TEXT PRIMARY KEY, refcount INTEGER NOT NULL, refs INTEGER NOT NULL);
 CREATE TABLE row_keys (tbl TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (tbl, key));
+CREATE TABLE created (sha TEXT PRIMARY KEY);
 """
 
 
@@ -87,11 +93,12 @@ class ArchiveCheck:
     async def read_header(self, member: Member) -> Header:
         raw = await self._read_small(member)
         header = Header.from_json(load_object(raw, HEADER), member=HEADER)
-        if header.schema_revision not in known_revisions():
-            raise BackupError(
-                f"the archive's schema revision {header.schema_revision!r} is unknown here: it "
-                f"was made by a newer FileWallBall ({header.app_version}); use that version"
-            )
+        check_revision(
+            header.schema_revision,
+            app_version=header.app_version,
+            head=head_revision(),
+            known=known_revisions(),
+        )
         self.header = header
         return header
 
@@ -100,7 +107,15 @@ class ArchiveCheck:
         return self.manifest
 
     async def spool(self, member: Member) -> None:
-        """Copy a table, index or secret member into the staging directory, hashing it."""
+        """Copy a table, index or secret member into the staging directory, hashing it.
+
+        Refused before a byte is written when its declared size (which bounds what is read of
+        it) would leave the staging directory's disk with less than the margin free.
+        """
+        free = await anyio.to_thread.run_sync(free_bytes, self._staging)
+        check_room(
+            member.name, member.size, free=free, where=f"the staging directory {self._staging}"
+        )
         digest = hashlib.sha256()
         handle = await anyio.to_thread.run_sync(self.path_of(member.name).open, "xb")
         try:
@@ -128,9 +143,15 @@ class ArchiveCheck:
         self.blobs += 1
         self.blob_bytes += digest.size
 
-    def blob_names(self) -> list[str]:
-        """Every blob recorded so far (for a restore to clean up after a failure)."""
-        return [sha for (sha,) in self._ledger.execute("SELECT sha FROM members")]
+    async def note_created(self, sha: str) -> None:
+        """A blob a restore wrote where none was before: one it may delete after a failure."""
+        await anyio.to_thread.run_sync(
+            self._ledger.execute, "INSERT OR IGNORE INTO created VALUES (?)", (sha,)
+        )
+
+    def created_blobs(self) -> list[str]:
+        """The blobs noted as created (never one that was in the blob store before)."""
+        return [sha for (sha,) in self._ledger.execute("SELECT sha FROM created")]
 
     def path_of(self, name: str) -> Path:
         # `name` passed classify(): one of the format's fixed names, never a path of its own.
@@ -295,6 +316,14 @@ class ArchiveCheck:
                 size=len(raw), sha256=hashlib.sha256(raw).hexdigest()
             )
         return raw
+
+
+def free_bytes(path: Path) -> int | None:
+    """The bytes free on the filesystem holding `path`, when it can tell."""
+    try:
+        return int(shutil.disk_usage(path).free)
+    except OSError:
+        return None
 
 
 def dumps_line(value: dict[str, object]) -> bytes:

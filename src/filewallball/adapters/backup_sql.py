@@ -8,7 +8,7 @@ way back, so an archive written on SQLite restores onto PostgreSQL and the other
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,8 +98,9 @@ def encode_row(row: Mapping[str, Any]) -> bytes:
 def decode_row(table: str, line: bytes, *, where: str) -> dict[str, Any]:
     """A row of `table` ready to insert; BackupError naming `where` when it does not fit.
 
-    Columns a row lacks are null (an archive from an older schema); a non-nullable one missing,
-    an unknown column or a value of the wrong type is an error.
+    A nullable column a row lacks is null; a non-nullable one missing, an unknown column or a
+    value of the wrong type is an error. (Only archives of this version's schema revision get
+    here: check_revision refuses the others.)
     """
     try:
         data = json.loads(line)
@@ -320,17 +321,25 @@ async def record_audit(engine: AsyncEngine, row: Mapping[str, Any]) -> None:
 
 async def key_exists(engine: AsyncEngine, key_id: str) -> bool:
     statement = sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.id == key_id)
-    async with engine.connect() as connection:
-        return int((await connection.execute(statement)).scalar_one()) > 0
+    try:
+        async with engine.connect() as connection:
+            return int((await connection.execute(statement)).scalar_one()) > 0
+    except _DRIVER_ERRORS as error:
+        raise BackupError(f"reading the target database failed: {error}") from error
 
 
 async def restore_tables(
-    engine: AsyncEngine, staged: Mapping[str, Path], *, audit: Mapping[str, Any]
+    engine: AsyncEngine,
+    staged: Mapping[str, Path],
+    *,
+    audit: Mapping[str, Any],
+    before_commit: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Insert every staged table into an empty target in one transaction, then `audit`.
 
     The target is checked again inside the transaction, which holds the write lock from the
-    start: nothing can be written between the check and the commit.
+    start: nothing can be written between the check and the commit. `before_commit` runs once
+    everything is inserted and checked, right before the commit (an error there rolls back).
     """
     postgresql = engine.dialect.name == "postgresql"
     try:
@@ -356,6 +365,8 @@ async def restore_tables(
                     )
                 )
             await connection.execute(audit_log.insert().values(**audit))
+            if before_commit is not None:
+                await before_commit()
             await connection.commit()
     except _DRIVER_ERRORS as error:
         raise BackupError(f"writing the target database failed: {error}") from error

@@ -47,6 +47,10 @@ TABLES = ("blobs", "files", "api_keys", "ip_rules", "audit_log")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_SECRET_BYTES = 4096
+# Left free on the disks a restore or a verify writes to: a member whose declared size would
+# eat into it is refused before a byte of it is written (a decompression bomb, or too small a
+# disk, fails at once instead of filling the disk the service runs on).
+FREE_SPACE_MARGIN = 64 * 1024 * 1024
 
 # What a first start of the service creates (domain/access.py, AccessService.bootstrap): a target
 # holding only these still counts as empty, and the archive's keys replace them.
@@ -79,6 +83,39 @@ class MemberKind(enum.Enum):
             MemberKind.MANIFEST: MAX_MANIFEST_BYTES,
             MemberKind.SECRET: MAX_SECRET_BYTES,
         }.get(self)
+
+
+def check_room(member: str, size: int, *, free: int | None, where: str) -> None:
+    """BackupError when writing `size` bytes at `where` would leave less than the margin free.
+
+    `free` is None when the storage cannot tell: then nothing is refused.
+    """
+    if free is not None and size > free - FREE_SPACE_MARGIN:
+        raise BackupError(
+            f"{member} is {size} bytes, but {where} has {max(free, 0)} bytes free (and keeps "
+            f"{FREE_SPACE_MARGIN} free): make room there, or restore onto a larger disk"
+        )
+
+
+def check_revision(revision: str, *, app_version: str, head: str, known: set[str]) -> None:
+    """BackupError unless an archive of schema `revision` can be checked and restored here.
+
+    Rows are checked against this version's tables, and inserted into a database migrated to
+    this version's schema: only an archive of that same revision fits. An older one is restored
+    with the version that made it, and the database then upgraded.
+    """
+    if revision == head:
+        return
+    if revision in known:
+        raise BackupError(
+            f"the archive is of schema revision {revision!r}, made by an older FileWallBall "
+            f"({app_version}); this one reads revision {head!r} only: restore it with "
+            f"FileWallBall {app_version}, then upgrade (`filewallball migrate`)"
+        )
+    raise BackupError(
+        f"the archive's schema revision {revision!r} is unknown here: it was made by a newer "
+        f"FileWallBall ({app_version}); use that version"
+    )
 
 
 def table_member(table: str) -> str:

@@ -7,10 +7,11 @@ go to stderr when it is a terminal; results to stdout; failures are `error: ...`
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
@@ -110,7 +111,7 @@ def create(
     """Write a consistent archive of every file, key, IP rule and audit entry (while serving)."""
     from filewallball.adapters.backup import BackupResult, create_backup, read_secret
 
-    settings = Settings()
+    settings = _settings()
 
     async def work(container: Container) -> BackupResult:
         secret, secret_file = read_secret(settings.secret_key, settings.secret_key_file)
@@ -167,7 +168,7 @@ def restore(
     from filewallball.adapters.backup_restore import RestoreResult, restore_backup
     from filewallball.domain.backup import SecretAction
 
-    settings = Settings()
+    settings = _settings()
 
     async def work(container: Container) -> RestoreResult:
         secret, _ = read_secret(settings.secret_key, settings.secret_key_file)
@@ -221,15 +222,42 @@ def _run(settings: Settings, work: Callable[[Container], Awaitable[T]]) -> T:
     return _guarded(lambda: asyncio.run(run()))
 
 
+def _settings() -> Settings:
+    """The settings from the environment; an invalid one is `error: ...`, exit 1."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"FWB_{'_'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        _fail(f"invalid settings: {problems}")
+
+
 def _guarded(call: Callable[[], T]) -> T:
+    """Run `call`; an expected failure is one line `error: ...` on stderr and exit 1.
+
+    Expected: what the backup code reports (FileWallBallError), and what the disk, the database
+    or the migrations raise where it does not wrap it. Anything else is a bug: a traceback.
+    """
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return call()
     except FileWallBallError as error:
-        typer.echo(f"error: {error.detail}", err=True)
-        raise typer.Exit(code=1) from error
-    except OSError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from error
+        _fail(error.detail)
+    except (OSError, sqlite3.Error, SQLAlchemyError, CommandError) as error:
+        _fail(str(error) or type(error).__name__)
+
+
+def _fail(message: str) -> NoReturn:
+    """Print `error: <message>` on one line to stderr, and exit 1."""
+    line = " ".join(message.split())
+    typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code=1)
 
 
 def _summary(manifest: Manifest) -> str:
