@@ -28,6 +28,7 @@ from typing import IO, Any, cast
 import anyio
 import anyio.to_thread
 
+from filewallball.adapters.disk import fsync_dir
 from filewallball.domain.backup import BackupError, Digest, MemberKind, classify
 
 CHUNK_BYTES = 256 * 1024
@@ -147,7 +148,7 @@ class ArchiveWriter:
             os.fsync(self._raw.fileno())
             self._raw.close()
             _publish_new(self._temp, self._path)
-            _fsync_dir(self._path.parent)
+            fsync_dir(self._path.parent)
 
         await anyio.to_thread.run_sync(finish)
         self._done = True
@@ -422,11 +423,3 @@ def _publish_new(temp: Path, final: Path) -> None:
         os.replace(temp, final)
         return
     os.unlink(temp)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

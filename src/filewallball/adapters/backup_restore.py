@@ -35,6 +35,7 @@ from filewallball.adapters.backup_sql import (
     restore_tables,
     target_contents,
 )
+from filewallball.adapters.disk import fsync_dir
 from filewallball.adapters.sql import upgrade
 from filewallball.domain.backup import (
     BLOB_PREFIX,
@@ -319,7 +320,7 @@ class _SecretSwap:
             temp = _prepare_private(self._final, self._data)
             os.replace(temp, self._final)
             self._installed = True
-            _fsync_dir(self._final.parent)
+            fsync_dir(self._final.parent)
 
         try:
             await anyio.to_thread.run_sync(install)
@@ -337,7 +338,7 @@ class _SecretSwap:
                 return
             if self._previous is None:
                 self._final.unlink(missing_ok=True)
-                _fsync_dir(self._final.parent)
+                fsync_dir(self._final.parent)
             else:
                 _install(_prepare_private(self._final, self._previous), self._final)
 
@@ -363,15 +364,7 @@ def _temp_of(final: Path) -> Path:
 
 def _install(temp: Path, final: Path) -> None:
     os.replace(temp, final)
-    _fsync_dir(final.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(final.parent)
 
 
 @contextlib.asynccontextmanager

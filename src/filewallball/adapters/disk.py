@@ -46,7 +46,8 @@ def _blob_path(root: Path, sha256: Sha256) -> Path:
     return root / digest[:2] / digest[2:4] / digest
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -59,11 +60,11 @@ def _publish(temp: Path, final: Path, root: Path) -> None:
     fresh = not fanout.is_dir()
     fanout.mkdir(parents=True, exist_ok=True)
     os.replace(temp, final)
-    _fsync_dir(fanout)
+    fsync_dir(fanout)
     if fresh:
         # New fan-out folders must be durable too, or the renamed blob could vanish with them.
-        _fsync_dir(fanout.parent)
-        _fsync_dir(root)
+        fsync_dir(fanout.parent)
+        fsync_dir(root)
 
 
 async def _remove_quietly(path: Path) -> None:
