@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-import structlog
-
+from filewallball.adapters.sql_security import log_audit_event
 from filewallball.domain.errors import Conflict, DependencyUnavailable, InvalidRequest
 from filewallball.domain.jobs import JobPayload, TaskQueue
 from filewallball.domain.models import (
@@ -322,12 +321,8 @@ class FakeAuditLog(AuditLog):
         self.fail_writes = False  # the database is down
 
     async def record(self, entry: AuditEntry) -> None:
-        if self.fail_writes:
-            raise DependencyUnavailable("database")
-        entry = replace(entry, id=len(self.entries) + 1, at=entry.at.astimezone(UTC))
-        self.entries.append(entry)
-        fields = {**asdict(entry), "at": entry.at.isoformat(), "outcome": entry.outcome.value}
-        structlog.get_logger("filewallball.audit").info("audit", **fields)
+        await self.record_many([entry])
+        log_audit_event(self.entries[-1])
 
     async def query(self, query: AuditQuery) -> list[AuditEntry]:
         newest_first = [e for e in reversed(self.entries) if _audit_matches(e, query)]
@@ -338,9 +333,8 @@ class FakeAuditLog(AuditLog):
         if self.fail_writes:
             raise DependencyUnavailable("database")
         for entry in entries:
-            self.entries.append(
-                replace(entry, id=len(self.entries) + 1, at=entry.at.astimezone(UTC))
-            )
+            numbered = replace(entry, id=len(self.entries) + 1, at=entry.at.astimezone(UTC))
+            self.entries.append(numbered)
 
     async def flush(self) -> None:
         return None

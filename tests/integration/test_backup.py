@@ -408,8 +408,7 @@ def test_a_backup_while_a_real_server_serves_uploads_and_deletes(tmp_path: Path)
         assert created.returncode == 0, created.stderr
         assert deleted, "the churn deleted nothing: the race was not exercised"
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=30)
+        server.stop()
 
     left_out = set(re.findall(r"left out file (\S+) \(deleted during the backup\)", created.stderr))
     assert left_out <= deleted

@@ -69,5 +69,4 @@ def test_https_round_trip_with_hsts(tls_server: Server) -> None:
         record = client.put("/upload/tls.txt", content=b"over tls").json()
         assert record["urls"]["download"].startswith("https://")
         assert client.get(record["urls"]["download"]).content == b"over tls"
-    tls_server.process.terminate()
-    tls_server.process.wait(timeout=30)
+    tls_server.stop()

@@ -24,15 +24,6 @@ from tests.integration.test_server import AUTH, Server, start_server
 T = TypeVar("T")
 
 
-def _stop(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=30)
-    except Exception:
-        server.process.kill()
-        raise
-
-
 def _shared_env(pg_url: str, redis_prefix: str) -> dict[str, str]:
     return {
         "FWB_DATABASE_URL": pg_url,
@@ -64,9 +55,9 @@ def replicas(tmp_path: Path, pg_url: str, redis_prefix: str) -> Iterator[tuple[S
         try:
             yield first, second
         finally:
-            _stop(second)
+            second.stop()
     finally:
-        _stop(first)
+        first.stop()
 
 
 def test_statistics_agree_across_two_replicas(replicas: tuple[Server, Server]) -> None:
@@ -207,4 +198,4 @@ def test_metrics_add_up_every_worker(tmp_path: Path, pg_url: str, redis_prefix: 
             )
             assert http_uploads == sent
     finally:
-        _stop(server)
+        server.stop()

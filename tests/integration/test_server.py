@@ -34,6 +34,15 @@ class Server:
     log_path: Path
     data_dir: Path
 
+    def stop(self) -> None:
+        """SIGTERM, and wait for a graceful exit (killed after 30 s)."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
     def rss(self) -> int:
         proc = psutil.Process(self.process.pid)
         return int(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
@@ -99,8 +108,7 @@ def server(
     """`filewallball serve` on each server it can run on."""
     started = start_server(tmp_path_factory.mktemp("served"), ["--server", request.param])
     yield started
-    started.process.terminate()
-    started.process.wait(timeout=30)
+    started.stop()
 
 
 def _pattern(size: int, chunk: int = MiB) -> Iterator[bytes]:

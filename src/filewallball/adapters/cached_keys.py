@@ -11,9 +11,11 @@ cannot race a tombstone); `list` reads the database and is exact.
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from filewallball.domain.ports import Cache, KeyRepository
 from filewallball.domain.security import ApiKey, Role
@@ -82,29 +84,12 @@ def _cache_key(key_id: str) -> str:
 
 
 def _to_json(key: ApiKey) -> bytes:
-    def stamp(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
-
-    return json.dumps(
-        {
-            "id": key.id,
-            "name": key.name,
-            "role": key.role.value,
-            "owner": key.owner,
-            "secret_hash": key.secret_hash,
-            "created_at": stamp(key.created_at),
-            "expires_at": stamp(key.expires_at),
-            "revoked_at": stamp(key.revoked_at),
-            "last_used_at": stamp(key.last_used_at),
-            "allowed_cidrs": list(key.allowed_cidrs),
-            "quota_bytes": key.quota_bytes,
-            "quota_files": key.quota_files,
-        }
-    ).encode()
+    # orjson writes datetimes as ISO 8601, the role as its value, the CIDR tuple as a list.
+    return orjson.dumps(asdict(key))
 
 
 def _from_json(raw: bytes) -> ApiKey:
-    data: dict[str, Any] = json.loads(raw)
+    data: dict[str, Any] = orjson.loads(raw)
 
     def stamp(name: str) -> datetime | None:
         value = data[name]

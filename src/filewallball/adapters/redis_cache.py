@@ -101,12 +101,11 @@ class RedisCache(Cache):
         """Counts from the shared hash; entries by SCAN (admin use: it walks the keyspace)."""
         try:
             counts = await self._client.hgetall(self._stats_key)
-            entries = 0
+            entries, own = 0, self._stats_key.encode()
             async for raw in self._client.scan_iter(
                 match=_glob_escape(self._prefix) + "*", count=1000
             ):
-                if raw != self._stats_key.encode():
-                    entries += 1
+                entries += raw != own
         except _FAILURES as error:
             raise DependencyUnavailable("redis", f"redis is unavailable: {error}") from error
         since = counts.get(b"since")
