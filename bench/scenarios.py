@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 
 from bench import GiB, KiB, MiB, ceiling, size_label
@@ -216,8 +217,21 @@ class Bench:
 
     # --- running ------------------------------------------------------------------------
 
+    def _server(self, target: str) -> Managed | None:
+        if target == "ours" and self.ours:
+            return self.ours.managed
+        if target == "nginx" and self.nginx:
+            return self.nginx.managed
+        return self.ceiling[1] if target == "ceiling" and self.ceiling else None
+
     def run_load(self, case: Case, target: str) -> WrkResult:
+        server = self._server(target)
+        processes = server.tree() if server else []
+        before = _cpu_seconds(processes)
         result = run_wrk(self.wrk, case.loads[target])
+        if processes and result.requests:
+            spent = _cpu_seconds(processes) - before
+            result.server_cpu_ms_per_request = round(spent * 1000 / result.requests, 4)
         if case.after:
             case.after(target)
         return result
@@ -267,9 +281,12 @@ class Bench:
         if isinstance(result, WrkResult):
             problems = sum(result.errors.values()) + result.non_2xx
             flag = f" [red]{problems} errors/non-2xx[/]" if problems else ""
+            cpu = result.server_cpu_ms_per_request
+            cpu_text = f", CPU {cpu:.3f} ms/request" if cpu is not None else ""
             self.console.print(
                 f"{head} {result.rps:>10.1f} req/s {result.mb_per_s:>9.1f} MB/s "
-                f"p99 {result.latency_ms['p99']:>8.1f} ms  ({result.requests} requests){flag}"
+                f"p99 {result.latency_ms['p99']:>8.1f} ms  ({result.requests} requests{cpu_text})"
+                f"{flag}"
             )
         else:
             self.console.print(
@@ -277,3 +294,15 @@ class Bench:
                 f"RSS growth {result.rss_growth_total_mib:.1f} MiB "
                 f"(worker {result.rss_growth_worker_mib:.1f} MiB)"
             )
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds of `processes` so far (those that have exited count 0)."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total

@@ -41,6 +41,9 @@ class WrkResult:
     errors: dict[str, int]
     non_2xx: int
     statuses: dict[str, int] = field(default_factory=dict)  # PUT runs only: every status
+    # CPU time the server's processes spent per request (user + system, all workers): unlike
+    # req/s, it hardly moves when other work shares the cores.
+    server_cpu_ms_per_request: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

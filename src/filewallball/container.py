@@ -23,6 +23,7 @@ from filewallball.adapters.metrics import (
     set_dependency,
     set_storage,
 )
+from filewallball.adapters.near_cache import NearCache
 from filewallball.adapters.ratelimit import LimitsRateLimiter
 from filewallball.adapters.redis_cache import RedisCache, create_redis
 from filewallball.adapters.sniffing import default_sniffer
@@ -51,17 +52,28 @@ def _redis(url: str | None) -> Redis | None:
     return create_redis(url) if url else None
 
 
-def _cache(redis: Redis | None, prefix: str) -> Cache:
-    inner: Cache = RedisCache(redis, prefix=prefix) if redis is not None else MemoryCache()
+def _near_cache(redis: Redis | None, prefix: str, enabled: bool) -> NearCache | None:
+    """Per-process copies of Redis entries, for the caches below (only with Redis)."""
+    return NearCache(redis, prefix=prefix) if redis is not None and enabled else None
+
+
+def _cache(redis: Redis | None, prefix: str, near: NearCache | None) -> Cache:
+    inner: Cache = (
+        RedisCache(redis, prefix=f"{prefix}cache:", near=near)
+        if redis is not None
+        else MemoryCache()
+    )
     return CountingCache(inner, name="records")
 
 
-def _keys(engine: AsyncEngine, redis: Redis | None, prefix: str) -> KeyRepository:
+def _keys(
+    engine: AsyncEngine, redis: Redis | None, prefix: str, near: NearCache | None
+) -> KeyRepository:
     """Keys from the database, through Redis when there is one (shared, so revocable at once)."""
     stored = SqlKeyRepository(engine=engine)
     if redis is None:
         return stored
-    cache = CountingCache(RedisCache(redis, prefix=f"{prefix}keys:"), name="keys")
+    cache = CountingCache(RedisCache(redis, prefix=f"{prefix}keys:", near=near), name="keys")
     return CachedKeyRepository(stored, cache=cache)
 
 
@@ -133,9 +145,20 @@ class Container(containers.DeclarativeContainer):
     )
     redis = providers.Singleton(_redis, url=settings.provided.redis_url)
 
+    near_cache = providers.Singleton(
+        _near_cache,
+        redis=redis,
+        prefix=settings.provided.redis_prefix,
+        enabled=settings.provided.near_cache,
+    )
+
     files = providers.Singleton(SqlFileRepository, engine=engine)
     keys = providers.Singleton(
-        _keys, engine=engine, redis=redis, prefix=settings.provided.redis_prefix
+        _keys,
+        engine=engine,
+        redis=redis,
+        prefix=settings.provided.redis_prefix,
+        near=near_cache,
     )
     ip_rules = providers.Singleton(SqlIpRuleRepository, engine=engine)
     audit_store = providers.Singleton(
@@ -146,9 +169,7 @@ class Container(containers.DeclarativeContainer):
     stats = providers.Singleton(SqlStatsRepository, engine=engine)
     blobs = providers.Singleton(DiskBlobStore, root=settings.provided.blob_dir)
     cache = providers.Singleton(
-        _cache,
-        redis=redis,
-        prefix=providers.Callable(lambda p: f"{p}cache:", settings.provided.redis_prefix),
+        _cache, redis=redis, prefix=settings.provided.redis_prefix, near=near_cache
     )
     rate_limiter = providers.Singleton(
         LimitsRateLimiter,

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     allowed_types: Annotated[list[str], NoDecode] = []
     denied_types: Annotated[list[str], NoDecode] = []
     cache_ttl_seconds: int = Field(default=300, ge=1)
+    # With Redis: copies of cached records and keys in each process, kept exact by a shared log.
+    near_cache: bool = True
     temp_max_age_seconds: int = Field(default=3600, ge=60)
     min_free_bytes: int = Field(default=1024**3, ge=0)  # /readyz fails below this
 

@@ -122,6 +122,66 @@ async def test_keys_live_under_the_prefix(redis_server: str, redis_prefix: str) 
         client.close()
 
 
+async def test_a_large_budget_is_leased_a_few_hits_at_a_time(
+    redis_server: str, redis_prefix: str
+) -> None:
+    limiter = LimitsRateLimiter(storage_uri=redis_server, prefix=redis_prefix)
+    try:
+        decisions = [await limiter.hit("client", rule="100000/minute") for _ in range(500)]
+    finally:
+        await limiter.aclose()
+    assert all(d.allowed for d in decisions)
+    # Each hit takes one from the budget, as if it had been counted in Redis on its own.
+    assert [d.remaining for d in decisions] == list(range(99_999, 99_499, -1))
+    assert limiter.round_trips <= 10
+    client = redis.Redis.from_url(redis_server)
+    try:
+        (key,) = client.scan_iter(match=f"{redis_prefix}*")
+        counted = int(client.get(key) or 0)
+    finally:
+        client.close()
+    # Redis counted every hit, plus at most one lease not yet spent.
+    assert 500 <= counted <= 600
+
+
+async def test_concurrent_hits_wait_for_one_lease_instead_of_each_taking_one(
+    redis_server: str, redis_prefix: str
+) -> None:
+    limiter = LimitsRateLimiter(storage_uri=redis_server, prefix=redis_prefix)
+    try:
+        await limiter.hit("client", rule="100000/minute")  # the window's first hit
+        decisions = await asyncio.gather(
+            *(limiter.hit("client", rule="100000/minute") for _ in range(300))
+        )
+    finally:
+        await limiter.aclose()
+    assert all(d.allowed for d in decisions)
+    assert limiter.round_trips <= 6
+    client = redis.Redis.from_url(redis_server)
+    try:
+        (key,) = client.scan_iter(match=f"{redis_prefix}*")
+        assert 301 <= int(client.get(key) or 0) <= 401
+    finally:
+        client.close()
+
+
+async def test_leases_never_let_a_shared_budget_overflow(
+    redis_server: str, redis_prefix: str
+) -> None:
+    replicas = [LimitsRateLimiter(storage_uri=redis_server, prefix=redis_prefix) for _ in range(2)]
+    try:
+        decisions = [await replicas[n % 2].hit("client", rule="1000/minute") for n in range(1200)]
+    finally:
+        for limiter in replicas:
+            await limiter.aclose()
+    allowed = sum(d.allowed for d in decisions)
+    # Never more than the limit; fewer only by what the other replica leased and left unspent
+    # (at most 1/64 of what was left when it leased).
+    assert 1000 - 2 * 16 <= allowed <= 1000
+    assert not decisions[-1].allowed
+    assert sum(r.round_trips for r in replicas) < 600
+
+
 _WORKER = """
 import asyncio, sys
 from filewallball.adapters.ratelimit import LimitsRateLimiter

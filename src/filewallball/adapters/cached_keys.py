@@ -11,6 +11,7 @@ cannot race a tombstone); `list` reads the database and is exact.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -88,7 +89,9 @@ def _to_json(key: ApiKey) -> bytes:
     return orjson.dumps(asdict(key))
 
 
+@functools.lru_cache(maxsize=1024)
 def _from_json(raw: bytes) -> ApiKey:
+    """The key `_to_json` wrote; the same bytes decode once (keys are immutable values)."""
     data: dict[str, Any] = orjson.loads(raw)
 
     def stamp(name: str) -> datetime | None:

@@ -2,7 +2,13 @@
 
 `limits` parses the rules, names the keys and keeps the in-process windows. For Redis, one
 Lua script does what its fixed-window strategy does in three round trips (count the hit, read
-the count, read the expiry): the same keys and the same counting, one round trip per request.
+the count, read the expiry): the same keys and the same counting.
+
+With a large budget, a process takes a few hits at once (a lease: INCRBY n) and spends them
+without asking Redis again until they run out or the window ends. A lease is at most 1/64 of
+what is left in the window (and at most 100), so a client with a small limit, or close to its
+limit, is still counted hit by hit, and hits leased but unspent can refuse a client early by
+at most that share per process.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import asyncio
 import functools
 import math
 import time
+from dataclasses import dataclass
 
 import redis.asyncio
 import structlog
@@ -27,6 +34,21 @@ _REDIS_TIMEOUT_SECONDS = 0.5
 # OSError covers the socket errors and the TimeoutError of asyncio.timeout.
 _FAILURES = (RedisError, OSError)
 _log = structlog.get_logger()
+# A lease is at most this share of what is left in the window, and at most _MAX_LEASE hits.
+_LEASE_SHARE = 64
+_MAX_LEASE = 100
+_MAX_LEASES = 10_000
+
+
+@dataclass(slots=True)
+class _Lease:
+    """Hits counted in Redis ahead of time, for this process to spend in the current window."""
+
+    left: int  # hits leased and not yet spent
+    count: int  # the window's count that the next hit spent from the lease makes
+    until: float  # monotonic end of the window
+    next_size: int  # how many to lease next time
+
 
 # A fixed window: the first hit creates the counter with the window as its expiry; every hit
 # (refused ones too, as in `limits`) adds one. Returns the count and the milliseconds left.
@@ -87,17 +109,25 @@ class LimitsRateLimiter(RateLimiter):
             # Our own client gives short socket timeouts and no retries, and a pool we can close.
             self._client = create_redis(storage_uri, timeout_seconds=_REDIS_TIMEOUT_SECONDS)
             self._hit = self._client.register_script(_HIT)
+        self._leases: dict[str, _Lease] = {}
+        # Windows whose lease is being taken, resolved when it is (one round trip, not one each).
+        self._leasing: dict[str, asyncio.Future[None]] = {}
         self._cooldown = fallback_cooldown_seconds
         self._skip_until = 0.0
         self._degraded = False
         # Decisions made in process because Redis was down or skipped, for metrics.
         self.fallbacks = 0
+        # Calls to Redis (a lease serves several hits with one).
+        self.round_trips = 0
 
     async def hit(self, key: str, *, rule: str) -> RateDecision:
         item = _parse(rule)
         if self._client is None:
             return await _decide(self._memory, item, key)
         if time.monotonic() >= self._skip_until:
+            spent = self._spend_lease(item, key)
+            if spent is not None:
+                return spent
             try:
                 # asyncio.timeout, not wait_for: no extra task per request.
                 async with asyncio.timeout(_REDIS_TIMEOUT_SECONDS):
@@ -110,20 +140,60 @@ class LimitsRateLimiter(RateLimiter):
         self.fallbacks += 1
         return await _decide(self._memory, item, key)
 
-    async def _decide_in_redis(self, item: RateLimitItem, key: str) -> RateDecision:
-        window = item.get_expiry()
+    def _name(self, item: RateLimitItem, key: str) -> str:
         # The key `limits` itself would use, under our prefix.
-        name = f"{self._prefix}{item.key_for(key)}"
-        count, left_ms = await self._hit(keys=[name], args=[window * 1000, 1])
-        allowed = int(count) <= item.amount
-        return RateDecision(
-            allowed=allowed,
-            limit=item.amount,
-            remaining=max(item.amount - int(count), 0),
-            # Rounded up: Retry-After never sends a client back before the window ends.
-            reset_after_seconds=min(max(math.ceil(int(left_ms) / 1000), 1), window),
-            window_seconds=window,
+        return f"{self._prefix}{item.key_for(key)}"
+
+    def _spend_lease(self, item: RateLimitItem, key: str) -> RateDecision | None:
+        """A hit from this process's lease on the window, or None if there is none left."""
+        lease = self._leases.get(self._name(item, key))
+        now = time.monotonic()
+        if lease is None or lease.left <= 0 or now >= lease.until:
+            return None
+        lease.left -= 1
+        lease.count += 1
+        return _decision(item, lease.count - 1, lease.until - now)
+
+    async def _decide_in_redis(self, item: RateLimitItem, key: str) -> RateDecision:
+        name = self._name(item, key)
+        while (leasing := self._leasing.get(name)) is not None:
+            # Another request is taking a lease on this window: wait, then spend from it.
+            await asyncio.shield(leasing)
+            spent = self._spend_lease(item, key)
+            if spent is not None:
+                return spent
+        done = self._leasing[name] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._lease(item, name)
+        finally:
+            if self._leasing.get(name) is done:
+                del self._leasing[name]
+            done.set_result(None)
+
+    async def _lease(self, item: RateLimitItem, name: str) -> RateDecision:
+        window = item.get_expiry()
+        now = time.monotonic()
+        lease = self._leases.get(name)
+        size = lease.next_size if lease is not None and now < lease.until else 1
+        self.round_trips += 1
+        count, left_ms = await self._hit(keys=[name], args=[window * 1000, size])
+        count, until = int(count), time.monotonic() + int(left_ms) / 1000
+        # Hits of this lease within the limit: all, some (the rest refused), or none.
+        granted = min(max(item.amount - (count - size), 0), size)
+        if len(self._leases) >= _MAX_LEASES:
+            self._leases = {k: v for k, v in self._leases.items() if v.until > now}
+        first = count - size + 1  # the count this hit makes
+        # Hits left of a lease that a concurrent request took on the same window stay ours.
+        current = self._leases.get(name)
+        same_window = current is not None and abs(current.until - until) < 0.5
+        carried = current.left if current is not None and same_window else 0
+        self._leases[name] = _Lease(
+            left=max(granted - 1, 0) + carried,
+            count=first + 1,
+            until=until,
+            next_size=min(max((item.amount - count) // _LEASE_SHARE, 1), _MAX_LEASE),
         )
+        return _decision(item, first if granted else count, until - time.monotonic())
 
     async def aclose(self) -> None:
         """Close the Redis connections, if any."""
@@ -146,6 +216,19 @@ class LimitsRateLimiter(RateLimiter):
         if self._degraded:
             self._degraded = False
             _log.info("rate_limit_recovered")
+
+
+def _decision(item: RateLimitItem, count: int, left_seconds: float) -> RateDecision:
+    """The decision for a hit that made the window's count `count`."""
+    window = item.get_expiry()
+    return RateDecision(
+        allowed=count <= item.amount,
+        limit=item.amount,
+        remaining=max(item.amount - count, 0),
+        # Rounded up: Retry-After never sends a client back before the window ends.
+        reset_after_seconds=min(max(math.ceil(left_seconds), 1), window),
+        window_seconds=window,
+    )
 
 
 async def _decide(limiter: FixedWindowRateLimiter, item: RateLimitItem, key: str) -> RateDecision:

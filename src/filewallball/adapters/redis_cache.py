@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from filewallball.adapters.near_cache import NearCache
 from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.ports import Cache, CacheStats
 
@@ -24,13 +25,14 @@ _FAILURES = (RedisError, OSError)
 _log = structlog.get_logger()
 
 # GET that also counts the hit or miss in a hash every replica shares: one round trip, exact.
+# Returns {value or false, milliseconds to live}.
 _COUNTED_GET = """
 local value = redis.call('GET', KEYS[1])
 local field = 'misses'
 if value then field = 'hits' end
 redis.call('HINCRBY', KEYS[2], field, 1)
 redis.call('HSETNX', KEYS[2], 'since', redis.call('TIME')[1])
-return value
+return {value, redis.call('PTTL', KEYS[1])}
 """
 
 
@@ -49,12 +51,20 @@ class RedisCache(Cache):
     """Keys under `prefix`; after a failure, Redis is skipped for `cooldown_seconds`.
 
     Lookups are counted in the hash `<prefix>#stats`, shared by every process using the prefix.
+    With `near`, a request that synced reads copies kept in this process, and every overwrite
+    or delete is logged for the other processes to drop their copies (see near_cache).
     """
 
     def __init__(
-        self, client: redis.asyncio.Redis, *, prefix: str, cooldown_seconds: float = 5.0
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str,
+        cooldown_seconds: float = 5.0,
+        near: NearCache | None = None,
     ) -> None:
         self._client = client
+        self._near = near
         self._prefix = prefix
         self._stats_key = f"{prefix}#stats"  # cache keys never start with '#'
         self._counted_get = client.register_script(_COUNTED_GET)
@@ -64,18 +74,34 @@ class RedisCache(Cache):
         self.bypassed = 0
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._guarded(
-            "get",
-            lambda: self._counted_get(keys=[self._prefix + key, self._stats_key]),
-            None,
+        name = self._prefix + key
+        near = self._near
+        if near is not None and (copy := near.get(name, stats_key=self._stats_key)) is not None:
+            return copy
+        asked = time.monotonic()
+        reply = await self._guarded(
+            "get", lambda: self._counted_get(keys=[name, self._stats_key]), None
         )
+        if reply is None:
+            return None
+        value, ttl_ms = reply
         # The client is made without decode_responses, so a hit is bytes.
-        return value if isinstance(value, bytes) else None
+        if not isinstance(value, bytes):
+            return None
+        if near is not None and ttl_ms > 0:
+            # Counted from before the question: the copy never outlives the entry.
+            near.keep(name, value, expires=asked + ttl_ms / 1000)
+        return value
 
     async def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None:
-        await self._guarded(
-            "set", lambda: self._client.set(self._prefix + key, value, ex=ttl_seconds), None
-        )
+        near = self._near
+        name = self._prefix + key
+        if near is not None:
+            await self._guarded(
+                "set", lambda: near.write(name, value, ttl_seconds=ttl_seconds), None
+            )
+            return
+        await self._guarded("set", lambda: self._client.set(name, value, ex=ttl_seconds), None)
 
     async def add(self, key: str, value: bytes, *, ttl_seconds: int) -> bool:
         stored = await self._guarded(
@@ -86,7 +112,12 @@ class RedisCache(Cache):
         return bool(stored)
 
     async def delete(self, key: str) -> None:
-        await self._guarded("delete", lambda: self._client.delete(self._prefix + key), None)
+        near = self._near
+        name = self._prefix + key
+        if near is not None:
+            await self._guarded("delete", lambda: near.write(name, None), None)
+            return
+        await self._guarded("delete", lambda: self._client.delete(name), None)
 
     async def ping(self) -> None:
         """Always asks Redis (the breaker does not apply); its answer also resets the breaker."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import hashlib
 import json
 import re
@@ -347,6 +348,11 @@ class FileRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> FileRecord:
+        """The record `to_json` wrote; the same bytes decode once (records are immutable)."""
+        return _record_from_json(raw)
+
+    @classmethod
+    def _decode(cls, raw: bytes) -> FileRecord:
         data = json.loads(raw)
         return cls(
             id=FileId(data["id"]),
@@ -383,6 +389,12 @@ class FileRecord:
     @property
     def thumbnailable(self) -> bool:
         return self.content_type.is_thumbnailable
+
+
+@functools.lru_cache(maxsize=4096)
+def _record_from_json(raw: bytes) -> FileRecord:
+    # A cache hands out the same bytes object again and again, whose hash Python keeps.
+    return FileRecord._decode(raw)
 
 
 def _maybe_datetime(value: str | None) -> datetime | None:

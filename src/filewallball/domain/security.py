@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -62,7 +63,9 @@ def parse_network(cidr: str) -> Network:
         raise InvalidRequest(f"not a CIDR: {cidr!r}", code="invalid_cidr") from error
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(raw: str) -> Address | None:
+    """The IP address in `raw`, or None (remembered: each request parses its client's)."""
     try:
         address = ipaddress.ip_address(raw.strip())
     except ValueError:

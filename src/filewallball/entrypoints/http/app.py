@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import structlog
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
-from prometheus_fastapi_instrumentator import Instrumentator
-from prometheus_fastapi_instrumentator import metrics as prometheus_metrics
-from prometheus_fastapi_instrumentator.metrics import Info
 
 from filewallball import __version__
 from filewallball.adapters.sql import upgrade
@@ -26,9 +21,9 @@ from filewallball.domain.jobs import TaskQueue
 from filewallball.domain.maintenance import MAINTENANCE_JOB, SCRUB_JOB
 from filewallball.domain.security import parse_network
 from filewallball.entrypoints.http.errors import install_error_handlers
-from filewallball.entrypoints.http.middleware import RequestContextMiddleware
+from filewallball.entrypoints.http.middleware import Edge
 from filewallball.entrypoints.http.routes import admin, content, files, health, metrics, stats
-from filewallball.entrypoints.http.security import GateConfig, SecurityGate, SecurityHeaders
+from filewallball.entrypoints.http.security import GateConfig, SecurityGate
 from filewallball.entrypoints.logs import configure_logging
 from filewallball.settings import Settings
 
@@ -100,26 +95,6 @@ async def _schedule_maintenance(root: Container) -> None:
             log.warning("maintenance_not_queued", reason=error.detail)
 
 
-# Up to the longest transfers the alerts watch (p95 upload/download above 30 s).
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-
-
-@functools.cache
-def _http_metrics() -> tuple[Callable[[Info], None], ...]:
-    """Requests and latency by route template, made once per process (a second app reuses them).
-
-    Only the two that the alerts and the dashboard read: each metric costs every request its
-    label lookups and, with several workers, a write to a shared file. Bytes moved have their
-    own counters (filewallball_uploaded_bytes_total, filewallball_downloaded_bytes_total).
-    """
-    requests = prometheus_metrics.requests()
-    latency = prometheus_metrics.latency(
-        should_include_status=False, buckets=(*_LATENCY_BUCKETS, float("inf"))
-    )
-    assert requests is not None and latency is not None
-    return requests, latency
-
-
 def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
     """The app for `settings` (from the environment when None) or a prepared container."""
     root = container or build_container(settings or Settings())
@@ -152,6 +127,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         access=root.access_service,
         limiter=root.rate_limiter,
         auditor=root.auditor,
+        sync=near.sync if (near := root.near_cache()) is not None else None,
         config=GateConfig(
             trusted_proxies=tuple(parse_network(c) for c in settings.trusted_proxies),
             rate_limit=settings.rate_limit,
@@ -160,12 +136,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             metrics_cidrs=tuple(parse_network(c) for c in settings.metrics_allowed_cidrs),
         ),
     )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
-            allow_headers=[
+    cors = (
+        {
+            "allow_origins": settings.cors_origins,
+            "allow_methods": ["GET", "HEAD", "POST", "PUT", "DELETE"],
+            "allow_headers": [
                 "Authorization",
                 "Content-Type",
                 "Content-Digest",
@@ -175,7 +150,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
                 "If-Range",
                 "X-Request-ID",
             ],
-            expose_headers=[
+            "expose_headers": [
                 "ETag",
                 "Content-Range",
                 "Content-Disposition",
@@ -186,15 +161,15 @@ def create_app(settings: Settings | None = None, container: Container | None = N
                 "Retry-After",
                 "X-Preview-Truncated",
             ],
-            max_age=600,
-        )
-    app.add_middleware(RequestContextMiddleware)
-    app.add_middleware(SecurityHeaders, hsts=settings.hsts)
+            "max_age": 600,
+        }
+        if settings.cors_origins
+        else None
+    )
+    # One layer around the gate: request id, access log, HTTP metrics, headers, CORS.
+    app.add_middleware(Edge, hsts=settings.hsts, cors=cors)
     for module in (files, content, admin, stats, health, metrics):
         app.include_router(module.router)
-    # HTTP metrics by route template (never raw paths), in the default registry /metrics renders.
-    instrumentator = Instrumentator(excluded_handlers=["/metrics"], should_group_untemplated=True)
-    instrumentator.add(*_http_metrics()).instrument(app)
     return app
 
 

@@ -6,7 +6,8 @@ in a worker thread, a hop that costs more than the dependency itself.
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -30,7 +31,23 @@ async def file_service(request: Request) -> FileService:
 
 def _base_url(request: Request) -> str:
     configured: str | None = container(request).settings().public_base_url
-    return configured or str(request.base_url).rstrip("/")
+    if configured:
+        return configured
+    scope = request.scope
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    root = scope.get("app_root_path", scope.get("root_path", ""))
+    return _request_base_url(scope["scheme"], host, scope.get("server"), root)
+
+
+@functools.lru_cache(maxsize=256)
+def _request_base_url(
+    scheme: str, host: bytes | None, server: tuple[str, int] | None, root_path: str
+) -> str:
+    """Starlette's request.base_url, made once per origin rather than once per request."""
+    headers = [(b"host", host)] if host is not None else []
+    scope: dict[str, Any] = {"type": "http", "scheme": scheme, "server": server}
+    scope |= {"headers": headers, "path": "", "root_path": root_path, "query_string": b""}
+    return str(Request(scope).base_url).rstrip("/")
 
 
 def _principal(request: Request) -> Principal:

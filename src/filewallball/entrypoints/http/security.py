@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.errors import AccessDenied, FileWallBallError, RateLimited, Unauthenticated
@@ -20,14 +20,6 @@ log = structlog.get_logger("filewallball.security")
 # Kubernetes probes come from the node, without a key.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 DOCS_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
-API_CSP = "default-src 'none'; frame-ancestors 'none'"
-# The interactive docs load FastAPI's Swagger UI / ReDoc assets from their CDN.
-DOCS_CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com; "
-    "connect-src 'self'; worker-src blob:; frame-ancestors 'none'"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,45 +68,12 @@ def _rate_headers(decision: RateDecision, policy: str) -> list[tuple[bytes, byte
     ]
 
 
-class SecurityHeaders:
-    """Pure ASGI: the browser-facing security headers, on every response (errors included)."""
-
-    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
-        self.app = app
-        self._hsts = hsts
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        csp = (DOCS_CSP if scope["path"] in DOCS_PATHS else API_CSP).encode()
-        hsts = self._hsts or scope.get("scheme") == "https"
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                for name, value in (
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"content-security-policy", csp),  # /view and downloads set "sandbox"
-                    (b"referrer-policy", b"no-referrer"),
-                    (b"cross-origin-resource-policy", b"same-origin"),
-                    (b"x-frame-options", b"DENY"),
-                ):
-                    if name not in present:
-                        headers.append((name, value))
-                if hsts:
-                    headers.append(
-                        (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
-                    )
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 class SecurityGate:
-    """Pure ASGI: decides who the caller is before any route runs, and adds security headers."""
+    """Pure ASGI: decides who the caller is before any route runs.
+
+    It wraps nothing: its RateLimit headers go to `state["response_headers"]`, which the edge
+    adds to the response.
+    """
 
     def __init__(
         self,
@@ -124,8 +83,10 @@ class SecurityGate:
         limiter: Callable[[], RateLimiter],
         auditor: Callable[[], Auditor],
         config: GateConfig,
+        sync: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.app = app
+        self._sync = sync
         self._access = access
         self._limiter = limiter
         self._auditor = auditor
@@ -140,27 +101,25 @@ class SecurityGate:
         state["client_ip"] = client_ip
         path: str = scope["path"]
         extra: list[tuple[bytes, bytes]] = []
-
-        async def send_secured(message: Message) -> None:
-            if message["type"] == "http.response.start" and extra:
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
+        state["response_headers"] = extra
         scraper = path == "/metrics" and in_any(
             parse_address(client_ip or ""), self._config.metrics_cidrs
         )
         if path in OPEN_PATHS or scraper or (self._config.public_docs and path in DOCS_PATHS):
-            await self.app(scope, receive, send_secured)
+            await self.app(scope, receive, send)
             return
         request_id = state.get("request_id")
+        if self._sync is not None:
+            # Before the key is looked up: cached copies changed by other replicas are dropped.
+            await self._sync()
         try:
             principal = await self._admit(scope, client_ip, request_id, extra)
         except FileWallBallError as error:
-            await self._refuse(error, scope, receive, send_secured, client_ip, request_id)
+            await self._refuse(error, scope, receive, send, client_ip, request_id)
             return
         state["principal"] = principal
         with structlog.contextvars.bound_contextvars(key_id=principal.key_id):
-            await self.app(scope, receive, send_secured)
+            await self.app(scope, receive, send)
 
     async def _admit(
         self,
