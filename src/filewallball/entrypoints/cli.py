@@ -32,7 +32,7 @@ class ServerKind(enum.StrEnum):
     GRANIAN = "granian"
 
 
-APP_FACTORY = "filewallball.entrypoints.http.app:create_app"
+APP_FACTORY = "filewallball.entrypoints.http.app:serve_app"
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections.abc import AsyncIterator
@@ -61,6 +62,18 @@ async def _bootstrap(root: Container) -> None:
     log.warning("bootstrap_admin_key_created", path=str(settings.admin_key_file.resolve()))
 
 
+def _tune_gc() -> None:
+    """Fewer, cheaper garbage collections: every request allocates hundreds of objects.
+
+    What exists after start-up (modules, the app, the routes) is moved out of the collector's
+    reach (gc.freeze), and a young-generation collection runs per 20,000 net allocations
+    rather than per 700: a full collection paused requests for milliseconds, often.
+    """
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(20_000, second, third)
+
+
 def write_private_file(path: Path, text: str) -> None:
     """Write `text` to `path` readable by its owner only (0600), replacing it atomically."""
     temp = path.with_name(f".{path.name}.tmp")
@@ -95,7 +108,12 @@ async def _schedule_maintenance(root: Container) -> None:
             log.warning("maintenance_not_queued", reason=error.detail)
 
 
-def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    container: Container | None = None,
+    *,
+    tune_gc: bool = False,
+) -> FastAPI:
     """The app for `settings` (from the environment when None) or a prepared container."""
     root = container or build_container(settings or Settings())
     configure_logging(root.settings().log_level)
@@ -105,6 +123,8 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         await _start(root)
         log.info("started", database=_redact(root.settings().resolved_database_url))
         scheduler = asyncio.create_task(_schedule_maintenance(root))
+        if tune_gc:
+            _tune_gc()
         try:
             yield
         finally:
@@ -171,6 +191,12 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     for module in (files, content, admin, stats, health, metrics):
         app.include_router(module.router)
     return app
+
+
+def serve_app() -> FastAPI:
+    """The app as `filewallball serve` runs it, once per worker process: the garbage collector
+    tuned for serving (not done in tests and embedding, where the process is not ours)."""
+    return create_app(tune_gc=True)
 
 
 def _redact(url: str) -> str:
