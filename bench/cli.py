@@ -23,7 +23,7 @@ from bench import RESULTS_DIR, GiB, size_label
 from bench.procs import BenchError
 from bench.profiling import FORMATS, profile, py_spy
 from bench.report import figures, print_report
-from bench.scenarios import FULL_SIZES, SCENARIOS, SMOKE_SIZES, Bench, Case, Plan
+from bench.scenarios import BEHIND_NGINX, FULL_SIZES, SCENARIOS, SMOKE_SIZES, Bench, Case, Plan
 from bench.services import check_postgres, check_redis, postgres_database, redis_prefix
 from bench.system import ensure_tools, git_state, machine, versions
 from bench.targets import (
@@ -185,7 +185,7 @@ def _profile_cases(spec: str, cases: list[Case]) -> list[tuple[Case, str]]:
     chosen: list[tuple[Case, str]] = []
     for case in cases:
         for target in case.loads:
-            if target == "nginx":
+            if target in ("nginx", BEHIND_NGINX):
                 continue
             scenario, case_id = case.label(target)
             if case_id in wanted or scenario in wanted:
@@ -239,7 +239,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             f"({server_program}), wrk {plan.threads} threads; work dir {work}"
         )
         ours = start_ours(stack, work, env, serve) if need_ours else None
-        nginx = start_nginx(stack, tools["nginx"], work, args.workers) if need_nginx else None
+        nginx = start_nginx(stack, tools["nginx"], work, args.workers, ours) if need_nginx else None
         ceiling = start_ceiling(stack, work, env, serve) if "e" in plan.scenarios else None
         bench = Bench(
             plan=plan,

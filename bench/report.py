@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench import KiB, size_label
 from bench.memory import MemoryResult
-from bench.scenarios import LARGE_DOWNLOAD, Measurement, Plan
+from bench.scenarios import BEHIND_NGINX, LARGE_DOWNLOAD, Measurement, Plan
 from bench.wrk import WrkResult
 
 Op = Literal[">=", "<", "=="]
@@ -114,6 +114,18 @@ def rows_for(plan: Plan) -> list[Row]:
                     checks=checks,
                 )
             )
+            if size == largest and not by_requests:
+                rows.append(
+                    Row(
+                        f"b. download {size_label(size)}{connections} behind nginx",
+                        "MB/s",
+                        case,
+                        "mb_per_s",
+                        target=BEHIND_NGINX,
+                        reference=(case, "nginx"),
+                        checks=checks,
+                    )
+                )
     if "c" in scenarios:
         for size in plan.upload_sizes:
             case = f"c-{size_label(size)}"

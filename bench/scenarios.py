@@ -19,6 +19,9 @@ from bench.procs import BenchError, Managed
 from bench.targets import Nginx, Ours
 from bench.wrk import Load, WrkResult, run_wrk
 
+# FileWallBall behind nginx, which sends whole downloads (X-Accel-Redirect).
+BEHIND_NGINX = "behind-nginx"
+
 SCENARIOS = {
     "a": "GET /files/{id}: a file record (cached metadata) with a valid key",
     "b": "GET /download/{id}: whole files, against nginx serving the same bytes statically",
@@ -65,7 +68,7 @@ SMOKE_SIZES: dict[str, Any] = {
 class Measurement:
     scenario: str
     case: str
-    target: str  # "ours", "nginx" or "ceiling"
+    target: str  # "ours", "nginx", "ceiling" or BEHIND_NGINX
     round: int
     result: WrkResult | MemoryResult
 
@@ -175,6 +178,9 @@ class Bench:
                     "ours": self._load(ours.url, authorization=auth, **common),
                     "nginx": self._load(nginx.url, **common),
                 }
+                if size == max(plan.download_sizes) and nginx.front_url:
+                    # The same requests to FileWallBall behind nginx, which sends the file.
+                    loads[BEHIND_NGINX] = self._load(nginx.front_url, authorization=auth, **common)
                 cases.append(Case(f"b-{size_label(size)}", "b", loads))
         if "c" in plan.scenarios and ours and nginx:
             for size in plan.upload_sizes:
@@ -218,7 +224,7 @@ class Bench:
     # --- running ------------------------------------------------------------------------
 
     def _server(self, target: str) -> Managed | None:
-        if target == "ours" and self.ours:
+        if target in ("ours", BEHIND_NGINX) and self.ours:  # behind nginx: FileWallBall's CPU
             return self.ours.managed
         if target == "nginx" and self.nginx:
             return self.nginx.managed

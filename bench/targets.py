@@ -96,6 +96,9 @@ def server_env(
         # Installs the CORS middleware too ("every middleware on"); wrk sends no Origin header,
         # so it only looks at each request, as it would for a program's requests in production.
         "FWB_CORS_ORIGINS": "https://app.example.org",
+        # nginx in front (the behind-nginx downloads) may ask for X-Accel-Redirect answers;
+        # wrk's direct requests send no X-Forwarded-For, so they are seen as before.
+        "FWB_TRUSTED_PROXIES": "127.0.0.1/32",
         # Where the workers' metrics go (serve would make a temp dir of its own and leave it).
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
     }
@@ -203,7 +206,15 @@ http {{
             client_body_buffer_size 128k;
         }}
     }}
-}}
+{front}}}
+"""
+
+# FileWallBall behind nginx, as infra/nginx/filewallball.conf deploys it: nginx sends downloads.
+FRONT_CONF = """
+    server {{
+        listen 127.0.0.1:{port};
+        include {snippet};
+    }}
 """
 
 
@@ -213,6 +224,7 @@ class Nginx:
     managed: Managed
     root: Path
     config: str
+    front_url: str | None = None  # FileWallBall behind this nginx (infra/nginx/filewallball.conf)
 
     @property
     def download_dir(self) -> Path:
@@ -223,7 +235,9 @@ class Nginx:
         return self.root / "put"
 
 
-def start_nginx(stack: ExitStack, nginx: str, work: Path, workers: int) -> Nginx:
+def start_nginx(
+    stack: ExitStack, nginx: str, work: Path, workers: int, ours: Ours | None = None
+) -> Nginx:
     prefix = work / "nginx"
     root = prefix / "root"
     for folder in (root / "download", root / "put", prefix / "client_body"):
@@ -231,7 +245,18 @@ def start_nginx(stack: ExitStack, nginx: str, work: Path, workers: int) -> Nginx
     port = free_port()
     # As root, nginx's workers would switch to `nobody`, who cannot read our 0700 temp dirs.
     user = "user root root;\n" if os.geteuid() == 0 else ""
-    config = NGINX_CONF.format(prefix=prefix, root=root, port=port, workers=workers, user=user)
+    front, front_url = "", None
+    if ours is not None:
+        snippet = (REPO_ROOT / "infra" / "nginx" / "filewallball.conf").read_text()
+        snippet = snippet.replace("FWB_UPSTREAM", ours.url.removeprefix("http://"))
+        snippet = snippet.replace("FWB_BLOBS", f"{Path(ours.env['FWB_DATA_DIR']) / 'blobs'}/")
+        (prefix / "filewallball.conf").write_text(snippet)
+        front_port = free_port()
+        front = FRONT_CONF.format(port=front_port, snippet=prefix / "filewallball.conf")
+        front_url = f"http://127.0.0.1:{front_port}"
+    config = NGINX_CONF.format(
+        prefix=prefix, root=root, port=port, workers=workers, user=user, front=front
+    )
     (prefix / "nginx.conf").write_text(config)
     command = [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
     run([*command, "-t"])
@@ -240,4 +265,4 @@ def start_nginx(stack: ExitStack, nginx: str, work: Path, workers: int) -> Nginx
     url = f"http://127.0.0.1:{port}"
     (root / "download" / "ready").write_bytes(b"ok")
     wait_http(managed, f"{url}/download/ready", timeout=20)
-    return Nginx(url, managed, root, config)
+    return Nginx(url, managed, root, config, front_url)

@@ -2,6 +2,7 @@
 
 A whole blob with a local file goes by the ASGI `http.response.pathsend` extension when the
 server offers it (granian): the server then sends the file itself, without Python in the loop.
+Behind nginx that asked for it, it goes by `X-Accel-Redirect`: nginx sends it with sendfile.
 """
 
 from __future__ import annotations
@@ -40,9 +41,15 @@ class BlobResponse(Response):
         headers: dict[str, str],
         segments: list[Segment],
         send_body: bool = True,
+        accel_redirect: str | None = None,
     ) -> None:
         length = str(sum(s.length for s in segments))
+        if accel_redirect is not None:
+            # nginx sends the bytes (and their length) from its internal location.
+            headers = {**headers, "x-accel-redirect": accel_redirect}
+            length = "0"
         super().__init__(status_code=status, headers={**headers, "content-length": length})
+        self.accel_redirect = accel_redirect
         self.reader = reader
         self.segments = segments
         self.send_body = send_body
@@ -57,6 +64,10 @@ class BlobResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
+            if self.accel_redirect is not None:
+                await send({"type": "http.response.body", "body": b""})
+                self.sent = sum(s.length for s in self.segments)  # as for pathsend
+                return
             if self.send_body and (path := self._whole_file(scope)) is not None:
                 await send({"type": "http.response.pathsend", "path": path})
                 # The server reads the file after this returns: what reaches the client is not

@@ -47,6 +47,12 @@ def client_address(scope: Scope, trusted: tuple[Network, ...]) -> str | None:
     return address
 
 
+def from_trusted_proxy(scope: Scope, trusted: tuple[Network, ...]) -> bool:
+    """Whether the socket peer is one of the trusted proxies."""
+    peer = scope.get("client")
+    return bool(trusted) and peer is not None and in_any(parse_address(peer[0]), trusted)
+
+
 def _is_upload(scope: Scope) -> bool:
     path: str = scope["path"]
     return (scope["method"] == "POST" and path == "/upload") or (
@@ -99,6 +105,8 @@ class SecurityGate:
         state = scope.setdefault("state", {})
         client_ip = client_address(scope, self._config.trusted_proxies)
         state["client_ip"] = client_ip
+        # Only a trusted proxy may ask for X-Accel-Redirect answers (routes/content.py).
+        state["from_trusted_proxy"] = from_trusted_proxy(scope, self._config.trusted_proxies)
         path: str = scope["path"]
         extra: list[tuple[bytes, bytes]] = []
         state["response_headers"] = extra

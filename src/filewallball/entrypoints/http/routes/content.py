@@ -125,9 +125,33 @@ async def download(file_id: str, request: Request, call: FileRequest) -> Any:
     headers["Content-Type"] = content_type
     length = sum(s.blob_range.length for s in segments if s.blob_range)
     reader = None if head else await service.open_record(caller, record, length=length)
+    whole = status == 200 and reader is not None and reader.path is not None
     return BlobResponse(
-        reader=reader, status=status, headers=headers, segments=segments, send_body=not head
+        reader=reader,
+        status=status,
+        headers=headers,
+        segments=segments,
+        send_body=not head,
+        accel_redirect=accel_redirect(request, reader.path) if whole and reader else None,
     )
+
+
+def accel_redirect(request: Request, path: str | None) -> str | None:
+    """The internal URI for nginx to send `path` from, when a trusted proxy asked for that.
+
+    The Rack::Sendfile convention: nginx sends `X-Sendfile-Type: X-Accel-Redirect` and
+    `X-Accel-Mapping: <blob folder>=<internal location>` (docs/deployment.md); the answer then
+    carries `X-Accel-Redirect` and no body, and nginx sends the file with sendfile.
+    """
+    if path is None or not request.scope.get("state", {}).get("from_trusted_proxy"):
+        return None
+    if request.headers.get("x-sendfile-type", "").lower() != "x-accel-redirect":
+        return None
+    for mapping in request.headers.get("x-accel-mapping", "").split(","):
+        folder, equals, location = mapping.strip().partition("=")
+        if equals and folder and path.startswith(folder):
+            return location + quote(path.removeprefix(folder))
+    return None
 
 
 @router.get(
