@@ -243,6 +243,34 @@ async def test_disk_layout_temp_then_fan_out(disk: DiskBlobStore, root: Path) ->
     await staged.publish(sha)
 
 
+async def test_disk_short_writes_are_completed(
+    disk: DiskBlobStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel may write less than asked: the rest goes after, in order, nothing twice."""
+    writev = os.writev
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        return writev(fd, [bytes(buffers[0][:1000])])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    data = pattern(3 * MiB + 12345)
+    staged = await disk.stage(stream(data, 64 * 1024 + 7))
+    monkeypatch.undo()
+    await staged.publish(sha_of(data))
+    assert staged.size == len(data)
+    sha = sha_of(data)
+    assert (root / sha[:2] / sha[2:4] / sha).read_bytes() == data
+
+
+async def test_disk_recreates_a_missing_temp_folder(disk: DiskBlobStore, root: Path) -> None:
+    data = b"the temp folder went away"
+    await (await disk.stage(stream(data))).discard()
+    (root / ".tmp").rmdir()
+    staged = await disk.stage(stream(data))
+    await staged.publish(sha_of(data))
+    assert await disk.exists(sha_of(data))
+
+
 async def test_disk_sweep_removes_only_old_temp_files(disk: DiskBlobStore, root: Path) -> None:
     assert await disk.sweep(older_than_seconds=60) == 0  # no .tmp folder yet
     old = await disk.stage(stream(b"abandoned by a crash"))

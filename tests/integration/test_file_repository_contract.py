@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+import filewallball.adapters.sql as sql_adapter
 import filewallball.adapters.sql_security  # noqa: F401  (registers its tables on `metadata`)
 from filewallball.adapters.sql import SqlFileRepository, create_engine, metadata, upgrade
 from filewallball.domain.errors import DependencyUnavailable, InvalidRequest
@@ -727,6 +728,59 @@ async def test_connections_the_server_dropped_are_replaced(
             await admin.close()
 
         assert await repo.get(record.id) == record
+
+
+async def _terminate_backends(pg_server: str, database: str | None) -> None:
+    """Have PostgreSQL drop every connection to `database` (but the admin's), and wait for it."""
+    admin = await asyncpg.connect(pg_server, timeout=5)
+    try:
+        others = "datname = $1 AND pid <> pg_backend_pid()"
+        await admin.execute(
+            f"SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE {others}",
+            database,
+        )
+    finally:
+        await admin.close()
+
+
+async def test_a_dead_connection_the_pool_missed_is_retried_on_a_fresh_one(
+    migrated_pg_url: str, pg_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's check misses a connection whose end the event loop has not seen yet: the
+    first statement fails on it, and the operation runs again on a new connection."""
+    monkeypatch.setattr(sql_adapter, "_known_closed", lambda _connection: False)
+    record = make_record()
+    async with sql_repository(migrated_pg_url) as repo:
+        await repo.add(record, publish=noop)
+        await _terminate_backends(pg_server, sa.make_url(migrated_pg_url).database)
+
+        assert await repo.get(record.id) == record
+        await _terminate_backends(pg_server, sa.make_url(migrated_pg_url).database)
+        again = make_record()
+        publish = Calls()
+        await repo.add(again, publish=publish)
+        assert publish.count == 1
+        assert await repo.get(again.id) == again
+
+
+async def test_a_connection_lost_after_the_first_statement_is_not_retried(
+    migrated_pg_url: str, pg_server: str
+) -> None:
+    """Once a statement went through (and a callback ran), only the caller can decide."""
+    record = make_record()
+    publish = Calls()
+    database = sa.make_url(migrated_pg_url).database
+
+    async def publish_while_the_database_drops_us() -> None:
+        await publish()
+        await _terminate_backends(pg_server, database)
+
+    async with sql_repository(migrated_pg_url) as repo:
+        with pytest.raises(DependencyUnavailable):
+            await repo.add(record, publish=publish_while_the_database_drops_us)
+        assert publish.count == 1
+        assert await repo.get(record.id) is None
+        assert await repo.unreferenced_blobs() == []
 
 
 # --- migrations -------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import aiofiles
 import aiofiles.os
 import anyio
 import anyio.to_thread
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from filewallball.domain.errors import DependencyUnavailable, StorageFull
 from filewallball.domain.models import Sha256
@@ -24,6 +23,7 @@ from filewallball.domain.ports import BlobReader, BlobStore, StagedBlob
 # Small chunks (a multipart parser yields a few KiB at a time) are gathered into ~1 MiB writes:
 # far fewer thread hops, and memory stays bounded by this plus one incoming chunk.
 WRITE_BUFFER_BYTES = 1024 * 1024
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 READ_CHUNK_BYTES = 256 * 1024
 TEMP_DIR = ".tmp"
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -58,7 +58,8 @@ def fsync_dir(path: Path) -> None:
 def _publish(temp: Path, final: Path, root: Path) -> None:
     fanout = final.parent
     fresh = not fanout.is_dir()
-    fanout.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        fanout.mkdir(parents=True, exist_ok=True)
     os.replace(temp, final)
     fsync_dir(fanout)
     if fresh:
@@ -147,21 +148,16 @@ class DiskBlobStore(BlobStore):
 
     async def stage(self, chunks: AsyncIterator[bytes]) -> StagedBlob:
         """Write and fsync a temp file; on any error it is removed and the error re-raised as is."""
-        temp = self._tmp / secrets.token_hex(16)
-        with _storage_errors():
-            await aiofiles.os.makedirs(self._tmp, exist_ok=True)
-            handle = await aiofiles.open(temp, "xb")
+        temp = _TempFile(self._tmp / secrets.token_hex(16))
         try:
-            size = await _write_all(handle, chunks)
-            with _storage_errors():
-                await handle.close()
+            size = await _write_all(temp, chunks)
         except BaseException:
-            # A failure to close must not hide the error that got us here.
+            # Shielded: a cancelled upload must still clean up; a failure here is left to
+            # `sweep`, and must not hide the error that got us here.
             with anyio.CancelScope(shield=True), suppress(OSError):
-                await handle.close()
-            await _remove_quietly(temp)
+                await anyio.to_thread.run_sync(temp.abandon)
             raise
-        return DiskStagedBlob(root=self._root, temp=temp, size=size)
+        return DiskStagedBlob(root=self._root, temp=temp.path, size=size)
 
     async def open(self, sha256: Sha256) -> BlobReader | None:
         """The blob opened now, or None when there is no such blob."""
@@ -211,26 +207,81 @@ class DiskBlobStore(BlobStore):
             ) from error
 
 
-async def _write_all(handle: AsyncBufferedIOBase, chunks: AsyncIterator[bytes]) -> int:
-    """Copy every chunk to `handle`, then flush and fsync it; the byte count.
+class _TempFile:
+    """A temp file written from worker threads, one thread hop at a time: created by the first
+    write (its folder too, when missing), fsynced and closed by `finish`."""
 
-    Only the writes are wrapped into domain errors: whatever the caller's iterator raises
-    (FileTooLarge, TypeNotAllowed, a client disconnect) must reach the caller unchanged.
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+
+    def write(self, pieces: list[bytes]) -> None:
+        if self._fd < 0:
+            self._fd = self._create()
+        _write_fully(self._fd, pieces)
+
+    def finish(self, pieces: list[bytes]) -> None:
+        """Write the last pieces, fsync and close: the bytes are durable when this returns."""
+        self.write(pieces)
+        os.fsync(self._fd)
+        fd, self._fd = self._fd, -1
+        os.close(fd)
+
+    def abandon(self) -> None:
+        """Close and remove the file, whatever state it is in."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            with suppress(OSError):
+                os.close(fd)
+        with suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _create(self) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            return os.open(self.path, flags, 0o666)
+        except FileNotFoundError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, flags, 0o666)
+
+
+def _write_fully(fd: int, pieces: list[bytes]) -> None:
+    """Write every piece, in order, with as few system calls as the kernel allows."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first : first + _IOV_MAX])
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:
+            views[first] = views[first][written:]
+
+
+async def _write_all(temp: _TempFile, chunks: AsyncIterator[bytes]) -> int:
+    """Copy every chunk to `temp`, then fsync and close it; the byte count.
+
+    Chunks are gathered (not copied) until they reach WRITE_BUFFER_BYTES, then written in one
+    thread hop; the last ones are written, fsynced and closed in one more. A file that fits in
+    the buffer takes a single hop. Only the writes are wrapped into domain errors: whatever the
+    caller's iterator raises (FileTooLarge, TypeNotAllowed, a client disconnect) must reach the
+    caller unchanged.
     """
     size = 0
-    buffer = bytearray()
+    pending: list[bytes] = []
+    pending_bytes = 0
     async for chunk in chunks:
-        buffer += chunk
-        if len(buffer) >= WRITE_BUFFER_BYTES:
+        # Written when the next chunk comes: the last buffer goes with the fsync.
+        if pending_bytes >= WRITE_BUFFER_BYTES:
             with _storage_errors():
-                await handle.write(buffer)
-            size += len(buffer)
-            buffer.clear()
+                await anyio.to_thread.run_sync(temp.write, pending)
+            size += pending_bytes
+            pending, pending_bytes = [], 0
+        pending.append(chunk)
+        pending_bytes += len(chunk)
     with _storage_errors():
-        await handle.write(buffer)
-        await handle.flush()
-        await anyio.to_thread.run_sync(os.fsync, handle.fileno())
-    return size + len(buffer)
+        await anyio.to_thread.run_sync(temp.finish, pending)
+    return size + pending_bytes
 
 
 def _open(path: Path) -> tuple[int, int] | None:

@@ -7,19 +7,21 @@ import fcntl
 import functools
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from filewallball.domain.errors import DependencyUnavailable, InvalidRequest
 from filewallball.domain.models import (
@@ -43,6 +45,11 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 CONNECT_TIMEOUT_SECONDS = 5.0
 COMMAND_TIMEOUT_SECONDS = 30.0
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A pooled asyncpg connection idle for longer than this is pinged before it is handed out.
+IDLE_PING_SECONDS = 1.0
+_IDLE_SINCE = "fwb_idle_since"
+
+_T = TypeVar("_T")
 
 # asyncio.TimeoutError is TimeoutError (an OSError) since Python 3.11.
 _DRIVER_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
@@ -111,20 +118,66 @@ def create_engine(
         sa.event.listen(engine.sync_engine, "connect", _configure_sqlite)
         return engine
     connect_args: dict[str, Any] = {}
-    if parsed.get_driver_name() == "asyncpg":
+    asyncpg = parsed.get_driver_name() == "asyncpg"
+    if asyncpg:
         connect_args["timeout"] = CONNECT_TIMEOUT_SECONDS
         connect_args["command_timeout"] = command_timeout
-    # pre_ping replaces connections that died with a database restart, so the service recovers
-    # on its own once the database is back. `pool_size` connections stay open; as many again
-    # may be opened under load, and are closed when returned (SQLAlchemy's default of 5 had
-    # busy workers opening and closing connections all the time).
-    return create_async_engine(
+    # At most twice `pool_size` connections, opened when needed and then kept: overflow
+    # connections (closed when returned) had a busy worker opening and closing one every few
+    # transactions, and opening one costs more than a dozen uploads' statements.
+    engine = create_async_engine(
         url,
-        pool_pre_ping=True,
-        pool_size=pool_size,
-        max_overflow=pool_size,
+        # SQLAlchemy's pre-ping costs three round trips (BEGIN, a query, ROLLBACK) on every
+        # checkout, as much as the work of a small transaction: asyncpg connections get the
+        # cheaper check of _check_on_checkout instead.
+        pool_pre_ping=not asyncpg,
+        pool_size=2 * pool_size,
+        max_overflow=0,
         connect_args=connect_args,
     )
+    if asyncpg:
+        _check_on_checkout(engine)
+    return engine
+
+
+def _check_on_checkout(engine: AsyncEngine) -> None:
+    """Replace dead connections when they leave the pool, so the service recovers on its own
+    once a restarted database is back.
+
+    A connection whose socket the server closed (a restart, pg_terminate_backend) is known to be
+    closed without a round trip; one idle for more than IDLE_PING_SECONDS is also pinged, since
+    a busy pool rarely is. What slips through (a connection that died a moment ago and whose
+    end the event loop has not seen yet) fails its first statement, which SqlFileRepository
+    retries once on a fresh connection. SQLAlchemy invalidates the whole pool on such a
+    disconnect error, as it does when a pre-ping fails.
+    """
+    dialect = engine.dialect
+    pool = engine.sync_engine.pool
+
+    def checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        if _known_closed(dbapi_connection):
+            raise DisconnectionError("the database closed this connection")
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since <= IDLE_PING_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The adapter raises DBAPI errors; whatever it raises, a closed connection is gone.
+            if dbapi_connection.driver_connection.is_closed():
+                raise DisconnectionError("the database closed this connection") from error
+            raise
+
+    sa.event.listen(pool, "checkin", checkin)
+    sa.event.listen(pool, "checkout", checkout)
+
+
+def _known_closed(dbapi_connection: Any) -> bool:
+    """Whether asyncpg has seen the connection end (no round trip: it may not have yet)."""
+    return bool(dbapi_connection.driver_connection.is_closed())
 
 
 @functools.cache
@@ -164,20 +217,30 @@ class SqlFileRepository(FileRepository):
 
     async def add(self, record: FileRecord, *, publish: Callable[[], Awaitable[None]]) -> None:
         row = _to_row(record)
-        async with self._transaction() as tx:
-            # Write the reference first: that takes the blob row's lock (PostgreSQL) or the
-            # database's write lock (SQLite), so a collect_blob of this content waits for us.
-            await tx.execute(self._reference(record.sha256, row["created_at"]))
+
+        async def work(tx: _Transaction) -> None:
+            # The reference first: that takes the blob row's lock (PostgreSQL) or the database's
+            # write lock (SQLite), so a collect_blob of this content waits for us. The record
+            # stays invisible until the commit, after `publish` has stored the bytes.
+            if self._postgresql:
+                # One statement, one round trip: the reference and the record.
+                await tx.execute_driver(_ADD_POSTGRESQL, _add_parameters(row))
+            else:
+                await tx.execute(self._reference(record.sha256, row["created_at"]))
+                await tx.execute(_INSERT_FILE, row)
             await tx.call(publish)
-            await tx.execute(files.insert().values(row))
+
+        await self._run(work)
 
     async def get(self, file_id: FileId) -> FileRecord | None:
-        async with self._transaction() as tx:
-            row = (await tx.execute(files.select().where(files.c.id == file_id))).one_or_none()
+        async def work(tx: _Transaction) -> sa.Row[Any] | None:
+            return (await tx.execute(_GET_FILE, {"id": str(file_id)})).one_or_none()
+
+        row = await self._run(work)
         return None if row is None else _to_record(row)
 
     async def remove(self, file_id: FileId) -> FileRecord | None:
-        async with self._transaction() as tx:
+        async def work(tx: _Transaction) -> sa.Row[Any] | None:
             deleted = files.delete().where(files.c.id == file_id).returning(*files.c)
             row = (await tx.execute(deleted)).one_or_none()
             if row is None:
@@ -185,29 +248,40 @@ class SqlFileRepository(FileRepository):
             # The blob row stays at zero: collect_blob deletes it together with the bytes.
             release = blobs.update().where(blobs.c.sha256 == row.sha256)
             await tx.execute(release.values(refcount=blobs.c.refcount - 1))
-        return _to_record(row)
+            return row
+
+        row = await self._run(work)
+        return None if row is None else _to_record(row)
 
     async def collect_blob(self, sha256: Sha256, *, delete: Callable[[], Awaitable[None]]) -> bool:
-        async with self._transaction() as tx:
+        async def work(tx: _Transaction) -> bool:
             # Deleting first locks the row, so an `add` of the same content waits until the bytes
             # are gone and then writes them again, instead of referencing bytes being deleted.
             unreferenced = (blobs.c.sha256 == sha256) & (blobs.c.refcount == 0)
             if (await tx.execute(blobs.delete().where(unreferenced))).rowcount == 0:
                 return False
             await tx.call(delete)
-        return True
+            return True
+
+        return await self._run(work)
 
     async def unreferenced_blobs(self) -> list[Sha256]:
         query = sa.select(blobs.c.sha256).where(blobs.c.refcount == 0).order_by(blobs.c.sha256)
-        async with self._transaction() as tx:
+
+        async def work(tx: _Transaction) -> list[Sha256]:
             return [Sha256(sha) for sha in (await tx.execute(query)).scalars()]
+
+        return await self._run(work)
 
     async def list(self, query: ListQuery) -> Page[FileRecord]:
         statement = _select(query, on_postgresql=self._postgresql)
         if statement is None:
             return Page(items=[])
-        async with self._transaction() as tx:
-            rows = (await tx.execute(statement)).all()
+
+        async def work(tx: _Transaction) -> Sequence[sa.Row[Any]]:
+            return (await tx.execute(statement)).all()
+
+        rows = await self._run(work)
         items = [_to_record(row) for row in rows[: query.limit]]
         next_cursor = None
         if len(rows) > query.limit:
@@ -222,9 +296,7 @@ class SqlFileRepository(FileRepository):
             .values(deleted_at=_utc(at))
             .returning(*files.c)
         )
-        async with self._transaction() as tx:
-            row = (await tx.execute(statement)).one_or_none()
-        return None if row is None else _to_record(row)
+        return await self._one_record(statement)
 
     async def restore(self, file_id: FileId) -> FileRecord | None:
         statement = (
@@ -233,9 +305,7 @@ class SqlFileRepository(FileRepository):
             .values(deleted_at=None)
             .returning(*files.c)
         )
-        async with self._transaction() as tx:
-            row = (await tx.execute(statement)).one_or_none()
-        return None if row is None else _to_record(row)
+        return await self._one_record(statement)
 
     async def due_for_removal(
         self, *, now: datetime, trashed_before: datetime, limit: int
@@ -243,8 +313,11 @@ class SqlFileRepository(FileRepository):
         expired = files.c.expires_at.is_not(None) & (files.c.expires_at <= _utc(now))
         purged = files.c.deleted_at.is_not(None) & (files.c.deleted_at <= _utc(trashed_before))
         query = sa.select(files.c.id).where(expired | purged).limit(limit)
-        async with self._transaction() as tx:
+
+        async def work(tx: _Transaction) -> tuple[FileId, ...]:
             return tuple(FileId(i) for i in (await tx.execute(query)).scalars())
+
+        return await self._run(work)
 
     async def referenced_blobs(self, *, after: Sha256 | None, limit: int) -> tuple[Sha256, ...]:
         query = (
@@ -255,15 +328,21 @@ class SqlFileRepository(FileRepository):
         )
         if after is not None:
             query = query.where(blobs.c.sha256 > str(after))
-        async with self._transaction() as tx:
+
+        async def work(tx: _Transaction) -> tuple[Sha256, ...]:
             return tuple(Sha256(sha) for sha in (await tx.execute(query)).scalars())
+
+        return await self._run(work)
 
     async def set_thumbnail_status(self, file_id: FileId, status: ThumbnailStatus) -> None:
         statement = (
             files.update().where(files.c.id == file_id).values(thumbnail_status=status.value)
         )
-        async with self._transaction() as tx:
+
+        async def work(tx: _Transaction) -> None:
             await tx.execute(statement)
+
+        await self._run(work)
 
     async def ping(self) -> None:
         """The database answers and its schema is not older than this version needs.
@@ -271,15 +350,18 @@ class SqlFileRepository(FileRepository):
         A revision this code does not know is newer (a rolling upgrade migrated first): the
         migrations add before they remove, so the older code keeps working and stays ready.
         """
-        async with self._transaction() as tx:
-            has_versions = await tx.connection.run_sync(
+
+        async def work(tx: _Transaction) -> str | None:
+            has_versions = await tx.run_sync(
                 lambda sync: sa.inspect(sync).has_table("alembic_version")
             )
-            revision = (
-                (await tx.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
-                if has_versions
-                else None
-            )
+            if not has_versions:
+                return None
+            query = sa.text("SELECT version_num FROM alembic_version")
+            revision: str | None = (await tx.execute(query)).scalar()
+            return revision
+
+        revision = await self._run(work)
         if revision is None or revision in _older_revisions():
             raise DependencyUnavailable(
                 "database",
@@ -287,45 +369,122 @@ class SqlFileRepository(FileRepository):
                 f" this version needs {head_revision()}: run `filewallball migrate`",
             )
 
-    def _reference(self, sha256: Sha256, created_at: datetime) -> sa.Executable:
-        """Insert the blob row with one reference, or add one to an existing row."""
-        values = {"sha256": str(sha256), "refcount": 1, "created_at": created_at}
-        increment = {"refcount": blobs.c.refcount + 1}
-        if self._postgresql:
-            pg = postgresql.insert(blobs).values(values)
-            return pg.on_conflict_do_update(index_elements=[blobs.c.sha256], set_=increment)
-        lite = sqlite.insert(blobs).values(values)
-        return lite.on_conflict_do_update(index_elements=[blobs.c.sha256], set_=increment)
+    async def _one_record(self, statement: sa.Executable) -> FileRecord | None:
+        async def work(tx: _Transaction) -> sa.Row[Any] | None:
+            return (await tx.execute(statement)).one_or_none()
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[_Transaction]:
-        """One committed transaction; driver failures become DependencyUnavailable."""
-        tx: _Transaction | None = None
-        try:
-            async with self._engine.begin() as connection:
-                tx = _Transaction(connection)
-                yield tx
-        except _DRIVER_ERRORS as error:
-            if tx is not None and error is tx.callback_error:
-                raise
-            raise DependencyUnavailable("database") from error
+        row = await self._run(work)
+        return None if row is None else _to_record(row)
+
+    def _reference(self, sha256: Sha256, created_at: datetime) -> sa.Executable:
+        """Insert the blob row with one reference, or add one to an existing row (SQLite)."""
+        values = {"sha256": str(sha256), "refcount": 1, "created_at": created_at}
+        lite = sqlite.insert(blobs).values(values)
+        return lite.on_conflict_do_update(
+            index_elements=[blobs.c.sha256], set_={"refcount": blobs.c.refcount + 1}
+        )
+
+    async def _run(self, work: Callable[[_Transaction], Awaitable[_T]]) -> _T:
+        """`work` in one committed transaction; driver failures become DependencyUnavailable.
+
+        When the first statement finds its pooled connection dead (the database restarted or
+        dropped it, and the pool could not tell), nothing was done yet: `work` runs once more,
+        on a fresh connection.
+        """
+        for attempt in (1, 2):
+            tx: _Transaction | None = None
+            try:
+                async with self._engine.begin() as connection:
+                    tx = _Transaction(connection)
+                    return await work(tx)
+            except _DRIVER_ERRORS as error:
+                if tx is not None and error is tx.callback_error:
+                    raise
+                if attempt == 1 and tx is not None and error is tx.stale_error:
+                    continue
+                raise DependencyUnavailable("database") from error
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass
 class _Transaction:
     connection: AsyncConnection
     callback_error: BaseException | None = None
+    # The error of the first statement when it found the connection dead: safe to retry.
+    stale_error: DBAPIError | None = None
+    _started: bool = False
 
-    async def execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
-        return await self.connection.execute(statement)
+    async def execute(
+        self, statement: sa.Executable, parameters: dict[str, Any] | None = None
+    ) -> sa.CursorResult[Any]:
+        with self._first_statement():
+            return await self.connection.execute(statement, parameters)
+
+    async def execute_driver(
+        self, statement: str, parameters: tuple[Any, ...]
+    ) -> sa.CursorResult[Any]:
+        """A statement in the driver's own syntax: no compiling, no cache key (hot paths)."""
+        with self._first_statement():
+            return await self.connection.exec_driver_sql(statement, parameters)
+
+    async def run_sync(self, function: Callable[[sa.Connection], _T]) -> _T:
+        with self._first_statement():
+            return await self.connection.run_sync(function)
+
+    @contextlib.contextmanager
+    def _first_statement(self) -> Iterator[None]:
+        first, self._started = not self._started, True
+        try:
+            yield
+        except DBAPIError as error:
+            if first and error.connection_invalidated:
+                self.stale_error = error
+            raise
 
     async def call(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run the caller's callback; what it raises reaches the caller unchanged (and rolls back)."""
+        self._started = True
         try:
             await callback()
         except BaseException as error:
             self.callback_error = error
             raise
+
+
+# The blob reference and the record in one statement (the data-modifying CTE always runs).
+# The record's foreign key is checked at the end of the statement, when the blob row exists.
+_ADD_POSTGRESQL = """\
+WITH blob AS (
+    INSERT INTO blobs (sha256, refcount, created_at) VALUES ($5, 1, $6)
+    ON CONFLICT (sha256) DO UPDATE SET refcount = blobs.refcount + 1
+    RETURNING sha256
+)
+INSERT INTO files (
+    id, filename, size, content_type, sha256, created_at, visibility, owner, scan_status,
+    thumbnail_status, expires_at, deleted_at
+)
+VALUES ($1, $2, $3, $4, (SELECT sha256 FROM blob), $6, $7, $8, $9, $10, $11, $12)"""
+_ADD_COLUMNS = (
+    "id",
+    "filename",
+    "size",
+    "content_type",
+    "sha256",
+    "created_at",
+    "visibility",
+    "owner",
+    "scan_status",
+    "thumbnail_status",
+    "expires_at",
+    "deleted_at",
+)
+# Built once: SQLAlchemy then finds their compiled form by identity, without rebuilding a key.
+_INSERT_FILE = files.insert()
+_GET_FILE = files.select().where(files.c.id == sa.bindparam("id"))
+
+
+def _add_parameters(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(row[column] for column in _ADD_COLUMNS)
 
 
 def _select(query: ListQuery, *, on_postgresql: bool) -> sa.Select[Any] | None:
