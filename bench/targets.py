@@ -209,10 +209,17 @@ http {{
 {front}}}
 """
 
-# FileWallBall behind nginx, as infra/nginx/filewallball.conf deploys it: nginx sends downloads.
+# FileWallBall behind nginx, as the Kubernetes component deploys it: nginx sends downloads.
+NGINX_FRONT_SNIPPET = REPO_ROOT / "infra/kustomize/components/nginx-front/filewallball.conf"
 FRONT_CONF = """
+    upstream filewallball {{
+        server {upstream};
+        keepalive 32;
+    }}
+
     server {{
         listen 127.0.0.1:{port};
+        set $fwb_blobs {blobs};
         include {snippet};
     }}
 """
@@ -224,7 +231,7 @@ class Nginx:
     managed: Managed
     root: Path
     config: str
-    front_url: str | None = None  # FileWallBall behind this nginx (infra/nginx/filewallball.conf)
+    front_url: str | None = None  # FileWallBall behind this nginx (components/nginx-front)
 
     @property
     def download_dir(self) -> Path:
@@ -247,12 +254,13 @@ def start_nginx(
     user = "user root root;\n" if os.geteuid() == 0 else ""
     front, front_url = "", None
     if ours is not None:
-        snippet = (REPO_ROOT / "infra" / "nginx" / "filewallball.conf").read_text()
-        snippet = snippet.replace("FWB_UPSTREAM", ours.url.removeprefix("http://"))
-        snippet = snippet.replace("FWB_BLOBS", f"{Path(ours.env['FWB_DATA_DIR']) / 'blobs'}/")
-        (prefix / "filewallball.conf").write_text(snippet)
         front_port = free_port()
-        front = FRONT_CONF.format(port=front_port, snippet=prefix / "filewallball.conf")
+        front = FRONT_CONF.format(
+            port=front_port,
+            upstream=ours.url.removeprefix("http://"),
+            blobs=f"{Path(ours.env['FWB_DATA_DIR']) / 'blobs'}/",
+            snippet=NGINX_FRONT_SNIPPET,
+        )
         front_url = f"http://127.0.0.1:{front_port}"
     config = NGINX_CONF.format(
         prefix=prefix, root=root, port=port, workers=workers, user=user, front=front

@@ -73,7 +73,7 @@ def test_smoke_run_measures_every_scenario(
             # Every upload answered, and every answer a 201 (nginx's PUT too).
             assert run["statuses"] == {"201": run["requests"]}, where
             assert not any(run["errors"].values()), where
-    # FileWallBall behind nginx (infra/nginx/filewallball.conf) downloads the largest file.
+    # FileWallBall behind nginx (components/nginx-front) downloads the largest file.
     assert {run["target"] for run in runs} == {"ours", "nginx", "ceiling", "behind-nginx"}
     for figure in report["figures"]:
         assert figure["median"] is not None, figure["label"]

@@ -68,6 +68,11 @@ def _pod_spec(obj: Obj) -> Obj:
     return obj["spec"]["template"]["spec"]
 
 
+def _container(pod: Obj, name: str) -> Obj:
+    [found] = [c for c in pod["containers"] if c["name"] == name]
+    return found
+
+
 def _containers(objects: list[Obj]) -> Iterator[tuple[Obj, Obj, Obj]]:
     for obj in objects:
         if obj["kind"] in WORKLOADS:
@@ -268,14 +273,16 @@ def test_every_container_is_locked_down_and_bounded(
         if obj["kind"] in {"Deployment", "StatefulSet"}:
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 assert probe in container, f"{where}: no {probe}"
-    assert seen == 6
+    # prod adds nginx in front of the api, in its pod (components/nginx-front).
+    assert seen == (7 if overlay == "prod" else 6)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_api_probes_shutdown_and_volumes(rendered: dict[str, list[Obj]], overlay: str) -> None:
     api = _one(rendered[overlay], "Deployment", "filewallball-api")
     pod = api["spec"]["template"]["spec"]
-    [container] = pod["containers"]
+    container = _container(pod, "api")
+    assert pod["containers"][0] is container  # the overlays' patches address it as number 0
     assert container["args"][:1] == ["serve"]
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -349,6 +356,61 @@ def test_settings_are_ones_the_service_accepts(
     for key, value in secret.items():
         if key not in {"POSTGRES_USER", "POSTGRES_DB"}:
             assert "PLACEHOLDER" in value, key
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prod_puts_nginx_in_front_of_the_api(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objects = rendered[overlay]
+    pod = _one(objects, "Deployment", "filewallball-api")["spec"]["template"]["spec"]
+    service = _one(objects, "Service", "filewallball-api")
+    [port] = service["spec"]["ports"]
+    policy = _one(objects, "NetworkPolicy", "filewallball-api")
+    [allowed] = policy["spec"]["ingress"]
+    trusted = _one(objects, "ConfigMap", "filewallball-config")["data"]["FWB_TRUSTED_PROXIES"]
+    if overlay != "prod":
+        assert [c["name"] for c in pod["containers"]] == ["api"]
+        assert port["targetPort"] == "http"
+        assert [p["port"] for p in allowed["ports"]] == [8000]
+        return
+    nginx = _container(pod, "nginx")
+    assert [c["name"] for c in pod["containers"]] == ["api", "nginx"]
+    assert port["targetPort"] == "front"
+    assert nginx["ports"] == [{"name": "front", "containerPort": 8080, "protocol": "TCP"}]
+    assert [p["port"] for p in allowed["ports"]] == [8080]
+    mounts = {m["mountPath"]: m for m in nginx["volumeMounts"]}
+    # The blobs at the path the api writes them (FWB_DATA_DIR=/data), read-only.
+    assert mounts["/data"]["name"] == "data" and mounts["/data"]["readOnly"] is True
+    config = _one(objects, "ConfigMap", "filewallball-nginx")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert (
+        volumes[mounts["/etc/nginx/filewallball"]["name"]]["configMap"]["name"]
+        == (config["metadata"]["name"])
+    )
+    assert "127.0.0.1/32" in trusted.split(",")  # nginx reaches the api over the loopback
+    component = KUSTOMIZE_DIR / "components" / "nginx-front"
+    for name in ("nginx.conf", "filewallball.conf"):
+        assert config["data"][name] == (component / name).read_text()
+
+
+def test_the_pods_nginx_configuration_is_valid(tmp_path: Path) -> None:
+    """`nginx -t` on the component's configuration, its paths moved under tmp_path."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    if not nginx:
+        unavailable("nginx is not installed: cannot check the pod's nginx configuration")
+    component = KUSTOMIZE_DIR / "components" / "nginx-front"
+    main = (component / "nginx.conf").read_text()
+    assert "include /etc/nginx/filewallball/filewallball.conf;" in main
+    # /tmp first: tmp_path itself is under /tmp.
+    main = main.replace("/tmp/", f"{tmp_path}/").replace("/etc/nginx/filewallball/", f"{tmp_path}/")
+    (tmp_path / "nginx.conf").write_text(main)
+    shutil.copy(component / "filewallball.conf", tmp_path / "filewallball.conf")
+    checked = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_no_secret_files_are_committed() -> None:

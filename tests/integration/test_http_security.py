@@ -310,6 +310,17 @@ async def test_trusted_proxy_and_spoofed_forwarded_for(make_client: AppFactory) 
         assert_problem(blocked, 403, "access_denied")
         allowed = await via_proxy.get("/files", headers={"x-forwarded-for": "203.0.113.9, 1.1.1.1"})
         assert allowed.status_code == 200
+        # Only trusted hops (Prometheus in the proxies' own network, through the pod's nginx):
+        # the furthest of them is the client, not the proxy next to us.
+        chain = {
+            "trusted_proxies": ["127.0.0.1/32", "203.0.113.0/24"],
+            "ip_deny": ["203.0.113.9/32"],
+        }
+        async with make_client(**chain) as chained:
+            far = await chained.get("/files", headers={"x-forwarded-for": "203.0.113.9"})
+            assert_problem(far, 403, "access_denied")
+            near = await chained.get("/files", headers={"x-forwarded-for": "203.0.113.10"})
+            assert near.status_code == 200
         # From an untrusted peer the header changes nothing, either way.
         assert (
             await direct.get("/files", headers={"x-forwarded-for": "203.0.113.9"})

@@ -1,4 +1,5 @@
-"""Behind nginx (infra/nginx/filewallball.conf): nginx sends whole downloads, the app decides."""
+"""Behind nginx (components/nginx-front/filewallball.conf): nginx sends whole downloads, the app
+decides."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ from tests.conftest import unavailable
 from tests.integration.conftest import AppFactory
 from tests.integration.test_server import AUTH, Server, _free_port, start_server
 
-SNIPPET = Path(__file__).parents[2] / "infra" / "nginx" / "filewallball.conf"
+SNIPPET = (
+    Path(__file__).parents[2]
+    / "infra"
+    / "kustomize"
+    / "components"
+    / "nginx-front"
+    / "filewallball.conf"
+)
 ACCEL_HEADERS = {"x-sendfile-type": "X-Accel-Redirect", "x-accel-mapping": "/=/_fwb_blobs/"}
 
 
@@ -47,8 +55,6 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     prefix = data / "nginx"
     prefix.mkdir()
     port = _free_port()
-    snippet = SNIPPET.read_text().replace("FWB_UPSTREAM", f"127.0.0.1:{app.port}")
-    snippet = snippet.replace("FWB_BLOBS", f"{data / 'blobs'}/")
     user = "user root root;\n" if os.geteuid() == 0 else ""
     temp = " ".join(
         f"{kind}_temp_path {prefix}/{kind};" for kind in ("proxy", "fastcgi", "uwsgi", "scgi")
@@ -56,10 +62,15 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     (prefix / "nginx.conf").write_text(
         f"{user}worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log warn;\n"
         f"events {{}}\nhttp {{\n access_log off;\n client_body_temp_path {prefix}/body;\n {temp}\n"
-        f" server {{\n  listen 127.0.0.1:{port};\n{snippet}\n }}\n}}\n"
+        f" upstream filewallball {{ server 127.0.0.1:{app.port}; keepalive 8; }}\n"
+        f" server {{\n  listen 127.0.0.1:{port};\n  set $fwb_blobs {data / 'blobs'}/;\n"
+        f"  include {SNIPPET};\n }}\n}}\n"
     )
     command = [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
-    subprocess.run([*command, "-t"], check=True, capture_output=True)
+    checked = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
+    if checked.returncode != 0:
+        app.stop()
+        pytest.fail(f"nginx -t refused the configuration:\n{checked.stderr}")
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

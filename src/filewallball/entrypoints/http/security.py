@@ -32,19 +32,24 @@ class GateConfig:
 
 
 def client_address(scope: Scope, trusted: tuple[Network, ...]) -> str | None:
-    """The socket peer, or through trusted proxies the right-most untrusted X-Forwarded-For hop."""
+    """The socket peer, or through trusted proxies the right-most untrusted X-Forwarded-For hop
+    (the left-most hop when all of them are trusted)."""
     peer = scope.get("client")
     address = peer[0] if peer else None
     if not trusted or not in_any(parse_address(address or ""), trusted):
         return address  # an untrusted peer's X-Forwarded-For is ignored: it could say anything
     forwarded = ",".join(Headers(scope=scope).getlist("x-forwarded-for"))
+    furthest = address
     for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
         parsed = parse_address(hop)
         if parsed is None:
             return address  # a garbled chain: trust only what we saw ourselves
         if not in_any(parsed, trusted):
             return str(parsed)
-    return address
+        furthest = str(parsed)
+    # Every hop is a trusted proxy (Prometheus, in the proxies' network, through the pod's
+    # nginx): the client is the furthest of them, not the nearest.
+    return furthest
 
 
 def from_trusted_proxy(scope: Scope, trusted: tuple[Network, ...]) -> bool:
