@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 
 from filewallball.domain.ports import Cache, CacheStats, Clock
+
+
+def live_entry(entries: MutableMapping[str, tuple[float, bytes]], key: str) -> bytes | None:
+    """The value of `key` in `entries` (expiry in monotonic seconds, value), dropped if expired."""
+    entry = entries.get(key)
+    if entry is None:
+        return None
+    expires, value = entry
+    if expires <= time.monotonic():
+        del entries[key]
+        return None
+    return value
 
 
 class MemoryCache(Cache):
@@ -30,14 +43,9 @@ class MemoryCache(Cache):
         return value
 
     def _lookup(self, key: str) -> bytes | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, value = entry
-        if expires <= time.monotonic():
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
+        value = live_entry(self._entries, key)
+        if value is not None:
+            self._entries.move_to_end(key)
         return value
 
     async def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None:

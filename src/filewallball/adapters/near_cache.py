@@ -29,6 +29,8 @@ import redis.asyncio
 import structlog
 from redis.exceptions import RedisError
 
+from filewallball.adapters.memory import live_entry
+
 _FAILURES = (RedisError, OSError)
 _log = structlog.get_logger()
 
@@ -126,14 +128,7 @@ class NearCache:
 
     def get(self, key: str, *, stats_key: str) -> bytes | None:
         """The copy of `key`, when the current request may use one; counts it as a hit."""
-        if not self.active():
-            return None
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, value = entry
-        if expires <= time.monotonic():
-            del self._entries[key]
+        if not self.active() or (value := live_entry(self._entries, key)) is None:
             return None
         self._hits[stats_key] = self._hits.get(stats_key, 0) + 1
         if not self._flush_scheduled:
