@@ -10,11 +10,13 @@ from typing import TypeVar
 
 import pytest
 import redis.asyncio
+from prometheus_client import REGISTRY
 
 from filewallball.adapters.near_cache import NearCache
 from filewallball.adapters.redis_cache import RedisCache, create_redis
 
 T = TypeVar("T")
+SYNCS = "filewallball_near_cache_syncs_total"
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
 
@@ -117,8 +119,13 @@ async def test_a_request_arriving_during_a_sync_waits_for_the_next_one(
 async def test_concurrent_requests_share_round_trips(replicas: tuple[Replica, Replica]) -> None:
     first, _ = replicas
     before = first.near.syncs
+    counted = REGISTRY.get_sample_value(SYNCS, {"outcome": "ok"}) or 0.0
     await asyncio.gather(*(first.request(lambda: asyncio.sleep(0)) for _ in range(50)))
     assert 1 <= first.near.syncs - before <= 3
+    # Operators see the same round trips on /metrics.
+    assert (
+        REGISTRY.get_sample_value(SYNCS, {"outcome": "ok"}) == counted + first.near.syncs - before
+    )
 
 
 async def test_a_process_too_far_behind_drops_every_copy(
@@ -175,9 +182,11 @@ async def test_redis_down_means_no_copies_and_a_fast_answer() -> None:
     near = NearCache(client, prefix="fwbtest:")
     try:
         started = time.monotonic()
+        failed = REGISTRY.get_sample_value(SYNCS, {"outcome": "failed"}) or 0.0
         assert not await near.sync()
         assert not near.active()
         assert near.failures == 1
+        assert REGISTRY.get_sample_value(SYNCS, {"outcome": "failed"}) == failed + 1
         assert time.monotonic() - started < 1
     finally:
         await client.aclose()

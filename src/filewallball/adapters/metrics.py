@@ -25,6 +25,11 @@ RATE_LIMITED = Counter("filewallball_rate_limited_requests_total", "Requests ans
 MALWARE = Counter("filewallball_malware_detected_total", "Uploads refused as malware")
 QUOTA = Counter("filewallball_quota_rejections_total", "Uploads refused over a quota")
 CACHE = Counter("filewallball_cache_requests_total", "Cache lookups", ["cache", "result"])
+NEAR_SYNCS = Counter(
+    "filewallball_near_cache_syncs_total",
+    "Round trips that brought the process's copies of cached entries up to date",
+    ["outcome"],
+)
 JOBS = Counter("filewallball_job_runs_total", "Background job runs", ["job", "outcome"])
 JOB_SECONDS = Histogram("filewallball_job_duration_seconds", "Background job run time", ["job"])
 STORED_FILES = Gauge("filewallball_stored_files", "Files stored", multiprocess_mode="mostrecent")

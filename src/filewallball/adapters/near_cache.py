@@ -30,6 +30,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from filewallball.adapters.memory import live_entry
+from filewallball.adapters.metrics import NEAR_SYNCS
 
 _FAILURES = (RedisError, OSError)
 _log = structlog.get_logger()
@@ -199,6 +200,7 @@ class NearCache:
                 )
         except _FAILURES as error:
             self.failures += 1
+            NEAR_SYNCS.labels("failed").inc()
             # Copies are not trusted again until a sync succeeds, and then only what it allows.
             self._entries.clear()
             self._known_id = ""
@@ -210,6 +212,7 @@ class NearCache:
             self._entries.clear()
             self._known_id = ""
             raise
+        NEAR_SYNCS.labels("ok").inc()
         if self._degraded:
             self._degraded = False
             _log.info("near_cache_recovered")
