@@ -198,20 +198,18 @@ class NearCache:
                         *hits.values(),
                     ],
                 )
-        except _FAILURES as error:
-            self.failures += 1
-            NEAR_SYNCS.labels("failed").inc()
+        except BaseException as error:
             # Copies are not trusted again until a sync succeeds, and then only what it allows.
             self._entries.clear()
             self._known_id = ""
+            if not isinstance(error, _FAILURES):
+                raise  # cancelled: the service is stopping
+            self.failures += 1
+            NEAR_SYNCS.labels("failed").inc()
             if not self._degraded:
                 self._degraded = True
                 _log.warning("near_cache_unavailable", error=str(error) or type(error).__name__)
             return False
-        except BaseException:
-            self._entries.clear()
-            self._known_id = ""
-            raise
         NEAR_SYNCS.labels("ok").inc()
         if self._degraded:
             self._degraded = False
@@ -227,7 +225,3 @@ class NearCache:
                 self._entries.pop(name.decode(), None)
         self._known_id = log_id.decode()
         self._known_seq = seq
-
-    def clear(self) -> None:
-        """Drop every copy (tests, and after an outage)."""
-        self._entries.clear()

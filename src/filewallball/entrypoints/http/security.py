@@ -31,12 +31,12 @@ class GateConfig:
     metrics_cidrs: tuple[Network, ...] = ()
 
 
-def client_address(scope: Scope, trusted: tuple[Network, ...]) -> str | None:
-    """The socket peer, or through trusted proxies the right-most untrusted X-Forwarded-For hop
-    (the left-most hop when all of them are trusted)."""
+def client_address(scope: Scope, trusted: tuple[Network, ...], *, via_proxy: bool) -> str | None:
+    """The socket peer, or when it is a trusted proxy (`via_proxy`, from_trusted_proxy) the
+    right-most untrusted X-Forwarded-For hop (the left-most when all of them are trusted)."""
     peer = scope.get("client")
     address = peer[0] if peer else None
-    if not trusted or not in_any(parse_address(address or ""), trusted):
+    if not via_proxy:
         return address  # an untrusted peer's X-Forwarded-For is ignored: it could say anything
     forwarded = ",".join(Headers(scope=scope).getlist("x-forwarded-for"))
     furthest = address
@@ -108,10 +108,12 @@ class SecurityGate:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        client_ip = client_address(scope, self._config.trusted_proxies)
+        trusted = self._config.trusted_proxies
+        via_proxy = from_trusted_proxy(scope, trusted)
+        client_ip = client_address(scope, trusted, via_proxy=via_proxy)
         state["client_ip"] = client_ip
         # Only a trusted proxy may ask for X-Accel-Redirect answers (routes/content.py).
-        state["from_trusted_proxy"] = from_trusted_proxy(scope, self._config.trusted_proxies)
+        state["from_trusted_proxy"] = via_proxy
         path: str = scope["path"]
         extra: list[tuple[bytes, bytes]] = []
         state["response_headers"] = extra
