@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -110,3 +111,50 @@ async def test_close_with_the_database_down_reports_what_it_could_not_write() ->
         await log.close()
     lost = [e for e in events if e["event"] == "audit_entries_lost"]
     assert lost[0]["count"] == 1
+
+
+class SlowAuditLog(FakeAuditLog):
+    """A database whose batch writes can be held in the middle, as a slow commit is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = asyncio.Event()
+        self.release = asyncio.Event()
+        self.interrupted = False
+
+    async def record_many(self, entries: Sequence[AuditEntry]) -> None:
+        self.writing.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.interrupted = True  # a real transaction would be left half done
+            raise
+        await super().record_many(entries)
+
+
+async def test_close_lets_a_batch_being_written_finish_instead_of_cancelling_it() -> None:
+    store = SlowAuditLog()
+    log = BufferedAuditLog(store, flush_interval=0.01)
+    await log.record(entry(1))
+    await store.writing.wait()  # the writer is in the middle of its batch
+    await log.record(entry(2))
+    closing = asyncio.create_task(log.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # it waits for the batch rather than interrupting it
+    store.release.set()
+    with capture_logs() as events:
+        await asyncio.wait_for(closing, timeout=5)
+    assert not store.interrupted
+    assert targets(store) == ["f1", "f2"]
+    assert not [e for e in events if e["event"] == "audit_entries_lost"]
+
+
+async def test_close_does_not_wait_out_the_retry_pause_of_a_failing_writer() -> None:
+    store = FakeAuditLog()
+    store.fail_writes = True
+    log = BufferedAuditLog(store, flush_interval=30)
+    await log.record(entry(1))
+    log._wake.set()  # the writer tries now, fails, and pauses for the interval
+    await asyncio.sleep(0.05)
+    with capture_logs():
+        await asyncio.wait_for(log.close(), timeout=5)

@@ -80,12 +80,16 @@ class BufferedAuditLog(AuditLog):
                 del self._pending[: len(batch)]
 
     async def close(self) -> None:
-        """Stop the background writer and write what is left (best effort if the DB is down)."""
+        """Stop the background writer and write what is left (best effort if the DB is down).
+
+        The writer is told to stop, not cancelled: a batch cancelled in the middle of its
+        transaction could leave the connection holding the database's write lock (SQLite), so
+        the last flush below waited out the busy timeout and lost what was left.
+        """
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._wake.set()
+            await self._task
             self._task = None
         try:
             await self.flush()
@@ -93,11 +97,13 @@ class BufferedAuditLog(AuditLog):
             _log.error("audit_entries_lost", count=len(self._pending), reason=str(error))
 
     async def _run(self) -> None:
-        while True:
+        while not self._closed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
                     await self._wake.wait()
             self._wake.clear()
+            if self._closed:
+                return  # close() writes what is left
             try:
                 await self.flush()
             except FileWallBallError as error:
@@ -106,7 +112,9 @@ class BufferedAuditLog(AuditLog):
                         "audit_write_failed", pending=len(self._pending), reason=str(error)
                     )
                 self._failing = True
-                await asyncio.sleep(self._interval)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval):
+                        await self._wake.wait()  # the retry's pause, cut short by close()
             else:
                 if self._failing:
                     _log.info("audit_write_recovered")
