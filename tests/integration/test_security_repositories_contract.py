@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from filewallball.adapters.cached_keys import CachedKeyRepository
 from filewallball.adapters.redis_cache import RedisCache, create_redis
 from filewallball.adapters.sql import SqlFileRepository, create_engine, metadata, upgrade
-from filewallball.adapters.sql_security import (
+from filewallball.adapters.sql.access import (
     SqlAuditLog,
     SqlIpRuleRepository,
     SqlKeyRepository,

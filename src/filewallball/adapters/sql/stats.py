@@ -6,7 +6,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from filewallball.adapters.sql_security import _SqlStore, audit_log
+from filewallball.adapters.sql.access import _SqlStore, audit_log
 from filewallball.domain.ports import ClientUsage, StatsRepository, UploadStats
 
 
