@@ -34,7 +34,7 @@ from filewallball.adapters.backup import SkippedFile, create_backup, read_secret
 from filewallball.adapters.backup_restore import restore_backup, verify_backup
 from filewallball.adapters.disk import DiskBlobStore
 from filewallball.adapters.sql.access import api_keys, audit_log, ip_rules
-from filewallball.adapters.sql.files import _utc, blobs, create_engine, files
+from filewallball.adapters.sql.file_records import _utc, blobs, create_engine, files
 from filewallball.container import build_container
 from filewallball.domain.backup import FREE_SPACE_MARGIN, BackupError
 from filewallball.domain.ports import BlobStore

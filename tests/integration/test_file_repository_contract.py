@@ -19,7 +19,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 import filewallball.adapters.sql.access  # noqa: F401  (registers its tables on `metadata`)
-import filewallball.adapters.sql.files as sql_adapter
+import filewallball.adapters.sql.file_records as sql_adapter
 from filewallball.adapters.sql import SqlFileRepository, create_engine, metadata, upgrade
 from filewallball.domain.errors import DependencyUnavailable, InvalidRequest
 from filewallball.domain.models import (

@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from filewallball.adapters.sql.access import api_keys, audit_log, ip_rules
-from filewallball.adapters.sql.files import _DRIVER_ERRORS, MIGRATIONS, _utc, blobs, files
+from filewallball.adapters.sql.file_records import _DRIVER_ERRORS, MIGRATIONS, _utc, blobs, files
 from filewallball.domain.backup import (
     BOOTSTRAP_AUDIT_ACTION,
     BOOTSTRAP_KEY_NAME,

@@ -8,7 +8,7 @@ from filewallball.adapters.sql.access import (
     SqlKeyRepository,
     SqlUsageRepository,
 )
-from filewallball.adapters.sql.files import (
+from filewallball.adapters.sql.file_records import (
     SqlFileRepository,
     create_engine,
     head_revision,

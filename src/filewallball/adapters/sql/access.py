@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from filewallball.adapters.sql.files import _DRIVER_ERRORS, _storable, _utc, files, metadata
+from filewallball.adapters.sql.file_records import _DRIVER_ERRORS, _storable, _utc, files, metadata
 from filewallball.domain.errors import Conflict, DependencyUnavailable, InvalidRequest
 from filewallball.domain.ports import (
     AuditLog,
