@@ -116,3 +116,18 @@ async def pg_natural_language_url(pg_server: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def terminate_backends(pg_server: str, database: str | None) -> None:
+    """Have PostgreSQL drop every connection to `database` (but the admin's), and wait for it."""
+    import asyncpg
+
+    admin = await asyncpg.connect(pg_server, timeout=5)
+    try:
+        others = "datname = $1 AND pid <> pg_backend_pid()"
+        await admin.execute(
+            f"SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE {others}",
+            database,
+        )
+    finally:
+        await admin.close()

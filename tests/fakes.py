@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from filewallball.adapters.sql.access import log_audit_event
+from filewallball.adapters.sql import log_audit_event
 from filewallball.domain.errors import Conflict, DependencyUnavailable, InvalidRequest
 from filewallball.domain.jobs import JobPayload, TaskQueue
 from filewallball.domain.models import (

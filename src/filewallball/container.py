@@ -27,14 +27,15 @@ from filewallball.adapters.near_cache import NearCache
 from filewallball.adapters.ratelimit import LimitsRateLimiter
 from filewallball.adapters.redis_cache import RedisCache, create_redis
 from filewallball.adapters.sniffing import default_sniffer
-from filewallball.adapters.sql import SqlFileRepository, create_engine
-from filewallball.adapters.sql.access import (
+from filewallball.adapters.sql import (
     SqlAuditLog,
+    SqlFileRepository,
     SqlIpRuleRepository,
     SqlKeyRepository,
+    SqlStatsRepository,
     SqlUsageRepository,
+    create_engine,
 )
-from filewallball.adapters.sql.stats import SqlStatsRepository
 from filewallball.adapters.vips import VipsThumbnailRenderer
 from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.jobs import JobRegistry, TaskQueue

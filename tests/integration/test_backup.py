@@ -33,8 +33,15 @@ from filewallball.adapters import backup_check, backup_restore
 from filewallball.adapters.backup import SkippedFile, create_backup, read_secret
 from filewallball.adapters.backup_restore import restore_backup, verify_backup
 from filewallball.adapters.disk import DiskBlobStore
-from filewallball.adapters.sql.access import api_keys, audit_log, ip_rules
-from filewallball.adapters.sql.file_records import _utc, blobs, create_engine, files
+from filewallball.adapters.sql import (
+    api_keys,
+    audit_log,
+    blobs,
+    create_engine,
+    files,
+    ip_rules,
+    utc,
+)
 from filewallball.container import build_container
 from filewallball.domain.backup import FREE_SPACE_MARGIN, BackupError
 from filewallball.domain.ports import BlobStore
@@ -135,7 +142,7 @@ async def dump(url: str) -> Rows:
                 found = (await connection.execute(sa.select(table))).mappings().all()
                 rows[name] = sorted(
                     (
-                        {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+                        {k: utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
                         for row in found
                     ),
                     key=lambda row: str(row[key.name]).zfill(20),

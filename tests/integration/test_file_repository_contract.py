@@ -18,9 +18,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-import filewallball.adapters.sql.access  # noqa: F401  (registers its tables on `metadata`)
-import filewallball.adapters.sql.file_records as sql_adapter
 from filewallball.adapters.sql import SqlFileRepository, create_engine, metadata, upgrade
+from filewallball.adapters.sql import engine as sql_engine
 from filewallball.domain.errors import DependencyUnavailable, InvalidRequest
 from filewallball.domain.models import (
     MAX_PAGE_SIZE,
@@ -38,6 +37,7 @@ from filewallball.domain.models import (
     Visibility,
 )
 from filewallball.domain.ports import FileRepository
+from tests.conftest import terminate_backends
 from tests.fakes import FakeFileRepository
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -730,32 +730,19 @@ async def test_connections_the_server_dropped_are_replaced(
         assert await repo.get(record.id) == record
 
 
-async def _terminate_backends(pg_server: str, database: str | None) -> None:
-    """Have PostgreSQL drop every connection to `database` (but the admin's), and wait for it."""
-    admin = await asyncpg.connect(pg_server, timeout=5)
-    try:
-        others = "datname = $1 AND pid <> pg_backend_pid()"
-        await admin.execute(
-            f"SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE {others}",
-            database,
-        )
-    finally:
-        await admin.close()
-
-
 async def test_a_dead_connection_the_pool_missed_is_retried_on_a_fresh_one(
     migrated_pg_url: str, pg_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pool's check misses a connection whose end the event loop has not seen yet: the
     first statement fails on it, and the operation runs again on a new connection."""
-    monkeypatch.setattr(sql_adapter, "_known_closed", lambda _connection: False)
+    monkeypatch.setattr(sql_engine, "_known_closed", lambda _connection: False)
     record = make_record()
     async with sql_repository(migrated_pg_url) as repo:
         await repo.add(record, publish=noop)
-        await _terminate_backends(pg_server, sa.make_url(migrated_pg_url).database)
+        await terminate_backends(pg_server, sa.make_url(migrated_pg_url).database)
 
         assert await repo.get(record.id) == record
-        await _terminate_backends(pg_server, sa.make_url(migrated_pg_url).database)
+        await terminate_backends(pg_server, sa.make_url(migrated_pg_url).database)
         again = make_record()
         publish = Calls()
         await repo.add(again, publish=publish)
@@ -773,7 +760,7 @@ async def test_a_connection_lost_after_the_first_statement_is_not_retried(
 
     async def publish_while_the_database_drops_us() -> None:
         await publish()
-        await _terminate_backends(pg_server, database)
+        await terminate_backends(pg_server, database)
 
     async with sql_repository(migrated_pg_url) as repo:
         with pytest.raises(DependencyUnavailable):

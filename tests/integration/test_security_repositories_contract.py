@@ -17,12 +17,15 @@ from structlog.testing import capture_logs
 
 from filewallball.adapters.cached_keys import CachedKeyRepository
 from filewallball.adapters.redis_cache import RedisCache, create_redis
-from filewallball.adapters.sql import SqlFileRepository, create_engine, metadata, upgrade
-from filewallball.adapters.sql.access import (
+from filewallball.adapters.sql import (
     SqlAuditLog,
+    SqlFileRepository,
     SqlIpRuleRepository,
     SqlKeyRepository,
     SqlUsageRepository,
+    create_engine,
+    metadata,
+    upgrade,
 )
 from filewallball.domain.errors import Conflict, DependencyUnavailable, InvalidRequest
 from filewallball.domain.models import ByteSize, ContentType, FileId, Filename, FileRecord, Sha256

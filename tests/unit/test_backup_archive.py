@@ -31,7 +31,7 @@ from filewallball.adapters.backup_archive import (
     ArchiveWriter,
 )
 from filewallball.adapters.backup_restore import verify_backup
-from filewallball.adapters.backup_sql import head_revision
+from filewallball.adapters.sql import head_revision
 from filewallball.domain.backup import (
     BLOB_INDEX,
     FREE_SPACE_MARGIN,

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import structlog
 
-from filewallball.adapters.sql.access import log_audit_event
+from filewallball.adapters.sql import log_audit_event
 from filewallball.domain.errors import DependencyUnavailable, FileWallBallError
 from filewallball.domain.ports import AuditLog
 from filewallball.domain.security import AuditEntry, AuditQuery

@@ -20,13 +20,8 @@ import anyio
 import anyio.to_thread
 
 from filewallball.adapters.backup_archive import Member
-from filewallball.adapters.backup_sql import (
-    decode_row,
-    head_revision,
-    known_revisions,
-    numbered_lines,
-    primary_key,
-)
+from filewallball.adapters.backup_sql import decode_row, numbered_lines, primary_key
+from filewallball.adapters.sql import head_revision, known_revisions
 from filewallball.domain.backup import (
     BLOB_INDEX,
     BLOB_PREFIX,

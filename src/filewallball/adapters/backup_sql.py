@@ -17,12 +17,18 @@ from typing import IO, Any
 import anyio
 import anyio.to_thread
 import sqlalchemy as sa
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from filewallball.adapters.sql.access import api_keys, audit_log, ip_rules
-from filewallball.adapters.sql.file_records import _DRIVER_ERRORS, MIGRATIONS, _utc, blobs, files
+from filewallball.adapters.sql import (
+    DRIVER_ERRORS,
+    api_keys,
+    audit_log,
+    blobs,
+    files,
+    head_revision,
+    ip_rules,
+    utc,
+)
 from filewallball.domain.backup import (
     BOOTSTRAP_AUDIT_ACTION,
     BOOTSTRAP_KEY_NAME,
@@ -53,23 +59,6 @@ _ORDER = {
 }
 
 
-def _script() -> ScriptDirectory:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return ScriptDirectory.from_config(config)
-
-
-def head_revision() -> str:
-    """The schema revision this code writes and expects."""
-    head = _script().get_current_head()
-    assert head is not None
-    return head
-
-
-def known_revisions() -> set[str]:
-    return {script.revision for script in _script().walk_revisions()}
-
-
 def numbered_lines(handle: IO[bytes], where: str) -> Iterator[tuple[int, bytes]]:
     """The lines of a JSON Lines file, numbered from 1; BackupError for an overlong one."""
     number = 0
@@ -89,7 +78,7 @@ def primary_key(table: str) -> str:
 def encode_row(row: Mapping[str, Any]) -> bytes:
     """One JSON line; date-times in UTC ISO 8601."""
     portable = {
-        name: _utc(value).isoformat() if isinstance(value, datetime) else value
+        name: utc(value).isoformat() if isinstance(value, datetime) else value
         for name, value in row.items()
     }
     return json.dumps(portable, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
@@ -204,7 +193,7 @@ async def read_snapshot(engine: AsyncEngine, spool: Path) -> Snapshot:
                     connection, statement, snapshot.spools[table], encode_row
                 )
             await connection.rollback()
-    except _DRIVER_ERRORS as error:
+    except DRIVER_ERRORS as error:
         raise BackupError(f"reading the database failed: {error}") from error
     return snapshot
 
@@ -212,7 +201,7 @@ async def read_snapshot(engine: AsyncEngine, spool: Path) -> Snapshot:
 async def _revision(connection: AsyncConnection) -> str:
     try:
         found = await connection.execute(sa.text("SELECT version_num FROM alembic_version"))
-    except _DRIVER_ERRORS:
+    except DRIVER_ERRORS:
         raise BackupError("the database has no FileWallBall schema (never migrated)") from None
     revision = found.scalar_one_or_none()
     if not isinstance(revision, str):
@@ -268,7 +257,7 @@ async def references(engine: AsyncEngine, sha256: str) -> int:
     try:
         async with engine.connect() as connection:
             return int((await connection.execute(statement)).scalar_one())
-    except _DRIVER_ERRORS as error:
+    except DRIVER_ERRORS as error:
         raise BackupError(f"reading the database failed: {error}") from error
 
 
@@ -276,7 +265,7 @@ async def target_contents(engine: AsyncEngine) -> TargetContents:
     try:
         async with engine.connect() as connection:
             return await _contents(connection)
-    except _DRIVER_ERRORS as error:
+    except DRIVER_ERRORS as error:
         raise BackupError(f"reading the target database failed: {error}") from error
 
 
@@ -315,7 +304,7 @@ async def record_audit(engine: AsyncEngine, row: Mapping[str, Any]) -> None:
     try:
         async with engine.begin() as connection:
             await connection.execute(audit_log.insert().values(**row))
-    except _DRIVER_ERRORS as error:
+    except DRIVER_ERRORS as error:
         raise BackupError(f"writing the audit entry failed: {error}") from error
 
 
@@ -324,7 +313,7 @@ async def key_exists(engine: AsyncEngine, key_id: str) -> bool:
     try:
         async with engine.connect() as connection:
             return int((await connection.execute(statement)).scalar_one()) > 0
-    except _DRIVER_ERRORS as error:
+    except DRIVER_ERRORS as error:
         raise BackupError(f"reading the target database failed: {error}") from error
 
 
@@ -368,7 +357,7 @@ async def restore_tables(
             if before_commit is not None:
                 await before_commit()
             await connection.commit()
-    except _DRIVER_ERRORS as error:
+    except DRIVER_ERRORS as error:
         raise BackupError(f"writing the target database failed: {error}") from error
 
 

@@ -1,4 +1,4 @@
-"""Upload and usage statistics, aggregated in SQL from the audit log."""
+"""SqlStatsRepository: upload outcomes and per-client usage, aggregated from the audit log."""
 
 from __future__ import annotations
 
@@ -6,33 +6,33 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from filewallball.adapters.sql.access import _SqlStore, audit_log
+from filewallball.adapters.sql.store import SqlStore, Transaction
+from filewallball.adapters.sql.tables import audit_log
 from filewallball.domain.ports import ClientUsage, StatsRepository, UploadStats
 
 
-def _sum_if(
-    condition: sa.ColumnElement[bool], value: sa.ColumnElement[int] | int = 1
-) -> sa.ColumnElement[int]:
-    return sa.func.coalesce(sa.func.sum(sa.case((condition, value), else_=0)), 0)
+class SqlStatsRepository(SqlStore, StatsRepository):
+    """Upload and usage statistics, aggregated in SQL from the `audit_log` table."""
 
-
-class SqlStatsRepository(_SqlStore, StatsRepository):
     async def uploads(self, *, since: datetime) -> UploadStats:
         query = (
             sa.select(audit_log.c.outcome, audit_log.c.detail, sa.func.count())
             .where(audit_log.c.action == "file.upload", audit_log.c.at >= since)
             .group_by(audit_log.c.outcome, audit_log.c.detail)
         )
-        succeeded, failed = 0, 0
-        reasons: dict[str, int] = {}
-        async with self._transaction() as tx:
+
+        async def work(tx: Transaction) -> UploadStats:
+            succeeded, failed = 0, 0
+            reasons: dict[str, int] = {}
             for outcome, detail, count in await tx.execute(query):
                 if outcome == "success":
                     succeeded += int(count)
                 else:
                     failed += int(count)
                     reasons[detail or "unknown"] = reasons.get(detail or "unknown", 0) + int(count)
-        return UploadStats(succeeded=succeeded, failed=failed, errors_by_reason=reasons)
+            return UploadStats(succeeded=succeeded, failed=failed, errors_by_reason=reasons)
+
+        return await self._run(work)
 
     async def usage(
         self, *, since: datetime, by_address: bool, top: int
@@ -52,17 +52,25 @@ class SqlStatsRepository(_SqlStore, StatsRepository):
             .order_by((bytes_in + bytes_out).desc(), (uploads + downloads + errors).desc(), client)
             .limit(top)
         )
-        async with self._transaction() as tx:
-            rows = (await tx.execute(query)).all()
-        return tuple(
-            ClientUsage(
-                client=str(row[0]),
-                actor=row[1],
-                uploads=int(row[2]),
-                bytes_in=int(row[3]),
-                downloads=int(row[4]),
-                bytes_out=int(row[5]),
-                errors=int(row[6]),
+
+        async def work(tx: Transaction) -> tuple[ClientUsage, ...]:
+            return tuple(
+                ClientUsage(
+                    client=str(row[0]),
+                    actor=row[1],
+                    uploads=int(row[2]),
+                    bytes_in=int(row[3]),
+                    downloads=int(row[4]),
+                    bytes_out=int(row[5]),
+                    errors=int(row[6]),
+                )
+                for row in await tx.execute(query)
             )
-            for row in rows
-        )
+
+        return await self._run(work)
+
+
+def _sum_if(
+    condition: sa.ColumnElement[bool], value: sa.ColumnElement[int] | int = 1
+) -> sa.ColumnElement[int]:
+    return sa.func.coalesce(sa.func.sum(sa.case((condition, value), else_=0)), 0)

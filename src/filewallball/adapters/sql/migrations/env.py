@@ -1,7 +1,7 @@
 """Alembic environment: migrate the database at config.attributes["url"] on an async engine.
 
-`upgrade()` in adapters/sql/file_records.py builds the config in code (there is no alembic.ini) and may be
-called from a worker thread, so this runs its own event loop with asyncio.run.
+`upgrade()` in adapters/sql/schema.py builds the config in code (there is no alembic.ini) and may
+be called from a worker thread, so this runs its own event loop with asyncio.run.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import sqlalchemy as sa
 from alembic import context
 
-from filewallball.adapters.sql.file_records import create_engine, metadata
+from filewallball.adapters.sql import create_engine, metadata
 
 # Any constant works, as long as every FileWallBall process uses the same one.
 _PG_MIGRATION_LOCK = 0x46574242  # "FWBB"

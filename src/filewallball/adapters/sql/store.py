@@ -1,0 +1,134 @@
+"""SqlStore, the base of every SQL repository: one committed transaction per call, one retry."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from filewallball.domain.errors import Conflict, DependencyUnavailable
+
+# asyncio.TimeoutError is TimeoutError (an OSError) since Python 3.11.
+DRIVER_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+MAX_BIGINT = 2**63 - 1
+
+_T = TypeVar("_T")
+# A result whose rows may have any number of columns, of any type (SQLAlchemy's TupleAny).
+_Result = sa.CursorResult[*tuple[Any, ...]]
+
+
+class SqlStore:
+    """The engine and its dialect; `_run` does a repository's work in one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        if engine.dialect.name not in ("postgresql", "sqlite"):
+            raise ValueError(f"unsupported database: {engine.dialect.name}")
+        self._engine = engine
+        self._postgresql = engine.dialect.name == "postgresql"
+
+    async def _run(
+        self, work: Callable[[Transaction], Awaitable[_T]], *, conflict: str | None = None
+    ) -> _T:
+        """`work` in one committed transaction; driver failures become DependencyUnavailable,
+        and an integrity error Conflict(`conflict`) when given. What a callback run through
+        Transaction.call raises reaches the caller unchanged.
+
+        When the first statement finds its pooled connection dead (the database restarted or
+        dropped it, and the pool could not tell), nothing was done yet: `work` runs once more,
+        on a fresh connection.
+        """
+        for attempt in (1, 2):
+            tx: Transaction | None = None
+            try:
+                async with self._engine.begin() as connection:
+                    tx = Transaction(connection)
+                    return await work(tx)
+            except DRIVER_ERRORS as error:
+                if tx is not None and error is tx.callback_error:
+                    raise
+                if attempt == 1 and tx is not None and error is tx.stale_error:
+                    continue
+                if conflict is not None and isinstance(error, IntegrityError):
+                    raise Conflict(conflict) from error
+                raise DependencyUnavailable("database") from error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _bytewise(self, column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        """`column` compared like Python strings, whatever the PostgreSQL database's locale."""
+        # The 0002 id columns have the database's default collation, unlike files.id.
+        return column.collate("C") if self._postgresql else column
+
+
+@dataclass
+class Transaction:
+    """One transaction's connection, noting which failures `SqlStore._run` may retry."""
+
+    connection: AsyncConnection
+    callback_error: BaseException | None = None
+    # The error of the first statement when it found the connection dead: safe to retry.
+    stale_error: DBAPIError | None = None
+    _started: bool = False
+
+    async def execute(
+        self,
+        statement: sa.Executable,
+        parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    ) -> _Result:
+        """`statement`, with one set of parameters or (executemany) a sequence of them."""
+        with self._first_statement():
+            return await self.connection.execute(statement, parameters)
+
+    async def execute_driver(self, statement: str, parameters: tuple[Any, ...]) -> _Result:
+        """A statement in the driver's own syntax: no compiling, no cache key (hot paths)."""
+        with self._first_statement():
+            return await self.connection.exec_driver_sql(statement, parameters)
+
+    async def run_sync(self, function: Callable[[sa.Connection], _T]) -> _T:
+        with self._first_statement():
+            return await self.connection.run_sync(function)
+
+    async def call(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run the caller's callback; what it raises reaches the caller unchanged (and rolls back)."""
+        self._started = True
+        try:
+            await callback()
+        except BaseException as error:
+            self.callback_error = error
+            raise
+
+    @contextlib.contextmanager
+    def _first_statement(self) -> Iterator[None]:
+        first, self._started = not self._started, True
+        try:
+            yield
+        except DBAPIError as error:
+            if first and error.connection_invalidated:
+                self.stale_error = error
+            raise
+
+
+def utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive one already is (SQLite stores UTC and returns naive values)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def storable(text: str) -> bool:
+    """Whether a database can take `text` (no NUL, valid UTF-8); stored names always are."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def row_limit(limit: int) -> int:
+    """A row limit every database takes: none below zero, none beyond BIGINT."""
+    return max(0, min(limit, MAX_BIGINT))

@@ -1,0 +1,108 @@
+"""Every table FileWallBall stores, as SQLAlchemy Core metadata (the migrations create them)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData()
+
+# Mirrors migrations/versions; the migrations, not this metadata, create the schema.
+# Ids and filenames use the "C" collation on PostgreSQL so they sort bytewise, like SQLite and
+# Python strings: a cursor then means the same position whatever the database's locale.
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column(
+        "id",
+        sa.String(32).with_variant(postgresql.VARCHAR(32, collation="C"), "postgresql"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "filename",
+        sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql"),
+        nullable=False,
+    ),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("content_type", sa.String(255), nullable=False),
+    sa.Column("sha256", sa.String(64), sa.ForeignKey("blobs.sha256"), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("visibility", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(128), nullable=True),
+    sa.Column("scan_status", sa.String(16), nullable=False),
+    sa.Column("thumbnail_status", sa.String(16), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_files_sha256", "sha256"),
+    sa.Index("ix_files_created_at_id", "created_at", "id"),
+    sa.Index("ix_files_size_id", "size", "id"),
+    sa.Index("ix_files_filename_id", "filename", "id"),
+    sa.Index("ix_files_content_type", "content_type"),
+    sa.Index("ix_files_expires_at", "expires_at"),
+    sa.Index("ix_files_deleted_at", "deleted_at"),
+    sa.Index("ix_files_owner", "owner"),  # from 0002_security
+)
+
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("refcount", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("refcount >= 0", name="ck_blobs_refcount_non_negative"),
+)
+
+# From migrations/versions/0002_security.py. Their ids have the database's default collation,
+# unlike files.id: SqlStore._bytewise orders them.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("allowed_cidrs", sa.Text, nullable=False),  # JSON array of CIDR strings
+    sa.Column("quota_bytes", sa.BigInteger, nullable=True),
+    sa.Column("quota_files", sa.BigInteger, nullable=True),
+)
+
+ip_rules = sa.Table(
+    "ip_rules",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("cidr", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(8), nullable=False),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    # INTEGER PRIMARY KEY is SQLite's rowid: autoincrementing, unlike BIGINT there.
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=True),
+    sa.Column("key_id", sa.String(16), nullable=True),
+    sa.Column("client_ip", sa.String(64), nullable=True),
+    sa.Column("request_id", sa.String(128), nullable=True),
+    sa.Column("target", sa.String(255), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("bytes", sa.BigInteger, nullable=True),  # from 0004_audit_bytes
+    sa.Index("ix_audit_log_at", "at"),
+    sa.Index("ix_audit_log_actor_id", "actor", "id"),
+    sa.Index("ix_audit_log_action_id", "action", "id"),
+    sa.Index("ix_audit_log_target_id", "target", "id"),
+)
