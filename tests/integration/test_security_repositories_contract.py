@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+import sqlalchemy as sa
 import structlog
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -22,11 +23,13 @@ from filewallball.adapters.sql import (
     SqlFileRepository,
     SqlIpRuleRepository,
     SqlKeyRepository,
+    SqlStatsRepository,
     SqlUsageRepository,
     create_engine,
     metadata,
     upgrade,
 )
+from filewallball.adapters.sql import engine as sql_engine
 from filewallball.domain.errors import Conflict, DependencyUnavailable, InvalidRequest
 from filewallball.domain.models import ByteSize, ContentType, FileId, Filename, FileRecord, Sha256
 from filewallball.domain.ports import (
@@ -35,6 +38,7 @@ from filewallball.domain.ports import (
     FileRepository,
     IpRuleRepository,
     KeyRepository,
+    UploadStats,
     UsageRepository,
 )
 from filewallball.domain.security import (
@@ -48,7 +52,7 @@ from filewallball.domain.security import (
     RuleAction,
     hash_secret,
 )
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, terminate_backends
 from tests.fakes import (
     FakeAuditLog,
     FakeFileRepository,
@@ -637,6 +641,53 @@ async def test_postgresql_orders_ids_bytewise_whatever_its_locale(
 
         assert await walk_keys(keys, 2) == sorted(KEY_IDS)
         assert [rule.id for rule in await rules.list()] == sorted(KEY_IDS)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def migrated_pg_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return migrated_url(request, tmp_path, "postgresql")
+
+
+async def test_a_dead_pooled_connection_is_retried_once_by_every_repository(
+    migrated_pg_url: str, pg_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a database restart the pool may hand out a connection whose end the event loop has
+    not seen yet: its first statement fails, and the operation runs again on a fresh connection.
+    The per-request key lookup must not answer one 503 per pooled connection."""
+    # The pool's check misses every dead connection (no idle ping either, however slow the
+    # machine), so each operation below meets one: the retry is what makes it succeed.
+    monkeypatch.setattr(sql_engine, "_known_closed", lambda _connection: False)
+    monkeypatch.setattr(sql_engine, "IDLE_PING_SECONDS", float("inf"))
+    database = sa.make_url(migrated_pg_url).database
+    engine = create_engine(migrated_pg_url)
+    keys, rules = SqlKeyRepository(engine), SqlIpRuleRepository(engine)
+    audit, usage = SqlAuditLog(engine), SqlUsageRepository(engine)
+    stats = SqlStatsRepository(engine)
+    key, rule = make_key(), make_rule("r" * 32, T0)
+    entry = AuditEntry(at=T0, action="file.upload", outcome=Outcome.SUCCESS, key_id=key.id)
+    try:
+        await keys.add(key)  # a pooled connection, which the server then drops
+        await terminate_backends(pg_server, database)
+        assert await keys.get(key.id) == key
+
+        steps: list[tuple[Callable[[], Awaitable[object]], object]] = [
+            (lambda: keys.touch(key.id, at=T0), None),
+            (lambda: keys.get(key.id), replace(key, last_used_at=T0)),
+            (lambda: rules.add(rule), None),
+            (rules.list, [rule]),
+            (lambda: audit.record(entry), None),
+            (lambda: audit.query(AuditQuery()), [replace(entry, id=1)]),
+            (lambda: usage.stored_by("team-a"), (0, 0)),
+            (
+                lambda: stats.uploads(since=T0),
+                UploadStats(succeeded=1, failed=0, errors_by_reason={}),
+            ),
+        ]
+        for operation, expected in steps:
+            await terminate_backends(pg_server, database)
+            assert await operation() == expected  # once each: one entry, one rule
     finally:
         await engine.dispose()
 
