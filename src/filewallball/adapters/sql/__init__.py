@@ -1,7 +1,4 @@
-"""SQL persistence (SQLAlchemy Core, async) on PostgreSQL through asyncpg, or embedded SQLite.
-
-Importers use these names only; the modules below are the package's own business.
-"""
+"""SQL persistence on PostgreSQL (asyncpg) or embedded SQLite; importers use these names only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SqlKeyRepository and SqlIpRuleRepository: who may call, in the `api_keys` and `ip_rules` tables."""
+"""SqlKeyRepository and SqlIpRuleRepository: who may call, from `api_keys` and `ip_rules`."""
 
 from __future__ import annotations
 
