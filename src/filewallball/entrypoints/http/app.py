@@ -21,10 +21,10 @@ from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.jobs import TaskQueue
 from filewallball.domain.maintenance import MAINTENANCE_JOB, SCRUB_JOB
 from filewallball.domain.security import parse_network
+from filewallball.entrypoints.http.admission import Admission, AdmissionRules
+from filewallball.entrypoints.http.edge import Edge
 from filewallball.entrypoints.http.errors import install_error_handlers
-from filewallball.entrypoints.http.middleware import Edge
 from filewallball.entrypoints.http.routes import admin, content, files, health, metrics, stats
-from filewallball.entrypoints.http.security import GateConfig, SecurityGate
 from filewallball.entrypoints.logs import configure_logging
 from filewallball.settings import Settings
 
@@ -143,12 +143,12 @@ def create_app(
     settings = root.settings()
     # Starlette wraps in reverse order: the last added runs first.
     app.add_middleware(
-        SecurityGate,
+        Admission,
         access=root.access_service,
         limiter=root.rate_limiter,
         auditor=root.auditor,
         sync=near.sync if (near := root.near_cache()) is not None else None,
-        config=GateConfig(
+        config=AdmissionRules(
             trusted_proxies=tuple(parse_network(c) for c in settings.trusted_proxies),
             rate_limit=settings.rate_limit,
             upload_rate_limit=settings.upload_rate_limit,

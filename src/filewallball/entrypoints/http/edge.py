@@ -2,7 +2,7 @@
 
 Every layer of middleware wraps `send` and costs each request a few function calls per message;
 this one does the work of four (request context, security headers, the gate's rate headers,
-prometheus-fastapi-instrumentator's middleware), with one wrapper. The gate (security.py) and
+prometheus-fastapi-instrumentator's middleware), with one wrapper. Admission (admission.py) and
 CORS sit inside it and wrap nothing.
 """
 
@@ -24,7 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from filewallball.entrypoints.http.security import DOCS_PATHS
+from filewallball.entrypoints.http.admission import DOCS_PATHS
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 

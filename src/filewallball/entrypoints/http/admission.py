@@ -1,4 +1,4 @@
-"""The gate every request passes: client address, IP rules, API key, rate limit, headers."""
+"""Admission, the gate every request passes: client address, IP rules, API key, rate limit."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ DOCS_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redire
 
 
 @dataclass(frozen=True, slots=True)
-class GateConfig:
+class AdmissionRules:
     trusted_proxies: tuple[Network, ...]
     rate_limit: str
     upload_rate_limit: str
@@ -79,7 +79,7 @@ def _rate_headers(decision: RateDecision, policy: str) -> list[tuple[bytes, byte
     ]
 
 
-class SecurityGate:
+class Admission:
     """Pure ASGI: decides who the caller is before any route runs.
 
     It wraps nothing: its RateLimit headers go to `state["response_headers"]`, which the edge
@@ -93,7 +93,7 @@ class SecurityGate:
         access: Callable[[], AccessService],
         limiter: Callable[[], RateLimiter],
         auditor: Callable[[], Auditor],
-        config: GateConfig,
+        config: AdmissionRules,
         sync: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.app = app
