@@ -13,6 +13,7 @@ from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.errors import AccessDenied, FileWallBallError, RateLimited, Unauthenticated
 from filewallball.domain.ports import RateDecision, RateLimiter
 from filewallball.domain.security import Network, Outcome, Principal, in_any, parse_address
+from filewallball.entrypoints.http.context import RequestContext, context_of
 from filewallball.entrypoints.http.errors import problem, status_for
 
 log = structlog.get_logger("filewallball.security")
@@ -24,38 +25,10 @@ DOCS_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redire
 
 @dataclass(frozen=True, slots=True)
 class AdmissionRules:
-    trusted_proxies: tuple[Network, ...]
     rate_limit: str
     upload_rate_limit: str
     public_docs: bool
     metrics_cidrs: tuple[Network, ...] = ()
-
-
-def client_address(scope: Scope, trusted: tuple[Network, ...], *, via_proxy: bool) -> str | None:
-    """The socket peer, or when it is a trusted proxy (`via_proxy`, from_trusted_proxy) the
-    right-most untrusted X-Forwarded-For hop (the left-most when all of them are trusted)."""
-    peer = scope.get("client")
-    address = peer[0] if peer else None
-    if not via_proxy:
-        return address  # an untrusted peer's X-Forwarded-For is ignored: it could say anything
-    forwarded = ",".join(Headers(scope=scope).getlist("x-forwarded-for"))
-    furthest = address
-    for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
-        parsed = parse_address(hop)
-        if parsed is None:
-            return address  # a garbled chain: trust only what we saw ourselves
-        if not in_any(parsed, trusted):
-            return str(parsed)
-        furthest = str(parsed)
-    # Every hop is a trusted proxy (Prometheus, in the proxies' network, through the pod's
-    # nginx): the client is the furthest of them, not the nearest.
-    return furthest
-
-
-def from_trusted_proxy(scope: Scope, trusted: tuple[Network, ...]) -> bool:
-    """Whether the socket peer is one of the trusted proxies."""
-    peer = scope.get("client")
-    return bool(trusted) and peer is not None and in_any(parse_address(peer[0]), trusted)
 
 
 def _is_upload(scope: Scope) -> bool:
@@ -82,8 +55,8 @@ def _rate_headers(decision: RateDecision, policy: str) -> list[tuple[bytes, byte
 class Admission:
     """Pure ASGI: decides who the caller is before any route runs.
 
-    It wraps nothing: its RateLimit headers go to `state["response_headers"]`, which the edge
-    adds to the response.
+    It wraps nothing: its RateLimit headers go to the request context, whose response headers
+    the edge adds to the response.
     """
 
     def __init__(
@@ -107,42 +80,29 @@ class Admission:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
-        trusted = self._config.trusted_proxies
-        via_proxy = from_trusted_proxy(scope, trusted)
-        client_ip = client_address(scope, trusted, via_proxy=via_proxy)
-        state["client_ip"] = client_ip
-        # Only a trusted proxy may ask for X-Accel-Redirect answers (routes/content.py).
-        state["from_trusted_proxy"] = via_proxy
+        context = context_of(scope)
+        client_ip = context.client_ip
         path: str = scope["path"]
-        extra: list[tuple[bytes, bytes]] = []
-        state["response_headers"] = extra
         scraper = path == "/metrics" and in_any(
             parse_address(client_ip or ""), self._config.metrics_cidrs
         )
         if path in OPEN_PATHS or scraper or (self._config.public_docs and path in DOCS_PATHS):
             await self.app(scope, receive, send)
             return
-        request_id = state.get("request_id")
         if self._sync is not None:
             # Before the key is looked up: cached copies changed by other replicas are dropped.
             await self._sync()
         try:
-            principal = await self._admit(scope, client_ip, request_id, extra)
+            principal = await self._admit(scope, context)
         except FileWallBallError as error:
-            await self._refuse(error, scope, receive, send, client_ip, request_id)
+            await self._refuse(error, scope, receive, send, context)
             return
-        state["principal"] = principal
+        context.principal = principal
         with structlog.contextvars.bound_contextvars(key_id=principal.key_id):
             await self.app(scope, receive, send)
 
-    async def _admit(
-        self,
-        scope: Scope,
-        client_ip: str | None,
-        request_id: str | None,
-        extra: list[tuple[bytes, bytes]],
-    ) -> Principal:
+    async def _admit(self, scope: Scope, context: RequestContext) -> Principal:
+        client_ip = context.client_ip
         access = self._access()
         await access.check_address(client_ip)
         authorization = Headers(scope=scope).get("authorization", "")
@@ -150,22 +110,21 @@ class Admission:
         presented = token.strip() if scheme.lower() == "bearer" else None
         try:
             principal = await access.authenticate(
-                presented, client_ip=client_ip, request_id=request_id
+                presented, client_ip=client_ip, request_id=context.request_id
             )
         except Unauthenticated:
             # Failed attempts count against the address, so guessing keys is rate limited too.
-            await self._limit(f"ip:{client_ip}", self._config.rate_limit, "default", extra)
+            await self._limit(f"ip:{client_ip}", self._config.rate_limit, "default", context)
             raise
         upload = _is_upload(scope)
         rule = self._config.upload_rate_limit if upload else self._config.rate_limit
-        await self._limit(f"key:{principal.key_id}", rule, "upload" if upload else "default", extra)
+        policy = "upload" if upload else "default"
+        await self._limit(f"key:{principal.key_id}", rule, policy, context)
         return principal
 
-    async def _limit(
-        self, identity: str, rule: str, policy: str, extra: list[tuple[bytes, bytes]]
-    ) -> None:
+    async def _limit(self, identity: str, rule: str, policy: str, context: RequestContext) -> None:
         decision = await self._limiter().hit(f"{policy}:{identity}", rule=rule)
-        extra[:] = _rate_headers(decision, policy)
+        context.response_headers = _rate_headers(decision, policy)
         if not decision.allowed:
             raise RateLimited(
                 f"more than {rule} requests; retry in {decision.reset_after_seconds} s",
@@ -178,9 +137,9 @@ class Admission:
         scope: Scope,
         receive: Receive,
         send: Send,
-        client_ip: str | None,
-        request_id: str | None,
+        context: RequestContext,
     ) -> None:
+        client_ip, request_id = context.client_ip, context.request_id
         status = status_for(error)
         headers: dict[str, str] = {}
         if isinstance(error, Unauthenticated):

@@ -141,6 +141,7 @@ def create_app(
     app.state.container = root
     install_error_handlers(app)
     settings = root.settings()
+    trusted_proxies = tuple(parse_network(c) for c in settings.trusted_proxies)
     # Starlette wraps in reverse order: the last added runs first.
     app.add_middleware(
         Admission,
@@ -149,7 +150,6 @@ def create_app(
         auditor=root.auditor,
         sync=near.sync if (near := root.near_cache()) is not None else None,
         config=AdmissionRules(
-            trusted_proxies=tuple(parse_network(c) for c in settings.trusted_proxies),
             rate_limit=settings.rate_limit,
             upload_rate_limit=settings.upload_rate_limit,
             public_docs=settings.public_docs,
@@ -187,7 +187,7 @@ def create_app(
         else None
     )
     # One layer around the gate: request id, access log, HTTP metrics, headers, CORS.
-    app.add_middleware(Edge, hsts=settings.hsts, cors=cors)
+    app.add_middleware(Edge, hsts=settings.hsts, trusted_proxies=trusted_proxies, cors=cors)
     for module in (files, content, admin, stats, health, metrics):
         app.include_router(module.router)
     return app

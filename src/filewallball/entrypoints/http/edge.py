@@ -24,7 +24,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from filewallball.domain.security import Network
 from filewallball.entrypoints.http.admission import DOCS_PATHS
+from filewallball.entrypoints.http.context import RequestContext, open_context
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -70,13 +72,22 @@ def http_metrics() -> tuple[Callable[[Info], None], ...]:
 
 
 class Edge:
-    """Pure ASGI (no body buffering): binds request_id, adds headers, logs, measures, and turns
-    crashes into a 500 problem. Requests with an Origin header go through CORS first."""
+    """Pure ASGI (no body buffering): opens the request's context, binds request_id, adds
+    headers, logs, measures, and turns crashes into a 500 problem. Requests with an Origin
+    header go through CORS first."""
 
-    def __init__(self, app: ASGIApp, *, hsts: bool, cors: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        hsts: bool,
+        trusted_proxies: tuple[Network, ...] = (),
+        cors: dict[str, object] | None = None,
+    ) -> None:
         self.app = app
         self._cors: ASGIApp = CORSMiddleware(app, **cors) if cors else app  # type: ignore[arg-type]
         self._hsts = hsts
+        self._trusted_proxies = trusted_proxies
         self._metrics = http_metrics()
         # Bound once: the module's lazy logger would bind (and make a logger) on every line.
         # The edge is built at the first request, after create_app configured the logging.
@@ -88,15 +99,15 @@ class Edge:
             return
         started = time.perf_counter()
         request_id, has_origin = _read_headers(scope)
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        response = {"status": 0, "bytes": 0}
+        context = open_context(scope, request_id=request_id, trusted_proxies=self._trusted_proxies)
+        status = sent = 0
         hsts = self._hsts or scope.get("scheme") == "https"
         csp = DOCS_CSP if scope["path"] in DOCS_PATHS else API_CSP
 
         async def send_edged(message: Message) -> None:
+            nonlocal status, sent
             if message["type"] == "http.response.start":
-                response["status"] = message["status"]
+                status = message["status"]
                 headers = list(message.get("headers", ()))
                 # Downloads and /view set their own (a sandboxed policy, nosniff).
                 present = {name.lower() for name, _ in headers}
@@ -105,11 +116,11 @@ class Edge:
                 headers.extend(h for h in _SECURITY_HEADERS if h[0] not in present)
                 if hsts:
                     headers.append(_HSTS)
-                headers.extend(state.get("response_headers", ()))
+                headers.extend(context.response_headers)
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             elif message["type"] == "http.response.body":
-                response["bytes"] += len(message.get("body", b""))
+                sent += len(message.get("body", b""))
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
@@ -117,17 +128,18 @@ class Edge:
                 await (self._cors if has_origin else self.app)(scope, receive, send_edged)
             except Exception:
                 log.exception("unhandled_error", path=scope.get("path"))
-                if response["status"] == 0:
+                if status == 0:
                     await _send_internal_error(send_edged, request_id)
-                    response["status"] = 500
             finally:
-                self._finish(scope, response["status"], response["bytes"], started)
+                self._finish(scope, context, status, sent, started)
 
-    def _finish(self, scope: Scope, status: int, sent: int, started: float) -> None:
+    def _finish(
+        self, scope: Scope, context: RequestContext, status: int, sent: int, started: float
+    ) -> None:
         duration = time.perf_counter() - started
         route = scope.get("route")
         template: str | None = getattr(route, "path", None)
-        client = scope.get("client")
+        principal = context.principal
         if self._log is None:
             self._log = log.bind()
         self._log.info(
@@ -137,7 +149,9 @@ class Edge:
             path=scope.get("path"),
             status=status,
             duration_ms=round(duration * 1000, 3),
-            client_ip=client[0] if client else None,
+            # Who asked: the client by the trusted-proxy rules, and the key it was admitted with.
+            client_ip=context.client_ip,
+            key_id=principal.key_id if principal else None,
             bytes_out=sent,
         )
         request = Request(scope)

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from filewallball.domain import errors
 from filewallball.domain.access import Auditor
 from filewallball.domain.security import Outcome
+from filewallball.entrypoints.http.context import context_of
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -81,9 +82,8 @@ def problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
-def request_id_of(request: Request) -> str | None:
-    value = request.scope.get("state", {}).get("request_id")
-    return value if isinstance(value, str) else None
+def request_id_of(request: Request) -> str:
+    return context_of(request.scope).request_id
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
@@ -93,7 +93,7 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     log.info("request_failed", code=exc.code, status=status, detail=exc.detail)
     if isinstance(exc, errors.AccessDenied):
         # A role refused inside a use case: the gate never saw it, so audit it here.
-        principal = request.scope.get("state", {}).get("principal")
+        principal = context_of(request.scope).principal
         auditor: Auditor = request.app.state.container.auditor()
         target = f"{request.method} {request.url.path}"[:255]
         try:

@@ -17,7 +17,8 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from filewallball.domain.errors import FileWallBallError
-from filewallball.domain.security import Permission, Principal
+from filewallball.domain.security import Permission
+from filewallball.entrypoints.http.context import context_of
 from filewallball.entrypoints.http.deps import container
 
 router = APIRouter(tags=["health"])
@@ -38,8 +39,8 @@ def _registry() -> CollectorRegistry:
 
 @router.get("/metrics", response_class=Response, include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    principal = request.scope.get("state", {}).get("principal")
-    if isinstance(principal, Principal):  # admitted by key (else by an allowed address)
+    principal = context_of(request.scope).principal
+    if principal is not None:  # admitted by key (else by an allowed address)
         principal.require(Permission.METRICS_READ)
     root = container(request)
     try:
