@@ -1,32 +1,27 @@
-"""The one ASGI layer around the routes: request id, access log, HTTP metrics, security headers.
+"""The one ASGI layer around the routes: request context, security headers, the access line.
 
 Every layer of middleware wraps `send` and costs each request a few function calls per message;
-this one does the work of four (request context, security headers, the gate's rate headers,
-prometheus-fastapi-instrumentator's middleware), with one wrapper. Admission (admission.py) and
-CORS sit inside it and wrap nothing.
+this one does the work of four (request context, security headers, admission's rate headers,
+prometheus-fastapi-instrumentator's middleware, see telemetry.py), with one wrapper. Admission
+(admission.py) and CORS sit inside it and wrap nothing.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import time
 import uuid
-from collections.abc import Callable
 from http import HTTPStatus
 
 import structlog
-from prometheus_fastapi_instrumentator import metrics as prometheus_metrics
-from prometheus_fastapi_instrumentator.metrics import Info
-from prometheus_fastapi_instrumentator.routing import get_route_name
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from filewallball.domain.security import Network
 from filewallball.entrypoints.http.admission import DOCS_PATHS
 from filewallball.entrypoints.http.context import RequestContext, open_context
+from filewallball.entrypoints.http.telemetry import RequestMetrics
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -45,30 +40,8 @@ _SECURITY_HEADERS = (
     (b"x-frame-options", b"DENY"),
 )
 _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
-# Not measured: the scrape itself.
-_UNMEASURED = frozenset({"/metrics"})
-# Up to the longest transfers the alerts watch (p95 upload/download above 30 s).
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 log = structlog.get_logger("filewallball.access")
-
-
-@functools.cache
-def http_metrics() -> tuple[Callable[[Info], None], ...]:
-    """Requests and latency by route template, made once per process (a second app reuses them).
-
-    prometheus-fastapi-instrumentator's own metrics (`http_requests_total` by handler, method
-    and status class; `http_request_duration_seconds` by handler and method), fed by the edge
-    instead of the instrumentator's middleware, which looked each route up a second time.
-    Only the two that the alerts and the dashboard read: each metric costs every request its
-    label lookups and, with several workers, a write to a shared file.
-    """
-    requests = prometheus_metrics.requests()
-    latency = prometheus_metrics.latency(
-        should_include_status=False, buckets=(*_LATENCY_BUCKETS, float("inf"))
-    )
-    assert requests is not None and latency is not None
-    return requests, latency
 
 
 class Edge:
@@ -88,7 +61,7 @@ class Edge:
         self._cors: ASGIApp = CORSMiddleware(app, **cors) if cors else app  # type: ignore[arg-type]
         self._hsts = hsts
         self._trusted_proxies = trusted_proxies
-        self._metrics = http_metrics()
+        self._metrics = RequestMetrics()
         # Bound once: the module's lazy logger would bind (and make a logger) on every line.
         # The edge is built at the first request, after create_app configured the logging.
         self._log: structlog.typing.FilteringBoundLogger | None = None
@@ -154,22 +127,7 @@ class Edge:
             key_id=principal.key_id if principal else None,
             bytes_out=sent,
         )
-        request = Request(scope)
-        if template is None:
-            # Refused before routing (401, 429...) or no route: look the template up.
-            template = get_route_name(request, False)
-        if template in _UNMEASURED:
-            return
-        info = Info(
-            request=request,
-            response=None,
-            method=scope["method"],
-            modified_handler=template or "none",
-            modified_status=f"{str(status or 500)[0]}xx",
-            modified_duration=duration,
-        )
-        for metric in self._metrics:
-            metric(info)
+        self._metrics.observe(scope, template, status, duration)
 
 
 def _read_headers(scope: Scope) -> tuple[str, bool]:

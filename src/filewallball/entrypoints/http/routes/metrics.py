@@ -11,7 +11,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
-    Counter,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -22,10 +21,6 @@ from filewallball.entrypoints.http.context import context_of
 from filewallball.entrypoints.http.deps import container
 
 router = APIRouter(tags=["health"])
-
-# Bytes moved over HTTP: counted where they move.
-UPLOADED_BYTES = Counter("filewallball_uploaded_bytes_total", "Bytes of files accepted")
-DOWNLOADED_BYTES = Counter("filewallball_downloaded_bytes_total", "Bytes of files sent")
 
 
 def _registry() -> CollectorRegistry:
