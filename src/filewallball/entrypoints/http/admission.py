@@ -1,8 +1,12 @@
-"""Admission, the gate every request passes: client address, IP rules, API key, rate limit."""
+"""Admission, the gate every request passes before any route: IP rules, API key, rate limit.
+
+The client address it judges is the request context's (context.py, by the trusted-proxy
+rules); the paths open without a key are routes/paths.py's.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -12,30 +16,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.errors import AccessDenied, FileWallBallError, RateLimited, Unauthenticated
 from filewallball.domain.ports import RateDecision, RateLimiter
-from filewallball.domain.security import Network, Outcome, Principal, in_any, parse_address
+from filewallball.domain.security import Network, Outcome, Principal
 from filewallball.entrypoints.http.context import RequestContext, context_of
 from filewallball.entrypoints.http.errors import problem, status_for
+from filewallball.entrypoints.http.routes.paths import is_upload, open_without_key
 
 log = structlog.get_logger("filewallball.security")
-
-# Kubernetes probes come from the node, without a key.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-DOCS_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 
 
 @dataclass(frozen=True, slots=True)
 class AdmissionRules:
+    """The settings admission applies (FWB_RATE_LIMIT, FWB_PUBLIC_DOCS, ...), parsed once."""
+
     rate_limit: str
     upload_rate_limit: str
     public_docs: bool
     metrics_cidrs: tuple[Network, ...] = ()
-
-
-def _is_upload(scope: Scope) -> bool:
-    path: str = scope["path"]
-    return (scope["method"] == "POST" and path == "/upload") or (
-        scope["method"] == "PUT" and path.startswith("/upload/")
-    )
 
 
 def _rate_headers(decision: RateDecision, policy: str) -> list[tuple[bytes, bytes]]:
@@ -67,10 +63,8 @@ class Admission:
         limiter: Callable[[], RateLimiter],
         auditor: Callable[[], Auditor],
         config: AdmissionRules,
-        sync: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.app = app
-        self._sync = sync
         self._access = access
         self._limiter = limiter
         self._auditor = auditor
@@ -81,17 +75,15 @@ class Admission:
             await self.app(scope, receive, send)
             return
         context = context_of(scope)
-        client_ip = context.client_ip
-        path: str = scope["path"]
-        scraper = path == "/metrics" and in_any(
-            parse_address(client_ip or ""), self._config.metrics_cidrs
-        )
-        if path in OPEN_PATHS or scraper or (self._config.public_docs and path in DOCS_PATHS):
+        config = self._config
+        if open_without_key(
+            scope["path"],
+            context.client_ip,
+            public_docs=config.public_docs,
+            metrics_cidrs=config.metrics_cidrs,
+        ):
             await self.app(scope, receive, send)
             return
-        if self._sync is not None:
-            # Before the key is looked up: cached copies changed by other replicas are dropped.
-            await self._sync()
         try:
             principal = await self._admit(scope, context)
         except FileWallBallError as error:
@@ -116,7 +108,7 @@ class Admission:
             # Failed attempts count against the address, so guessing keys is rate limited too.
             await self._limit(f"ip:{client_ip}", self._config.rate_limit, "default", context)
             raise
-        upload = _is_upload(scope)
+        upload = is_upload(scope)
         rule = self._config.upload_rate_limit if upload else self._config.rate_limit
         policy = "upload" if upload else "default"
         await self._limit(f"key:{principal.key_id}", rule, policy, context)

@@ -148,7 +148,6 @@ def create_app(
         access=root.access_service,
         limiter=root.rate_limiter,
         auditor=root.auditor,
-        sync=near.sync if (near := root.near_cache()) is not None else None,
         config=AdmissionRules(
             rate_limit=settings.rate_limit,
             upload_rate_limit=settings.upload_rate_limit,

@@ -19,8 +19,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from filewallball.domain.security import Network
-from filewallball.entrypoints.http.admission import DOCS_PATHS
 from filewallball.entrypoints.http.context import RequestContext, open_context
+from filewallball.entrypoints.http.routes.paths import DOCS_PATHS
 from filewallball.entrypoints.http.telemetry import RequestMetrics
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
