@@ -14,11 +14,11 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from filewallball.domain.access import AccessService, Auditor
-from filewallball.domain.errors import AccessDenied, FileWallBallError, RateLimited, Unauthenticated
+from filewallball.domain.errors import FileWallBallError, RateLimited, Unauthenticated
 from filewallball.domain.ports import RateDecision, RateLimiter
-from filewallball.domain.security import Network, Outcome, Principal
+from filewallball.domain.security import Network, Principal
 from filewallball.entrypoints.http.context import RequestContext, context_of
-from filewallball.entrypoints.http.errors import problem, status_for
+from filewallball.entrypoints.http.errors import problem_for
 from filewallball.entrypoints.http.routes.paths import is_upload, open_without_key
 
 log = structlog.get_logger("filewallball.security")
@@ -87,7 +87,8 @@ class Admission:
         try:
             principal = await self._admit(scope, context)
         except FileWallBallError as error:
-            await self._refuse(error, scope, receive, send, context)
+            refusal = await problem_for(error, scope, self._auditor)
+            await refusal(scope, receive, send)
             return
         context.principal = principal
         with structlog.contextvars.bound_contextvars(key_id=principal.key_id):
@@ -122,41 +123,3 @@ class Admission:
                 f"more than {rule} requests; retry in {decision.reset_after_seconds} s",
                 retry_after_seconds=decision.reset_after_seconds,
             )
-
-    async def _refuse(
-        self,
-        error: FileWallBallError,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        context: RequestContext,
-    ) -> None:
-        client_ip, request_id = context.client_ip, context.request_id
-        status = status_for(error)
-        headers: dict[str, str] = {}
-        if isinstance(error, Unauthenticated):
-            headers["WWW-Authenticate"] = 'Bearer realm="filewallball"'
-        elif isinstance(error, RateLimited):
-            headers["Retry-After"] = str(error.retry_after_seconds)
-        elif status == 503:
-            headers["Retry-After"] = "5"
-        if isinstance(error, Unauthenticated | AccessDenied | RateLimited):
-            await self._audit_denial(error, scope, client_ip, request_id)
-        response = problem(status, error.code, error.detail, request_id=request_id, headers=headers)
-        await response(scope, receive, send)
-
-    async def _audit_denial(
-        self, error: FileWallBallError, scope: Scope, client_ip: str | None, request_id: str | None
-    ) -> None:
-        try:
-            await self._auditor().record(
-                None,
-                "request.denied",
-                Outcome.DENIED,
-                target=f"{scope['method']} {scope['path']}"[:255],
-                detail=error.code,
-                client_ip=client_ip,
-                request_id=request_id,
-            )
-        except FileWallBallError as audit_error:
-            log.warning("audit_unavailable", reason=audit_error.detail)

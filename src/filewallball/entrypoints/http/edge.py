@@ -8,18 +8,18 @@ prometheus-fastapi-instrumentator's middleware, see telemetry.py), with one wrap
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
-from http import HTTPStatus
 
 import structlog
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from filewallball.domain.security import Network
 from filewallball.entrypoints.http.context import RequestContext, open_context
+from filewallball.entrypoints.http.errors import internal_error
 from filewallball.entrypoints.http.routes.paths import DOCS_PATHS
 from filewallball.entrypoints.http.telemetry import RequestMetrics
 
@@ -99,10 +99,13 @@ class Edge:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await (self._cors if has_origin else self.app)(scope, receive, send_edged)
-            except Exception:
+            except Exception as error:
                 log.exception("unhandled_error", path=scope.get("path"))
+                # Once the response has started, a second start would break the protocol: the
+                # client sees the answer cut short, and the log line says why.
                 if status == 0:
-                    await _send_internal_error(send_edged, request_id)
+                    crash = await internal_error(Request(scope), error)
+                    await crash(scope, receive, send_edged)
             finally:
                 self._finish(scope, context, status, sent, started)
 
@@ -141,27 +144,3 @@ def _read_headers(scope: Scope) -> tuple[str, bool]:
         elif name == b"origin":
             origin = True
     return request_id or uuid.uuid4().hex, origin
-
-
-async def _send_internal_error(send: Send, request_id: str) -> None:
-    body = json.dumps(
-        {
-            "type": "about:blank",
-            "title": HTTPStatus.INTERNAL_SERVER_ERROR.phrase,
-            "status": 500,
-            "detail": "an internal error occurred; the request_id identifies it in the logs",
-            "code": "internal_error",
-            "request_id": request_id,
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
