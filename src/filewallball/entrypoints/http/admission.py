@@ -21,8 +21,6 @@ from filewallball.entrypoints.http.context import RequestContext, context_of
 from filewallball.entrypoints.http.errors import problem_for
 from filewallball.entrypoints.http.routes.paths import is_upload, open_without_key
 
-log = structlog.get_logger("filewallball.security")
-
 
 @dataclass(frozen=True, slots=True)
 class AdmissionRules:
