@@ -21,10 +21,10 @@ from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.jobs import TaskQueue
 from filewallball.domain.maintenance import MAINTENANCE_JOB, SCRUB_JOB
 from filewallball.domain.security import parse_network
+from filewallball.entrypoints.http.admission import Admission, AdmissionRules
+from filewallball.entrypoints.http.edge import Edge
 from filewallball.entrypoints.http.errors import install_error_handlers
-from filewallball.entrypoints.http.middleware import Edge
 from filewallball.entrypoints.http.routes import admin, content, files, health, metrics, stats
-from filewallball.entrypoints.http.security import GateConfig, SecurityGate
 from filewallball.entrypoints.logs import configure_logging
 from filewallball.settings import Settings
 
@@ -141,15 +141,14 @@ def create_app(
     app.state.container = root
     install_error_handlers(app)
     settings = root.settings()
+    trusted_proxies = tuple(parse_network(c) for c in settings.trusted_proxies)
     # Starlette wraps in reverse order: the last added runs first.
     app.add_middleware(
-        SecurityGate,
+        Admission,
         access=root.access_service,
         limiter=root.rate_limiter,
         auditor=root.auditor,
-        sync=near.sync if (near := root.near_cache()) is not None else None,
-        config=GateConfig(
-            trusted_proxies=tuple(parse_network(c) for c in settings.trusted_proxies),
+        config=AdmissionRules(
             rate_limit=settings.rate_limit,
             upload_rate_limit=settings.upload_rate_limit,
             public_docs=settings.public_docs,
@@ -187,7 +186,7 @@ def create_app(
         else None
     )
     # One layer around the gate: request id, access log, HTTP metrics, headers, CORS.
-    app.add_middleware(Edge, hsts=settings.hsts, cors=cors)
+    app.add_middleware(Edge, hsts=settings.hsts, trusted_proxies=trusted_proxies, cors=cors)
     for module in (files, content, admin, stats, health, metrics):
         app.include_router(module.router)
     return app

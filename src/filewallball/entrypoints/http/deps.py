@@ -17,6 +17,7 @@ from filewallball.domain.errors import Unauthenticated
 from filewallball.domain.security import Principal
 from filewallball.domain.services import FileService
 from filewallball.domain.thumbnails import ThumbnailService
+from filewallball.entrypoints.http.context import context_of
 
 
 def container(request: Request) -> Container:
@@ -51,8 +52,8 @@ def _request_base_url(
 
 
 def _principal(request: Request) -> Principal:
-    value = request.scope.get("state", {}).get("principal")
-    if not isinstance(value, Principal):
+    value = context_of(request.scope).principal
+    if value is None:
         raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
     return value
 
@@ -63,7 +64,7 @@ async def base_url(request: Request) -> str:
 
 
 async def principal(request: Request) -> Principal:
-    """The caller the security gate admitted (every route but the probes has one)."""
+    """The caller admission admitted (every route but the probes has one)."""
     return _principal(request)
 
 

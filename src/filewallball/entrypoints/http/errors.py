@@ -1,7 +1,13 @@
-"""The one place that maps errors to HTTP: RFC 9457 problem details with `code` and `request_id`."""
+"""The one place that maps errors to HTTP: RFC 9457 problem details with `code` and `request_id`.
+
+Every problem+json body is rendered here: domain errors (raised in a route or met by
+admission), the HTTP layer's own (HttpProblem), invalid parameters, Starlette's 404 and 405,
+the 500 of a crash and /readyz's 503. Every refusal (401, 403, 429) is audited here, once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -10,10 +16,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from filewallball.domain import errors
 from filewallball.domain.access import Auditor
 from filewallball.domain.security import Outcome
+from filewallball.entrypoints.http.context import context_of
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -36,6 +44,10 @@ _STATUS: dict[type[errors.FileWallBallError], int] = {
     errors.DependencyUnavailable: 503,
     errors.StorageFull: 507,
 }
+# Refusals of the caller: each is an audit entry (DESIGN.md §4, every denied request).
+_DENIALS = frozenset({401, 403, 429})
+_WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="filewallball"'}
+_RETRY_SOON = {"Retry-After": "5"}
 
 log = structlog.get_logger("filewallball.http")
 
@@ -81,34 +93,81 @@ def problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
-def request_id_of(request: Request) -> str | None:
-    value = request.scope.get("state", {}).get("request_id")
-    return value if isinstance(value, str) else None
+def _request_id(scope: Scope) -> str | None:
+    try:
+        return context_of(scope).request_id
+    except KeyError:  # a crash in the edge itself, before it opened the context
+        return None
+
+
+async def problem_for(
+    error: errors.FileWallBallError, scope: Scope, auditor: Callable[[], Auditor]
+) -> JSONResponse:
+    """The answer to a domain error, from a route or from admission; a refusal audited first."""
+    status = status_for(error)
+    context = context_of(scope)
+    if status in _DENIALS:
+        await _audit_denial(auditor(), error, scope)
+    if isinstance(error, errors.Unauthenticated):
+        headers: dict[str, str] | None = _WWW_AUTHENTICATE
+    elif isinstance(error, errors.RateLimited):
+        headers = {"Retry-After": str(error.retry_after_seconds)}
+    else:
+        headers = _RETRY_SOON if status == 503 else None
+    return problem(status, error.code, error.detail, request_id=context.request_id, headers=headers)
+
+
+async def _audit_denial(auditor: Auditor, error: errors.FileWallBallError, scope: Scope) -> None:
+    """The audit entry of a refused request: by admission (no principal yet) or by a use case."""
+    context = context_of(scope)
+    try:
+        await auditor.record(
+            context.principal,
+            "request.denied",
+            Outcome.DENIED,
+            target=f"{scope['method']} {scope['path']}"[:255],
+            detail=error.code,
+            client_ip=context.client_ip,
+            request_id=context.request_id,
+        )
+    except errors.FileWallBallError as audit_error:
+        # The refusal stands: an audit outage must not turn it into a 500.
+        log.warning("audit_unavailable", reason=audit_error.detail)
+
+
+def not_ready(readiness: dict[str, Any], *, request_id: str | None) -> JSONResponse:
+    """/readyz's 503: the readiness report (its `status` and `checks`) as a problem."""
+    body = readiness | {
+        "type": "about:blank",
+        "title": HTTPStatus.SERVICE_UNAVAILABLE.phrase,
+        "detail": "a required dependency is failing",
+        "code": "not_ready",
+        "request_id": request_id,
+    }
+    return JSONResponse(body, status_code=503, media_type=PROBLEM_JSON)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """The 500 of a crash: the edge answers it for crashes below the edge (with the headers
+    every answer gets), Starlette's server-error middleware for a crash in the edge itself."""
+    return problem(
+        500,
+        "internal_error",
+        "an internal error occurred; the request_id identifies it in the logs",
+        request_id=_request_id(request.scope),
+    )
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.FileWallBallError)
-    status = status_for(exc)
-    headers = {"Retry-After": "5"} if status == 503 else None
-    log.info("request_failed", code=exc.code, status=status, detail=exc.detail)
-    if isinstance(exc, errors.AccessDenied):
-        # A role refused inside a use case: the gate never saw it, so audit it here.
-        principal = request.scope.get("state", {}).get("principal")
-        auditor: Auditor = request.app.state.container.auditor()
-        target = f"{request.method} {request.url.path}"[:255]
-        try:
-            await auditor.record(
-                principal, "request.denied", Outcome.DENIED, target=target, detail=exc.code
-            )
-        except errors.FileWallBallError as audit_error:
-            log.warning("audit_unavailable", reason=audit_error.detail)
-    return problem(status, exc.code, exc.detail, request_id=request_id_of(request), headers=headers)
+    log.info("request_failed", code=exc.code, status=status_for(exc), detail=exc.detail)
+    return await problem_for(exc, request.scope, request.app.state.container.auditor)
 
 
 async def _http_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HttpProblem)
     return problem(
-        exc.status, exc.code, exc.detail, request_id=request_id_of(request), headers=exc.headers
+        exc.status, exc.code, exc.detail, request_id=_request_id(request.scope), headers=exc.headers
     )
 
 
@@ -120,7 +179,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         400,
         "invalid_request",
         f"invalid request parameters: {fields}",
-        request_id=request_id_of(request),
+        request_id=_request_id(request.scope),
         errors=invalid,
     )
 
@@ -135,12 +194,14 @@ async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
         exc.status_code,
         code.replace(" ", "_"),
         str(exc.detail),
-        request_id=request_id_of(request),
+        request_id=_request_id(request.scope),
         headers=dict(exc.headers or {}),
     )
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    # 500: Starlette's server-error middleware takes it (the handler of last resort).
+    app.add_exception_handler(500, internal_error)
     app.add_exception_handler(errors.FileWallBallError, _domain_error)
     app.add_exception_handler(HttpProblem, _http_problem)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from filewallball.domain.models import ByteRange
 from filewallball.domain.ports import BlobReader
-from filewallball.entrypoints.http.routes.metrics import DOWNLOADED_BYTES
+from filewallball.entrypoints.http.telemetry import DOWNLOADED_BYTES
 
 
 @dataclass(frozen=True, slots=True)

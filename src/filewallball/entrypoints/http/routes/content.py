@@ -18,6 +18,7 @@ from filewallball.entrypoints.http.conditional import (
     if_range_allows,
     parse_ranges,
 )
+from filewallball.entrypoints.http.context import context_of
 from filewallball.entrypoints.http.deps import Caller, FileRequest, Files, Thumbnails
 from filewallball.entrypoints.http.errors import PROBLEM_JSON, HttpProblem
 from filewallball.entrypoints.http.responses import BlobResponse, Segment, byteranges
@@ -143,7 +144,7 @@ def accel_redirect(request: Request, path: str | None) -> str | None:
     `X-Accel-Mapping: <blob folder>=<internal location>` (docs/deployment.md); the answer then
     carries `X-Accel-Redirect` and no body, and nginx sends the file with sendfile.
     """
-    if path is None or not request.scope.get("state", {}).get("from_trusted_proxy"):
+    if path is None or not context_of(request.scope).from_trusted_proxy:
         return None
     if request.headers.get("x-sendfile-type", "").lower() != "x-accel-redirect":
         return None

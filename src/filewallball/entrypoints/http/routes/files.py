@@ -18,8 +18,8 @@ from filewallball.domain.models import (
 )
 from filewallball.entrypoints.http.deps import FileRequest
 from filewallball.entrypoints.http.errors import PROBLEM_JSON
-from filewallball.entrypoints.http.routes.metrics import UPLOADED_BYTES
 from filewallball.entrypoints.http.schemas import FileList, FileOut, Problem
+from filewallball.entrypoints.http.telemetry import UPLOADED_BYTES
 from filewallball.entrypoints.http.uploads import MultipartUpload, raw_upload
 
 router = APIRouter(tags=["files"])

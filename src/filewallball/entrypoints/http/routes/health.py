@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from filewallball.domain.errors import DependencyUnavailable, FileWallBallError
+from filewallball.entrypoints.http.context import context_of
 from filewallball.entrypoints.http.deps import container
-from filewallball.entrypoints.http.errors import PROBLEM_JSON, request_id_of
+from filewallball.entrypoints.http.errors import not_ready
 from filewallball.entrypoints.http.schemas import Check, Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -69,12 +70,5 @@ async def readyz(request: Request) -> JSONResponse:
     status = "unavailable" if failing_required else "degraded" if degraded else "ok"
     body = Readiness(status=status, checks=checks).model_dump(mode="json")
     if failing_required:
-        body |= {
-            "type": "about:blank",
-            "title": "Service Unavailable",
-            "detail": "a required dependency is failing",
-            "code": "not_ready",
-            "request_id": request_id_of(request),
-        }
-        return JSONResponse(body, status_code=503, media_type=PROBLEM_JSON)
+        return not_ready(body, request_id=context_of(request.scope).request_id)
     return JSONResponse(body)

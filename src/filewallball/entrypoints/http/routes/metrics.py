@@ -11,20 +11,16 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
-    Counter,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from filewallball.domain.errors import FileWallBallError
-from filewallball.domain.security import Permission, Principal
+from filewallball.domain.security import Permission
+from filewallball.entrypoints.http.context import context_of
 from filewallball.entrypoints.http.deps import container
 
 router = APIRouter(tags=["health"])
-
-# Bytes moved over HTTP: counted where they move.
-UPLOADED_BYTES = Counter("filewallball_uploaded_bytes_total", "Bytes of files accepted")
-DOWNLOADED_BYTES = Counter("filewallball_downloaded_bytes_total", "Bytes of files sent")
 
 
 def _registry() -> CollectorRegistry:
@@ -38,8 +34,8 @@ def _registry() -> CollectorRegistry:
 
 @router.get("/metrics", response_class=Response, include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    principal = request.scope.get("state", {}).get("principal")
-    if isinstance(principal, Principal):  # admitted by key (else by an allowed address)
+    principal = context_of(request.scope).principal
+    if principal is not None:  # admitted by key (else by an allowed address)
         principal.require(Permission.METRICS_READ)
     root = container(request)
     try:

@@ -1,0 +1,34 @@
+"""The path rules beside the routers: what admission lets in without a key, what is an upload.
+
+Admission (admission.py) applies them before any route runs; the edge gives the docs paths
+their own Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+from starlette.types import Scope
+
+from filewallball.domain.security import Network, in_any, parse_address
+
+# Kubernetes probes come from the node, without a key.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# FastAPI's interactive docs and the description they load: open with FWB_PUBLIC_DOCS.
+DOCS_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+METRICS_PATH = "/metrics"
+
+
+def open_without_key(
+    path: str, client_ip: str | None, *, public_docs: bool, metrics_cidrs: tuple[Network, ...]
+) -> bool:
+    """The probes, the docs when public, and /metrics for a scraper from an allowed network."""
+    if path == METRICS_PATH:
+        return in_any(parse_address(client_ip or ""), metrics_cidrs)
+    return path in OPEN_PATHS or (public_docs and path in DOCS_PATHS)
+
+
+def is_upload(scope: Scope) -> bool:
+    """POST /upload and PUT /upload/{filename}: they have a rate limit of their own."""
+    path: str = scope["path"]
+    return (scope["method"] == "POST" and path == "/upload") or (
+        scope["method"] == "PUT" and path.startswith("/upload/")
+    )
