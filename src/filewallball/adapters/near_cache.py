@@ -1,19 +1,31 @@
-"""Per-process copies of Redis cache entries, kept exact by a shared invalidation log.
+"""The shared epoch of the Redis caches, and per-process copies of their entries.
 
-A lookup served from process memory costs no round trip, yet a revoked key or a deleted file
-must be refused at once by every replica. So every write that changes a cached entry (a
-tombstone, a delete) also bumps a sequence number in Redis and pushes the entry's name onto a
-capped log, in the same script as the write. A request first *syncs*: one round trip reads the
-sequence and the names written since this process last looked, and drops those copies. Any
-write that finished before the request arrived is therefore seen by it, on every replica.
+Exactness rests on two rules, each with one mechanism:
 
-Syncs are grouped: a request arriving while a sync is in flight waits for the next one, which
-starts when the current one ends, so one round trip serves every request that came meanwhile,
-and each of them is still synced by a round trip that began after it arrived.
+1. **The epoch lease.** Every Redis entry lives under an epoch, a random id kept in Redis with a
+   short lease (`LEASE_SECONDS`) that every successful round trip renews. A Redis restart loses
+   the epoch, an outage lets its lease lapse: either way the next round trip starts a new epoch,
+   and nothing cached before it can be read again. A writer that cannot deliver an invalidation
+   (Redis unreachable) therefore waits, retrying, until either the invalidation lands or the lease
+   has surely lapsed (RedisCache.invalidate): when it answers, no copy it might have missed is
+   readable anywhere. A fill carries the epoch of the lookup that preceded its database read and
+   is refused under any other, so a read that began before a lapse cannot refill an old value.
+2. **The invalidation log.** Copies kept in process memory cost no round trip, yet must be
+   dropped at once when another process invalidates them. Every invalidation bumps a sequence
+   number and logs the entry's name, in the same script as the write. The first read of an HTTP
+   request (request_scope: the edge marks where each begins) *syncs*: one round trip reads the
+   epoch, the sequence and the names logged since this process last looked, and drops those
+   copies. Any invalidation that finished before the request's first read is therefore seen by
+   it. Code outside a request (a job, the CLI) reads Redis itself.
 
-Copies are used only by the request that synced, for `_SYNC_VALID_SECONDS`; everything else
-(a worker, the CLI, a request while Redis is down) reads Redis as before. After a Redis restart
-or when this process fell more than `_LOG_LENGTH` writes behind, every copy is dropped.
+Syncs are grouped: a read arriving while a sync is in flight waits for the next one, which starts
+when the current one ends, so one round trip serves every request that came meanwhile, each still
+synced by a round trip that began after it asked. A request uses copies for at most
+`_SYNC_VALID_SECONDS` after its sync, then syncs again. A failed sync drops every copy; a new
+epoch, or a process more than `_LOG_LENGTH` invalidations behind, drops them all too.
+
+The scripts build entry names from the epoch inside Redis: a single Redis (or a primary with
+replicas), not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -22,85 +34,111 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 import redis.asyncio
 import structlog
 from redis.exceptions import RedisError
 
-from filewallball.adapters.memory import live_entry
 from filewallball.adapters.metrics import NEAR_SYNCS
+from filewallball.request_scope import RequestToken, current_request
 
-_FAILURES = (RedisError, OSError)
+# OSError covers the builtin ConnectionError and TimeoutError a socket may raise directly.
+REDIS_FAILURES = (RedisError, OSError)
+# How long the epoch outlives the last round trip that renewed it. A writer that cannot reach
+# Redis waits this long (plus a margin) before it answers.
+LEASE_SECONDS = 2.0
 _log = structlog.get_logger()
 
 # Names kept in the log: a process further behind drops all its copies.
 _LOG_LENGTH = 1024
-# A request uses copies for this long after its sync (a handler reads the cache at its start).
+# A task uses copies for this long after its sync (a handler reads the cache at its start).
 _SYNC_VALID_SECONDS = 2.0
 _REDIS_TIMEOUT_SECONDS = 0.5
-# Local hits reach the shared counts (GET /stats/cache) within this delay.
-_HITS_FLUSH_SECONDS = 0.1
 
-# KEYS: sequence, log, log id, then the stats hashes; ARGV: known id, known sequence, log
-# length, a new log id (used if there is none, e.g. after a Redis restart), then the local hits
-# per stats hash. Returns {id, sequence, names or false}; false means "too far behind, or
-# another log: drop everything".
+# KEYS: epoch, sequence, log; ARGV: known epoch, known sequence, log length, a new epoch (used
+# when there is none), lease in ms. Returns {epoch, sequence, names or false}; false means
+# "another epoch, or too far behind: drop everything".
 _SYNC = """
-for i = 4, #KEYS do
-  local hits = tonumber(ARGV[i + 1])
-  if hits > 0 then redis.call('HINCRBY', KEYS[i], 'hits', hits) end
-end
-redis.call('SET', KEYS[3], ARGV[4], 'NX')
-local id = redis.call('GET', KEYS[3])
-local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
-local known = tonumber(ARGV[2])
-if id ~= ARGV[1] or seq < known or seq - known > tonumber(ARGV[3]) then
-  return {id, seq, false}
-end
-if seq == known then return {id, seq, {}} end
-return {id, seq, redis.call('LRANGE', KEYS[2], 0, seq - known - 1)}
-"""
-
-# KEYS: the entry, sequence, log, log id; ARGV: new log id (if none), log length, mode
-# ('set' or 'del'), value, ttl in seconds. The write and its log record are one step.
-_WRITE = """
-if ARGV[3] == 'set' then
-  redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[5])
+local epoch = redis.call('GET', KEYS[1])
+if epoch then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
 else
-  redis.call('DEL', KEYS[1])
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[5])
 end
-redis.call('SET', KEYS[4], ARGV[1], 'NX')
-redis.call('INCR', KEYS[2])
-redis.call('LPUSH', KEYS[3], KEYS[1])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[2]) - 1)
-return 1
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local known = tonumber(ARGV[2])
+if epoch ~= ARGV[1] or seq < known or seq - known > tonumber(ARGV[3]) then
+  return {epoch, seq, false}
+end
+if seq == known then return {epoch, seq, {}} end
+return {epoch, seq, redis.call('LRANGE', KEYS[3], 0, seq - known - 1)}
 """
 
-# When the current request synced (monotonic seconds), or None.
-_synced_at: ContextVar[float | None] = ContextVar("fwb_near_cache_synced_at", default=None)
+# The request the current context synced for, by which near cache, and when (monotonic seconds).
+_synced: ContextVar[tuple[RequestToken, NearCache, float] | None] = ContextVar(
+    "fwb_near_cache_synced", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """The Redis names every process using `prefix` agrees on."""
+
+    prefix: str
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}cache:epoch"
+
+    @property
+    def sequence(self) -> str:
+        return f"{self.prefix}cache:seq"
+
+    @property
+    def log(self) -> str:
+        return f"{self.prefix}cache:log"
+
+    @property
+    def entries(self) -> str:
+        """What entry names start with; the epoch and the entry's own name follow."""
+        return f"{self.prefix}cache:e:"
+
+    def entry(self, epoch: str, suffix: str) -> str:
+        return f"{self.entries}{epoch}:{suffix}"
+
+
+def live_entry(entries: MutableMapping[str, tuple[float, bytes]], key: str) -> bytes | None:
+    """The value of `key` in `entries` (expiry in monotonic seconds, value), dropped if expired."""
+    entry = entries.get(key)
+    if entry is None:
+        return None
+    expires, value = entry
+    if expires <= time.monotonic():
+        del entries[key]
+        return None
+    return value
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
 
 
 class NearCache:
-    """Copies of Redis entries in this process, by their full Redis key, plus the shared log."""
+    """Copies of Redis entries in this process, by their full Redis name, plus the shared log."""
 
     def __init__(
         self, client: redis.asyncio.Redis, *, prefix: str, max_entries: int = 10_000
     ) -> None:
-        self._client = client
-        self._sequence_key = f"{prefix}near:seq"
-        self._log_key = f"{prefix}near:log"
-        self._id_key = f"{prefix}near:id"
+        self.keyspace = Keyspace(prefix)
         self._sync_script = client.register_script(_SYNC)
-        self._write_script = client.register_script(_WRITE)
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._max_entries = max_entries
-        self._known_id = ""
+        self._known_epoch = ""
         self._known_seq = 0
-        # Hits served here, per stats hash, not yet added to the shared counts.
-        self._hits: dict[str, int] = {}
-        self._flush_scheduled = False
         self._next: asyncio.Future[bool] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._degraded = False
@@ -109,7 +147,44 @@ class NearCache:
         self.syncs = 0
         self.failures = 0
 
-    # -- requests -------------------------------------------------------------------------
+    async def epoch(self) -> str | None:
+        """The epoch the current request may use copies of, syncing on its first read; None
+        outside a request, or when the sync failed (the caller then reads Redis)."""
+        request = current_request()
+        if request is None:
+            return None
+        mark = _synced.get()
+        fresh = (
+            mark is not None
+            and mark[0] is request
+            and mark[1] is self
+            and time.monotonic() - mark[2] < _SYNC_VALID_SECONDS
+        )
+        if not fresh and not await self.sync():
+            return None
+        return self._known_epoch or None
+
+    def copy(self, name: str) -> bytes | None:
+        """The copy of the entry `name`; only for a task that `epoch()` answered."""
+        return live_entry(self._entries, name)
+
+    def keep(self, epoch: str, seq: int, name: str, value: bytes, *, expires: float) -> None:
+        """Remember what Redis said `name` holds, until `expires` (monotonic).
+
+        Only an answer as new as this process's copies: in the epoch it knows, at a sequence
+        number no older than the last it synced to (a sync may since have applied, and so
+        missed, an invalidation of `name` that came after the lookup).
+        """
+        if epoch != self._known_epoch or seq < self._known_seq:
+            return
+        self._entries[name] = (expires, value)
+        self._entries.move_to_end(name)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def drop(self, name: str) -> None:
+        """Forget the copy of `name` (this process just invalidated it)."""
+        self._entries.pop(name, None)
 
     async def sync(self) -> bool:
         """Bring this process's copies up to date for the current request; whether it could."""
@@ -119,53 +194,9 @@ class NearCache:
             if self._runner is None:
                 self._runner = asyncio.create_task(self._run())
         ok = await asyncio.shield(batch)
-        _synced_at.set(time.monotonic() if ok else None)
+        request = current_request()
+        _synced.set((request, self, time.monotonic()) if ok and request is not None else None)
         return ok
-
-    def active(self) -> bool:
-        """Whether the current request may use copies (it synced, moments ago)."""
-        synced = _synced_at.get()
-        return synced is not None and time.monotonic() - synced < _SYNC_VALID_SECONDS
-
-    def get(self, key: str, *, stats_key: str) -> bytes | None:
-        """The copy of `key`, when the current request may use one; counts it as a hit."""
-        if not self.active() or (value := live_entry(self._entries, key)) is None:
-            return None
-        self._hits[stats_key] = self._hits.get(stats_key, 0) + 1
-        if not self._flush_scheduled:
-            # Counted into the shared hash by the next sync, or within this delay if none comes.
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_later(_HITS_FLUSH_SECONDS, self._flush_hits)
-        return value
-
-    def _flush_hits(self) -> None:
-        self._flush_scheduled = False
-        if self._hits and self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-            if self._runner is None:
-                self._runner = asyncio.create_task(self._run())
-
-    def keep(self, key: str, value: bytes, *, expires: float) -> None:
-        """Remember what Redis said `key` holds, until `expires` (monotonic), if in a synced request."""
-        if not self.active():
-            return
-        self._entries[key] = (expires, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
-
-    # -- writes ---------------------------------------------------------------------------
-
-    async def write(self, key: str, value: bytes | None, *, ttl_seconds: int = 0) -> None:
-        """SET (or DEL when `value` is None) `key` and log it, in one step; raises on failure."""
-        self._entries.pop(key, None)
-        args: list[str | bytes | int] = [secrets.token_hex(8), _LOG_LENGTH]
-        args += ["set", value, ttl_seconds] if value is not None else ["del"]
-        await self._write_script(
-            keys=[key, self._sequence_key, self._log_key, self._id_key], args=args
-        )
-
-    # -- the sync -------------------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
@@ -184,25 +215,24 @@ class NearCache:
 
     async def _sync_once(self) -> bool:
         self.syncs += 1
-        hits = self._hits
-        self._hits = {}
+        keys = self.keyspace
         try:
             async with asyncio.timeout(_REDIS_TIMEOUT_SECONDS):
-                log_id, seq, names = await self._sync_script(
-                    keys=[self._sequence_key, self._log_key, self._id_key, *hits],
+                epoch, seq, names = await self._sync_script(
+                    keys=[keys.epoch, keys.sequence, keys.log],
                     args=[
-                        self._known_id,
+                        self._known_epoch,
                         self._known_seq,
                         _LOG_LENGTH,
-                        secrets.token_hex(8),
-                        *hits.values(),
+                        new_epoch(),
+                        int(LEASE_SECONDS * 1000),
                     ],
                 )
         except BaseException as error:
             # Copies are not trusted again until a sync succeeds, and then only what it allows.
             self._entries.clear()
-            self._known_id = ""
-            if not isinstance(error, _FAILURES):
+            self._known_epoch = ""
+            if not isinstance(error, REDIS_FAILURES):
                 raise  # cancelled: the service is stopping
             self.failures += 1
             NEAR_SYNCS.labels("failed").inc()
@@ -214,14 +244,14 @@ class NearCache:
         if self._degraded:
             self._degraded = False
             _log.info("near_cache_recovered")
-        self._apply(log_id, int(seq), names)
+        self._apply(epoch.decode(), int(seq), names)
         return True
 
-    def _apply(self, log_id: bytes, seq: int, names: Sequence[bytes] | None) -> None:
+    def _apply(self, epoch: str, seq: int, names: Sequence[bytes] | None) -> None:
         if names is None:
             self._entries.clear()
         else:
             for name in names:
                 self._entries.pop(name.decode(), None)
-        self._known_id = log_id.decode()
+        self._known_epoch = epoch
         self._known_seq = seq

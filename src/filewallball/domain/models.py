@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import functools
 import hashlib
 import json
 import re
@@ -328,47 +327,6 @@ class FileRecord:
         """Neither in the trash nor expired: what readers may see."""
         return self.deleted_at is None and (self.expires_at is None or now < self.expires_at)
 
-    def to_json(self) -> bytes:
-        """A compact serialisation for caches."""
-        data = {
-            "id": self.id,
-            "filename": self.filename,
-            "size": self.size,
-            "content_type": self.content_type,
-            "sha256": self.sha256,
-            "created_at": self.created_at.isoformat(),
-            "visibility": self.visibility.value,
-            "owner": self.owner,
-            "scan_status": self.scan_status.value,
-            "thumbnail_status": self.thumbnail_status.value,
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-            "deleted_at": self.deleted_at.isoformat() if self.deleted_at else None,
-        }
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> FileRecord:
-        """The record `to_json` wrote; the same bytes decode once (records are immutable)."""
-        return _record_from_json(raw)
-
-    @classmethod
-    def _decode(cls, raw: bytes) -> FileRecord:
-        data = json.loads(raw)
-        return cls(
-            id=FileId(data["id"]),
-            filename=Filename(data["filename"]),
-            size=ByteSize(data["size"]),
-            content_type=ContentType(data["content_type"]),
-            sha256=Sha256(data["sha256"]),
-            created_at=datetime.fromisoformat(data["created_at"]),
-            visibility=Visibility(data["visibility"]),
-            owner=data["owner"],
-            scan_status=ScanStatus(data["scan_status"]),
-            thumbnail_status=ThumbnailStatus(data["thumbnail_status"]),
-            expires_at=_maybe_datetime(data.get("expires_at")),
-            deleted_at=_maybe_datetime(data.get("deleted_at")),
-        )
-
     @property
     def last_modified(self) -> datetime:
         """The modification time HTTP can carry: whole seconds."""
@@ -389,16 +347,6 @@ class FileRecord:
     @property
     def thumbnailable(self) -> bool:
         return self.content_type.is_thumbnailable
-
-
-@functools.lru_cache(maxsize=4096)
-def _record_from_json(raw: bytes) -> FileRecord:
-    # A cache hands out the same bytes object again and again, whose hash Python keeps.
-    return FileRecord._decode(raw)
-
-
-def _maybe_datetime(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 @dataclass(frozen=True, slots=True)

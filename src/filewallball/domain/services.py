@@ -40,7 +40,6 @@ from filewallball.domain.models import (
 from filewallball.domain.ports import (
     BlobReader,
     BlobStore,
-    Cache,
     CharsetDecoder,
     Clock,
     FileRepository,
@@ -60,7 +59,6 @@ _log = structlog.get_logger("filewallball.files")
 # Enough for every format's signature and for libmagic to tell text from binary; it takes
 # milliseconds on 64 KiB of text or of unknown binary, microseconds to a millisecond on 16 KiB.
 SNIFF_BYTES = 16 * 1024
-_TOMBSTONE = b"-"
 
 
 @dataclass
@@ -135,7 +133,6 @@ class UploadLimits:
     max_upload_bytes: int
     preview_max_bytes: int
     type_policy: TypePolicy
-    cache_ttl_seconds: int
     scan_fail_open: bool = False
     trash_retention_seconds: int = 0  # 0: a delete is final
     default_expires_in_seconds: int | None = None
@@ -150,7 +147,6 @@ class FileService:
         *,
         files: FileRepository,
         blobs: BlobStore,
-        cache: Cache,
         sniffer: Sniffer,
         clock: Clock,
         usage: UsageRepository,
@@ -162,7 +158,6 @@ class FileService:
     ) -> None:
         self._files = files
         self._blobs = blobs
-        self._cache = cache
         self._sniffer = sniffer
         self._clock = clock
         self._usage = usage
@@ -336,19 +331,9 @@ class FileService:
         file_id = FileId.parse(raw_id)
         if file_id is None:
             raise FileNotFound(f"no file {raw_id!r}")
-        key = cache_key(file_id)
-        cached = await self._cache.get(key)
-        if cached == _TOMBSTONE:
-            raise FileNotFound(f"no file {raw_id!r}")
-        record = (
-            FileRecord.from_json(cached) if cached is not None else await self._files.get(file_id)
-        )
+        record = await self._files.get(file_id)
         if record is None or not record.is_live(self._clock.now()):
             raise FileNotFound(f"no file {raw_id!r}")
-        if cached is not None:
-            return record
-        # Only fill an empty slot: a delete's tombstone written meanwhile must win.
-        await self._cache.add(key, record.to_json(), ttl_seconds=self._limits.cache_ttl_seconds)
         return record
 
     async def open(self, principal: Principal, raw_id: str) -> tuple[FileRecord, BlobReader]:
@@ -364,7 +349,6 @@ class FileService:
         reader = await self._blobs.open(record.sha256)
         if reader is None:
             # The file was deleted between reading the record and opening the bytes.
-            await self._cache.delete(cache_key(record.id))
             raise FileNotFound(f"no file {record.id!r}")
         await self._auditor.record(
             principal, "file.download", Outcome.SUCCESS, target=record.id, size=length
@@ -425,13 +409,11 @@ class FileService:
             trashed = await self._files.trash(record.id, at=self._clock.now())
             if trashed is None:
                 raise FileNotFound(f"no file {raw_id!r}")
-            await self._forget(record)
             await self._auditor.record(principal, "file.trash", Outcome.SUCCESS, target=record.id)
             return trashed
         removed = await self._files.remove(record.id)
         if removed is None:
             raise FileNotFound(f"no file {raw_id!r}")
-        await self._forget(record)
         await self._auditor.record(principal, "file.delete", Outcome.SUCCESS, target=record.id)
         await self._collect(record.sha256)
         return removed
@@ -450,7 +432,6 @@ class FileService:
         restored = await self._files.restore(record.id)
         if restored is None:
             raise FileNotFound(f"no file {raw_id!r} in the trash")
-        await self._cache.delete(cache_key(record.id))
         await self._auditor.record(principal, "file.restore", Outcome.SUCCESS, target=record.id)
         return restored
 
@@ -467,7 +448,6 @@ class FileService:
                 record = await self._files.remove(file_id)
                 if record is None:
                     continue  # another replica purged it first
-                await self._forget(record)
                 await self._auditor.record(
                     Principal.system("purge"), "file.purge", Outcome.SUCCESS, target=file_id
                 )
@@ -501,12 +481,6 @@ class FileService:
                 return tuple(corrupt)
             after = shas[-1]
 
-    async def _forget(self, record: FileRecord) -> None:
-        """Every reader, on every replica, sees the file gone from now on."""
-        await self._cache.set(
-            cache_key(record.id), _TOMBSTONE, ttl_seconds=self._limits.cache_ttl_seconds
-        )
-
     async def recover(self, *, temp_older_than_seconds: float) -> tuple[int, int]:
         """Clean up after a crash: stale temp files and blobs no record uses. Both counts."""
         swept = await self._blobs.sweep(older_than_seconds=temp_older_than_seconds)
@@ -521,7 +495,3 @@ class FileService:
                 await self._blobs.delete(key)
 
         return await self._files.collect_blob(sha256, delete=delete_with_renditions)
-
-
-def cache_key(file_id: FileId) -> str:
-    return f"file:{file_id}"

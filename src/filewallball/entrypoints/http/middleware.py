@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from filewallball.entrypoints.http.security import DOCS_PATHS
+from filewallball.request_scope import begin_request
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -87,6 +88,7 @@ class Edge:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        begin_request()
         request_id, has_origin = _read_headers(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
