@@ -39,6 +39,7 @@ from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.jobs import JobRegistry, TaskQueue
 from filewallball.domain.maintenance import register_maintenance_jobs
 from filewallball.domain.models import TypePolicy
+from filewallball.domain.policies import ExpiryPolicy
 from filewallball.domain.ports import AuditLog, Cache, FileRepository, KeyRepository, MalwareScanner
 from filewallball.domain.security import Role
 from filewallball.domain.services import FileService, UploadLimits
@@ -102,8 +103,9 @@ def _limits(settings: Settings) -> UploadLimits:
         ),
         scan_fail_open=settings.scan_fail_open,
         trash_retention_seconds=settings.trash_retention,
-        default_expires_in_seconds=settings.default_expires_in,
-        max_expires_in_seconds=settings.max_expires_in,
+        expiry=ExpiryPolicy(
+            default_seconds=settings.default_expires_in, max_seconds=settings.max_expires_in
+        ),
     )
 
 

@@ -31,7 +31,8 @@ from filewallball.domain.models import (
 )
 from filewallball.domain.ports import MalwareScanner, ScanResult, ScanVerdict
 from filewallball.domain.security import Principal, Role
-from filewallball.domain.services import SNIFF_BYTES, FileService, UploadLimits, UploadRequest
+from filewallball.domain.services import FileService, UploadLimits
+from filewallball.domain.uploads import SNIFF_BYTES, UploadRequest
 from tests.fakes import (
     FakeAuditLog,
     FakeBlobStore,

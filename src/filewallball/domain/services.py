@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
@@ -19,7 +18,6 @@ from filewallball.domain.errors import (
     InvalidRequest,
     MalwareDetected,
     NotPreviewable,
-    QuotaExceeded,
 )
 from filewallball.domain.jobs import TaskQueue
 from filewallball.domain.models import (
@@ -34,9 +32,9 @@ from filewallball.domain.models import (
     Sha256,
     ThumbnailStatus,
     TypePolicy,
-    Visibility,
     thumbnail_keys,
 )
+from filewallball.domain.policies import ExpiryPolicy, Quota
 from filewallball.domain.ports import (
     BlobReader,
     BlobStore,
@@ -50,29 +48,10 @@ from filewallball.domain.ports import (
     UsageRepository,
 )
 from filewallball.domain.security import Outcome, Permission, Principal
+from filewallball.domain.uploads import StreamMeter, UploadRequest
 
 THUMBNAIL_JOB = "thumbnail"  # handled in domain/thumbnails.py
 _log = structlog.get_logger("filewallball.files")
-
-# libmagic needs a few KiB for most formats; 64 KiB covers the ones that look deeper (ZIP-based
-# office documents, some text heuristics) while keeping the head buffer small.
-# Enough for every format's signature and for libmagic to tell text from binary; it takes
-# milliseconds on 64 KiB of text or of unknown binary, microseconds to a millisecond on 16 KiB.
-SNIFF_BYTES = 16 * 1024
-
-
-@dataclass
-class UploadRequest:
-    """An upload on its way in. Fields other than `chunks` are final once `chunks` is exhausted
-    (a multipart form may carry fields after the file)."""
-
-    filename: str
-    chunks: AsyncIterator[bytes]
-    visibility: Visibility = Visibility.PRIVATE
-    expected_sha256: Sha256 | None = None
-    declared_size: int | None = None
-    expires_at: datetime | None = None
-    expires_in_seconds: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,51 +62,6 @@ class Preview:
     charset: str = "utf-8"  # what the bytes were decoded from
 
 
-@dataclass
-class _Meter:
-    """Counts, hashes, sniffs and scans bytes as they stream past, stopping at the limits."""
-
-    limit: int
-    quota: int | None
-    sniffer: Sniffer
-    policy: TypePolicy
-    scan: ScanSession | None
-    size: int = 0
-    content_type: ContentType | None = None
-    _hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
-    _head: bytearray = field(default_factory=bytearray)
-
-    async def watch(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            if not chunk:
-                continue
-            self.size += len(chunk)
-            if self.size > self.limit:
-                raise FileTooLarge(self.limit)
-            if self.quota is not None and self.size > self.quota:
-                raise QuotaExceeded(f"the upload passes the {self.quota} bytes left in the quota")
-            self._hasher.update(chunk)
-            if self.content_type is None:
-                self._head += chunk[: SNIFF_BYTES - len(self._head)]
-                if len(self._head) >= SNIFF_BYTES:
-                    await self._decide_type()
-            if self.scan is not None:
-                await self.scan.feed(chunk)
-            yield chunk
-        if self.content_type is None:
-            await self._decide_type()
-
-    async def _decide_type(self) -> None:
-        content_type = await self.sniffer.sniff(bytes(self._head))
-        self.policy.check(content_type)
-        self.content_type = content_type
-        self._head = bytearray()
-
-    @property
-    def sha256(self) -> Sha256:
-        return Sha256.from_digest(self._hasher.digest())
-
-
 @dataclass(frozen=True, slots=True)
 class UploadLimits:
     max_upload_bytes: int
@@ -135,8 +69,7 @@ class UploadLimits:
     type_policy: TypePolicy
     scan_fail_open: bool = False
     trash_retention_seconds: int = 0  # 0: a delete is final
-    default_expires_in_seconds: int | None = None
-    max_expires_in_seconds: int | None = None
+    expiry: ExpiryPolicy = field(default_factory=ExpiryPolicy)
 
 
 class FileService:
@@ -204,14 +137,10 @@ class FileService:
         if request.declared_size is not None and request.declared_size > limit:
             raise FileTooLarge(limit)
         quota = await self._quota_left(principal)
-        if (
-            quota is not None
-            and request.declared_size is not None
-            and request.declared_size > quota
-        ):
-            raise QuotaExceeded(f"the upload passes the {quota} bytes left in the quota")
+        if request.declared_size is not None:
+            Quota.check_size(request.declared_size, quota)
         scan, scan_status = await self._start_scan()
-        meter = _Meter(limit, quota, self._sniffer, self._limits.type_policy, scan)
+        meter = StreamMeter(limit, quota, self._sniffer, self._limits.type_policy, scan)
         try:
             staged = await self._blobs.stage(meter.watch(request.chunks))
         except BaseException:
@@ -227,7 +156,9 @@ class FileService:
                     f"the body's SHA-256 is {sha256}, not the {request.expected_sha256} declared"
                 )
             # Read after the stream: a form may carry its expiry fields after the file.
-            expires_at = self._expiry(request)
+            expires_at = self._limits.expiry.expires_at(
+                self._clock.now(), at=request.expires_at, in_seconds=request.expires_in_seconds
+            )
             content_type = meter.content_type or ContentType.OCTET_STREAM
             record = FileRecord(
                 id=FileId.new(),
@@ -251,43 +182,13 @@ class FileService:
             await staged.discard()
         return record
 
-    def _expiry(self, request: UploadRequest) -> datetime | None:
-        """When the upload expires: asked for, or the server default; never past the maximum."""
-        now = self._clock.now()
-        longest = self._limits.max_expires_in_seconds
-        if request.expires_at is not None and request.expires_in_seconds is not None:
-            raise InvalidRequest("give expires_at or expires_in, not both", code="invalid_expiry")
-        expires_at = request.expires_at
-        if request.expires_in_seconds is not None:
-            if request.expires_in_seconds < 1:
-                raise InvalidRequest("expires_in must be at least 1 second", code="invalid_expiry")
-            expires_at = now + timedelta(seconds=request.expires_in_seconds)
-        explicit = expires_at is not None
-        if not explicit and self._limits.default_expires_in_seconds is not None:
-            expires_at = now + timedelta(seconds=self._limits.default_expires_in_seconds)
-        if expires_at is not None and expires_at <= now:
-            raise InvalidRequest("expires_at is in the past", code="invalid_expiry")
-        if longest is not None:
-            limit = now + timedelta(seconds=longest)
-            if explicit and expires_at is not None and expires_at > limit:
-                raise InvalidRequest(
-                    f"files may live at most {longest} seconds", code="invalid_expiry"
-                )
-            expires_at = min(expires_at or limit, limit)
-        return expires_at
-
     async def _quota_left(self, principal: Principal) -> int | None:
         """Bytes the principal may still store (None: no byte quota); QuotaExceeded when full."""
-        if principal.owner is None or (
-            principal.quota_bytes is None and principal.quota_files is None
-        ):
+        quota = Quota(files=principal.quota_files, bytes=principal.quota_bytes)
+        if principal.owner is None or not quota.limited:
             return None
         files, stored = await self._usage.stored_by(principal.owner)
-        if principal.quota_files is not None and files >= principal.quota_files:
-            raise QuotaExceeded(f"the quota of {principal.quota_files} files is reached")
-        if principal.quota_bytes is None:
-            return None
-        return max(0, principal.quota_bytes - stored)
+        return quota.room(stored_files=files, stored_bytes=stored)
 
     async def _start_scan(self) -> tuple[ScanSession | None, ScanStatus]:
         if not self._scanner.enabled:
