@@ -22,9 +22,9 @@ from filewallball.adapters.metrics import (
     set_dependency,
     set_storage,
 )
-from filewallball.adapters.near_cache import NearCache
 from filewallball.adapters.ratelimit import LimitsRateLimiter
-from filewallball.adapters.redis_cache import RedisCache, create_redis
+from filewallball.adapters.redis.cache import RedisCache, create_redis
+from filewallball.adapters.redis.near_cache import NearCache
 from filewallball.adapters.sniffing import default_sniffer
 from filewallball.adapters.sql import SqlFileRepository, create_engine
 from filewallball.adapters.sql_security import (

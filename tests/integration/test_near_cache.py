@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio
 from prometheus_client import REGISTRY
 
-from filewallball.adapters.near_cache import Keyspace, NearCache
-from filewallball.adapters.redis_cache import RedisCache, create_redis
+from filewallball.adapters.redis.cache import RedisCache, create_redis
+from filewallball.adapters.redis.near_cache import Keyspace, NearCache
 from filewallball.request_scope import begin_request
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from alembic.migration import MigrationContext
 from structlog.testing import capture_logs
 
 from filewallball.adapters.caching import CachedKeyRepository
-from filewallball.adapters.redis_cache import RedisCache, create_redis
+from filewallball.adapters.redis.cache import RedisCache, create_redis
 from filewallball.adapters.sql import SqlFileRepository, create_engine, metadata, upgrade
 from filewallball.adapters.sql_security import (
     SqlAuditLog,

@@ -15,13 +15,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from filewallball.adapters.metrics import CACHE
-from filewallball.adapters.near_cache import (
+from filewallball.adapters.redis.near_cache import (
     LEASE_SECONDS,
     REDIS_FAILURES,
     NearCache,
     new_epoch,
 )
-from filewallball.adapters.near_cache import Keyspace as Keyspace
+from filewallball.adapters.redis.near_cache import Keyspace as Keyspace
 from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.ports import Cache, Cached, CacheStats
 
