@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,9 @@ from filewallball.domain.ports import (
     AuditLog,
     BlobReader,
     BlobStore,
+    Cache,
+    Cached,
+    CacheStats,
     Clock,
     FileRepository,
     IpRuleRepository,
@@ -398,3 +402,67 @@ class FakeTaskQueue(TaskQueue):
 
     async def ping(self) -> None:
         return None
+
+
+class FakeCache(Cache):
+    """One process's exact cache: tombstones block fills, a generation stands for the epoch.
+
+    `lose_everything()` is what a Redis restart or a lapsed lease does: copies and fences go.
+    """
+
+    def __init__(self, *, ttl_seconds: int = 300) -> None:
+        self._ttl = ttl_seconds
+        self._entries: dict[str, tuple[float, bytes]] = {}
+        self._generation = 0
+        self.hits = 0
+        self.misses = 0
+        self._since: datetime | None = None
+
+    async def lookup(self, key: str) -> Cached:
+        if self._since is None:
+            self._since = datetime.now(UTC)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] <= time.monotonic():
+            del self._entries[key]
+            entry = None
+        if entry is None:
+            self.misses += 1
+            return Cached(None, fence=str(self._generation))
+        if entry[1] == _TOMBSTONE:
+            self.misses += 1
+            return Cached(None)
+        self.hits += 1
+        return Cached(entry[1])
+
+    async def fill(self, key: str, value: bytes, *, fence: str) -> None:
+        entry = self._entries.get(key)
+        if fence != str(self._generation) or (entry is not None and entry[0] > time.monotonic()):
+            return
+        self._entries[key] = (time.monotonic() + self._ttl, value)
+
+    async def invalidate(self, key: str) -> None:
+        self._entries[key] = (time.monotonic() + self._ttl, _TOMBSTONE)
+
+    def lose_everything(self) -> None:
+        self._entries.clear()
+        self._generation += 1
+
+    async def ping(self) -> None:
+        return None
+
+    async def stats(self) -> CacheStats:
+        now = time.monotonic()
+        live = sum(
+            1 for expires, value in self._entries.values() if expires > now and value != _TOMBSTONE
+        )
+        return CacheStats(
+            backend="memory",
+            shared=False,
+            hits=self.hits,
+            misses=self.misses,
+            entries=live,
+            since=self._since,
+        )
+
+
+_TOMBSTONE = b"-"

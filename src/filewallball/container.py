@@ -10,22 +10,21 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from filewallball.adapters.audit_buffer import BufferedAuditLog
-from filewallball.adapters.cached_keys import CachedKeyRepository
+from filewallball.adapters.caching import CachedFileRepository, CachedKeyRepository
 from filewallball.adapters.charsets import NormalizerCharsetDecoder
 from filewallball.adapters.clamd import ClamdScanner, NoScanner
 from filewallball.adapters.disk import DiskBlobStore
 from filewallball.adapters.jobs import InProcessTaskQueue, SaqTaskQueue
-from filewallball.adapters.memory import MemoryCache, SystemClock
+from filewallball.adapters.memory import NoCache, SystemClock
 from filewallball.adapters.metrics import (
     CountingAuditLog,
-    CountingCache,
     InstrumentedJobRegistry,
     set_dependency,
     set_storage,
 )
-from filewallball.adapters.near_cache import NearCache
 from filewallball.adapters.ratelimit import LimitsRateLimiter
-from filewallball.adapters.redis_cache import RedisCache, create_redis
+from filewallball.adapters.redis.cache import RedisCache, create_redis
+from filewallball.adapters.redis.near_cache import NearCache
 from filewallball.adapters.sniffing import default_sniffer
 from filewallball.adapters.sql import (
     SqlAuditLog,
@@ -41,7 +40,8 @@ from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.jobs import JobRegistry, TaskQueue
 from filewallball.domain.maintenance import register_maintenance_jobs
 from filewallball.domain.models import TypePolicy
-from filewallball.domain.ports import AuditLog, Cache, KeyRepository, MalwareScanner
+from filewallball.domain.policies import ExpiryPolicy
+from filewallball.domain.ports import AuditLog, Cache, FileRepository, KeyRepository, MalwareScanner
 from filewallball.domain.security import Role
 from filewallball.domain.services import FileService, UploadLimits
 from filewallball.domain.stats import StatsService
@@ -58,24 +58,23 @@ def _near_cache(redis: Redis | None, prefix: str, enabled: bool) -> NearCache | 
     return NearCache(redis, prefix=prefix) if redis is not None and enabled else None
 
 
-def _cache(redis: Redis | None, prefix: str, near: NearCache | None) -> Cache:
-    inner: Cache = (
-        RedisCache(redis, prefix=f"{prefix}cache:", near=near)
-        if redis is not None
-        else MemoryCache()
-    )
-    return CountingCache(inner, name="records")
-
-
-def _keys(
-    engine: AsyncEngine, redis: Redis | None, prefix: str, near: NearCache | None
-) -> KeyRepository:
-    """Keys from the database, through Redis when there is one (shared, so revocable at once)."""
-    stored = SqlKeyRepository(engine=engine)
+def _cache(
+    redis: Redis | None, prefix: str, near: NearCache | None, name: str, ttl_seconds: int
+) -> Cache:
+    """Redis, shared by every process and replica; none in the embedded default (see caching)."""
     if redis is None:
-        return stored
-    cache = CountingCache(RedisCache(redis, prefix=f"{prefix}keys:", near=near), name="keys")
-    return CachedKeyRepository(stored, cache=cache)
+        return NoCache()
+    return RedisCache(redis, prefix=prefix, name=name, ttl_seconds=ttl_seconds, near=near)
+
+
+def _files(engine: AsyncEngine, cache: Cache) -> FileRepository:
+    stored = SqlFileRepository(engine=engine)
+    return stored if isinstance(cache, NoCache) else CachedFileRepository(stored, cache=cache)
+
+
+def _keys(engine: AsyncEngine, cache: Cache) -> KeyRepository:
+    stored = SqlKeyRepository(engine=engine)
+    return stored if isinstance(cache, NoCache) else CachedKeyRepository(stored, cache=cache)
 
 
 def _audit_log(engine: AsyncEngine, flush_interval: float) -> AuditLog:
@@ -103,11 +102,11 @@ def _limits(settings: Settings) -> UploadLimits:
         type_policy=TypePolicy(
             allowed=tuple(settings.allowed_types), denied=tuple(settings.denied_types)
         ),
-        cache_ttl_seconds=settings.cache_ttl_seconds,
         scan_fail_open=settings.scan_fail_open,
         trash_retention_seconds=settings.trash_retention,
-        default_expires_in_seconds=settings.default_expires_in,
-        max_expires_in_seconds=settings.max_expires_in,
+        expiry=ExpiryPolicy(
+            default_seconds=settings.default_expires_in, max_seconds=settings.max_expires_in
+        ),
     )
 
 
@@ -153,14 +152,24 @@ class Container(containers.DeclarativeContainer):
         enabled=settings.provided.near_cache,
     )
 
-    files = providers.Singleton(SqlFileRepository, engine=engine)
-    keys = providers.Singleton(
-        _keys,
-        engine=engine,
+    cache = providers.Singleton(
+        _cache,
         redis=redis,
         prefix=settings.provided.redis_prefix,
         near=near_cache,
+        name="records",
+        ttl_seconds=settings.provided.cache_ttl_seconds,
     )
+    key_cache = providers.Singleton(
+        _cache,
+        redis=redis,
+        prefix=settings.provided.redis_prefix,
+        near=near_cache,
+        name="keys",
+        ttl_seconds=60,
+    )
+    files = providers.Singleton(_files, engine=engine, cache=cache)
+    keys = providers.Singleton(_keys, engine=engine, cache=key_cache)
     ip_rules = providers.Singleton(SqlIpRuleRepository, engine=engine)
     audit_store = providers.Singleton(
         _audit_log, engine=engine, flush_interval=settings.provided.audit_flush_interval
@@ -169,9 +178,6 @@ class Container(containers.DeclarativeContainer):
     usage = providers.Singleton(SqlUsageRepository, engine=engine)
     stats = providers.Singleton(SqlStatsRepository, engine=engine)
     blobs = providers.Singleton(DiskBlobStore, root=settings.provided.blob_dir)
-    cache = providers.Singleton(
-        _cache, redis=redis, prefix=settings.provided.redis_prefix, near=near_cache
-    )
     rate_limiter = providers.Singleton(
         LimitsRateLimiter,
         storage_uri=settings.provided.redis_url,
@@ -219,7 +225,6 @@ class Container(containers.DeclarativeContainer):
         FileService,
         files=files,
         blobs=blobs,
-        cache=cache,
         sniffer=sniffer,
         clock=clock,
         usage=usage,
@@ -237,7 +242,6 @@ class Container(containers.DeclarativeContainer):
         files=file_service,
         records=files,
         blobs=blobs,
-        cache=cache,
         renderer=renderer,
         max_source_bytes=settings.provided.thumbnail_max_source_bytes,
     )

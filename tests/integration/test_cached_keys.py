@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from filewallball.adapters.cached_keys import CachedKeyRepository
-from filewallball.adapters.redis_cache import RedisCache, create_redis
+from filewallball.adapters.caching import CachedKeyRepository
+from filewallball.adapters.redis.cache import RedisCache, create_redis
 from filewallball.domain.security import ApiKey, Role
 from tests.fakes import FakeKeyRepository
 
@@ -48,7 +48,10 @@ async def caches(redis_server: str, redis_prefix: str) -> AsyncIterator[tuple[Re
     """Two replicas' caches: two connections, one prefix."""
     first, second = create_redis(redis_server), create_redis(redis_server)
     try:
-        yield RedisCache(first, prefix=redis_prefix), RedisCache(second, prefix=redis_prefix)
+        yield (
+            RedisCache(first, prefix=redis_prefix, name="keys", ttl_seconds=60),
+            RedisCache(second, prefix=redis_prefix, name="keys", ttl_seconds=60),
+        )
     finally:
         await first.aclose()
         await second.aclose()
@@ -104,5 +107,7 @@ async def test_an_unreadable_cache_entry_falls_back_to_the_database(
 ) -> None:
     database = FakeKeyRepository()
     await database.add(KEY)
-    await caches[0].set(f"apikey:{KEY.id}", b"{not json", ttl_seconds=60)
+    found = await caches[0].lookup(KEY.id)
+    assert found.fence is not None
+    await caches[0].fill(KEY.id, b"{not json", fence=found.fence)
     assert await CachedKeyRepository(database, cache=caches[0]).get(KEY.id) == KEY

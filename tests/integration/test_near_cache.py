@@ -12,8 +12,9 @@ import pytest
 import redis.asyncio
 from prometheus_client import REGISTRY
 
-from filewallball.adapters.near_cache import NearCache
-from filewallball.adapters.redis_cache import RedisCache, create_redis
+from filewallball.adapters.redis.cache import RedisCache, create_redis
+from filewallball.adapters.redis.near_cache import Keyspace, NearCache
+from filewallball.request_scope import begin_request
 
 T = TypeVar("T")
 SYNCS = "filewallball_near_cache_syncs_total"
@@ -25,18 +26,46 @@ class Replica:
 
     def __init__(self, client: redis.asyncio.Redis, prefix: str) -> None:
         self.client = client
-        self.prefix = prefix
+        self.keys = Keyspace(prefix)
         self.near = NearCache(client, prefix=prefix)
-        self.cache = RedisCache(client, prefix=f"{prefix}cache:", near=self.near)
+        self.cache = RedisCache(
+            client, prefix=prefix, name="records", ttl_seconds=60, near=self.near
+        )
 
     async def request(self, work: Callable[[], Awaitable[T]]) -> T:
-        """`work` as a request does it: in a context of its own, after a sync."""
+        """`work` as a request does it: in a context of its own, begun at the edge."""
 
         async def run() -> T:
-            assert await self.near.sync()
+            begin_request()
             return await work()
 
         return await asyncio.create_task(run(), context=contextvars.Context())
+
+    async def get(self, key: str) -> bytes | None:
+        """One lookup, in a request of its own."""
+        return (await self.request(lambda: self.cache.lookup(key))).value
+
+    async def put(self, key: str, value: bytes, *, ttl_seconds: int = 60) -> None:
+        """What a read-through does on a miss (outside a request: straight to Redis)."""
+        await self.cache.lookup(key)  # starts an epoch if there is none
+        await self.cache.invalidate(key)  # logged, so other processes drop their copies
+        await self.client.delete(await self._name(key))  # a fill never overwrites a tombstone
+        found = await self.cache.lookup(key)
+        assert found.fence is not None
+        self.cache._ttl = ttl_seconds
+        try:
+            await self.cache.fill(key, value, fence=found.fence)
+        finally:
+            self.cache._ttl = 60
+
+    async def behind_the_logs_back(self, key: str, value: bytes) -> None:
+        """Change the Redis entry without logging it: only a copy can still give the old value."""
+        await self.client.set(await self._name(key), value)
+
+    async def _name(self, key: str) -> str:
+        epoch = await self.client.get(self.keys.epoch)
+        assert epoch is not None
+        return self.keys.entry(epoch.decode(), f"records:{key}")
 
 
 @pytest.fixture
@@ -49,43 +78,48 @@ async def replicas(redis_server: str, redis_prefix: str) -> AsyncIterator[tuple[
         await second.aclose()
 
 
-async def _behind_the_logs_back(replica: Replica, key: str, value: bytes) -> None:
-    """Change the Redis entry without logging it: only a copy can still give the old value."""
-    await replica.client.set(f"{replica.prefix}cache:{key}", value)
-
-
-async def test_a_synced_request_reads_its_copy_without_redis(
-    replicas: tuple[Replica, Replica],
-) -> None:
+async def test_a_request_reads_its_copy_without_redis(replicas: tuple[Replica, Replica]) -> None:
     first, _ = replicas
-    await first.cache.set("k", b"one", ttl_seconds=60)
-    assert await first.request(lambda: first.cache.get("k")) == b"one"
-    await _behind_the_logs_back(first, "k", b"changed")
+    await first.put("k", b"one")
+    assert await first.get("k") == b"one"
+    await first.behind_the_logs_back("k", b"changed")
     # The copy answers: no round trip was made for it.
-    assert await first.request(lambda: first.cache.get("k")) == b"one"
-    # Outside a synced request (a worker, the CLI) Redis answers.
-    assert await first.cache.get("k") == b"changed"
+    assert await first.get("k") == b"one"
+    # Outside a request (a worker, the CLI) Redis answers.
+    assert (await first.cache.lookup("k")).value == b"changed"
 
 
-async def test_a_write_on_one_replica_is_seen_by_the_next_request_on_the_other(
+async def test_an_invalidation_on_one_replica_is_seen_by_the_next_request_on_the_other(
     replicas: tuple[Replica, Replica],
 ) -> None:
     first, second = replicas
-    await first.cache.set("k", b"one", ttl_seconds=60)
-    assert await second.request(lambda: second.cache.get("k")) == b"one"
-    await first.cache.set("k", b"-", ttl_seconds=60)  # a tombstone, as a delete writes
-    assert await second.request(lambda: second.cache.get("k")) == b"-"
-    assert await second.request(lambda: second.cache.get("k")) == b"-"
-    await first.cache.delete("k")
-    assert await second.request(lambda: second.cache.get("k")) is None
+    await first.put("k", b"one")
+    assert await second.get("k") == b"one"
+    await first.cache.invalidate("k")
+    assert await second.get("k") is None
+    assert await second.get("k") is None
     # Only the changed entry is dropped: another copy is still served without Redis.
-    await first.cache.set("other", b"x", ttl_seconds=60)
-    await first.cache.set("kept", b"v", ttl_seconds=60)
-    assert await second.request(lambda: second.cache.get("kept")) == b"v"
-    await _behind_the_logs_back(second, "kept", b"changed")
-    await first.cache.set("other", b"y", ttl_seconds=60)
-    assert await second.request(lambda: second.cache.get("kept")) == b"v"
-    assert await second.request(lambda: second.cache.get("other")) == b"y"
+    await first.put("other", b"x")
+    await first.put("kept", b"v")
+    assert await second.get("kept") == b"v"
+    await second.behind_the_logs_back("kept", b"changed")
+    await first.put("other", b"y")
+    assert await second.get("kept") == b"v"
+    assert await second.get("other") == b"y"
+
+
+async def test_one_request_syncs_once_then_reads_copies(replicas: tuple[Replica, Replica]) -> None:
+    first, second = replicas
+    await first.put("a", b"1")
+    await first.put("b", b"2")
+    await second.get("a"), await second.get("b")  # copies kept
+    before = second.near.syncs
+
+    async def four_reads() -> list[bytes | None]:
+        return [(await second.cache.lookup(k)).value for k in ("a", "b", "a", "b")]
+
+    assert await second.request(four_reads) == [b"1", b"2", b"1", b"2"]
+    assert second.near.syncs - before == 1
 
 
 async def test_a_request_arriving_during_a_sync_waits_for_the_next_one(
@@ -93,8 +127,8 @@ async def test_a_request_arriving_during_a_sync_waits_for_the_next_one(
 ) -> None:
     """A round trip already answered may predate a write: later arrivals must not join it."""
     first, second = replicas
-    await first.cache.set("k", b"one", ttl_seconds=60)
-    assert await second.request(lambda: second.cache.get("k")) == b"one"
+    await first.put("k", b"one")
+    assert await second.get("k") == b"one"
     real = second.near._sync_script
     answered, release = asyncio.Event(), asyncio.Event()
 
@@ -105,22 +139,50 @@ async def test_a_request_arriving_during_a_sync_waits_for_the_next_one(
         return reply
 
     second.near._sync_script = answered_then_held  # type: ignore[method-assign]
-    early = asyncio.create_task(second.request(lambda: second.cache.get("k")))
+    early = asyncio.create_task(second.get("k"))
     await answered.wait()
-    await first.cache.set("k", b"two", ttl_seconds=60)
-    late = asyncio.create_task(second.request(lambda: second.cache.get("k")))
+    await first.cache.invalidate("k")
+    late = asyncio.create_task(second.get("k"))
     await asyncio.sleep(0.05)
     release.set()
     # The early request may read either; the late one arrived after the write finished.
-    assert await early in (b"one", b"two")
-    assert await late == b"two"
+    assert await early in (b"one", None)
+    assert await late is None
+
+
+async def test_a_lookup_answered_before_an_invalidation_is_not_kept_after_the_sync_past_it(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    """Redis answers a lookup, an invalidation lands, another request's sync applies it, and
+    only then does the first lookup's answer arrive: it must not become a copy."""
+    first, second = replicas
+    await first.put("k", b"one")
+    await second.request(lambda: second.near.epoch())  # this process knows the epoch
+    real = second.cache._lookup
+    answered, release = asyncio.Event(), asyncio.Event()
+
+    async def answered_then_held(**kwargs: object) -> object:
+        reply = await real(**kwargs)
+        answered.set()
+        await release.wait()
+        return reply
+
+    second.cache._lookup = answered_then_held  # type: ignore[method-assign]
+    slow = asyncio.create_task(second.get("k"))
+    await answered.wait()
+    await first.cache.invalidate("k")
+    await second.request(lambda: second.near.epoch())  # a sync that drops "k"
+    release.set()
+    assert await slow == b"one"  # that request began before the invalidation
+    second.cache._lookup = real  # type: ignore[method-assign]
+    assert await second.get("k") is None
 
 
 async def test_concurrent_requests_share_round_trips(replicas: tuple[Replica, Replica]) -> None:
     first, _ = replicas
     before = first.near.syncs
     counted = REGISTRY.get_sample_value(SYNCS, {"outcome": "ok"}) or 0.0
-    await asyncio.gather(*(first.request(lambda: asyncio.sleep(0)) for _ in range(50)))
+    await asyncio.gather(*(first.request(first.near.epoch) for _ in range(50)))
     assert 1 <= first.near.syncs - before <= 3
     # Operators see the same round trips on /metrics.
     assert (
@@ -132,49 +194,50 @@ async def test_a_process_too_far_behind_drops_every_copy(
     replicas: tuple[Replica, Replica],
 ) -> None:
     first, second = replicas
-    await first.cache.set("k", b"one", ttl_seconds=60)
-    assert await second.request(lambda: second.cache.get("k")) == b"one"
-    await _behind_the_logs_back(second, "k", b"changed")
-    for number in range(1100):  # more writes than the log keeps, none of them to "k"
-        await first.cache.delete(f"other-{number}")
-    assert await second.request(lambda: second.cache.get("k")) == b"changed"
+    await first.put("k", b"one")
+    assert await second.get("k") == b"one"
+    await second.behind_the_logs_back("k", b"changed")
+    for number in range(1100):  # more invalidations than the log keeps, none of them of "k"
+        await first.cache.invalidate(f"other-{number}")
+    assert await second.get("k") == b"changed"
 
 
-async def test_a_lost_log_drops_every_copy(replicas: tuple[Replica, Replica]) -> None:
-    """After a Redis restart (or FLUSHALL) the log starts again under a new id."""
+async def test_a_new_epoch_drops_every_copy(replicas: tuple[Replica, Replica]) -> None:
+    """After a Redis restart (or FLUSHALL, or a lapsed lease) the epoch is new: nothing cached
+    before it is read again, copies included."""
     first, _ = replicas
-    await first.cache.set("k", b"one", ttl_seconds=60)
-    assert await first.request(lambda: first.cache.get("k")) == b"one"
-    await _behind_the_logs_back(first, "k", b"changed")
-    await first.client.delete(*(f"{first.prefix}near:{name}" for name in ("id", "seq", "log")))
-    assert await first.request(lambda: first.cache.get("k")) == b"changed"
+    await first.put("k", b"one")
+    assert await first.get("k") == b"one"
+    await first.client.delete(first.keys.epoch)
+    assert await first.get("k") is None
 
 
 async def test_copies_expire_with_the_entry(replicas: tuple[Replica, Replica]) -> None:
     first, _ = replicas
-    await first.cache.set("k", b"one", ttl_seconds=1)
-    assert await first.request(lambda: first.cache.get("k")) == b"one"
+    await first.put("k", b"one", ttl_seconds=1)
+    assert await first.get("k") == b"one"
     await asyncio.sleep(1.1)
-    assert await first.request(lambda: first.cache.get("k")) is None
+    assert await first.get("k") is None
 
 
 async def test_local_hits_are_counted_in_the_shared_stats(
     replicas: tuple[Replica, Replica],
 ) -> None:
     first, second = replicas
-    await first.cache.set("k", b"one", ttl_seconds=60)
+    await first.put("k", b"one")
+    before = await first.cache.stats()
 
     async def three_lookups() -> None:
         for _ in range(3):
-            assert await second.cache.get("k") == b"one"
+            assert (await second.cache.lookup("k")).value == b"one"
 
     await second.request(three_lookups)  # one from Redis, two from the copy
     for _ in range(40):  # counted within a tenth of a second, with no further request
         stats = await first.cache.stats()
-        if stats.hits >= 3:
+        if stats.hits - before.hits >= 3:
             break
         await asyncio.sleep(0.05)
-    assert (stats.hits, stats.misses) == (3, 0)
+    assert (stats.hits - before.hits, stats.misses - before.misses) == (3, 0)
 
 
 async def test_redis_down_means_no_copies_and_a_fast_answer() -> None:
@@ -183,8 +246,12 @@ async def test_redis_down_means_no_copies_and_a_fast_answer() -> None:
     try:
         started = time.monotonic()
         failed = REGISTRY.get_sample_value(SYNCS, {"outcome": "failed"}) or 0.0
-        assert not await near.sync()
-        assert not near.active()
+
+        async def in_a_request() -> str | None:
+            begin_request()
+            return await near.epoch()
+
+        assert await asyncio.create_task(in_a_request(), context=contextvars.Context()) is None
         assert near.failures == 1
         assert REGISTRY.get_sample_value(SYNCS, {"outcome": "failed"}) == failed + 1
         assert time.monotonic() - started < 1

@@ -16,8 +16,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from structlog.testing import capture_logs
 
-from filewallball.adapters.cached_keys import CachedKeyRepository
-from filewallball.adapters.redis_cache import RedisCache, create_redis
+from filewallball.adapters.caching import CachedKeyRepository
+from filewallball.adapters.redis.cache import RedisCache, create_redis
 from filewallball.adapters.sql import (
     SqlAuditLog,
     SqlFileRepository,
@@ -105,7 +105,9 @@ async def key_cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache | Non
         return
     client = create_redis(REDIS_URL)
     try:
-        yield RedisCache(client, prefix=request.getfixturevalue("redis_prefix"))
+        yield RedisCache(
+            client, prefix=request.getfixturevalue("redis_prefix"), name="keys", ttl_seconds=60
+        )
     finally:
         await client.aclose()
 

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from filewallball.adapters.caching import CachedFileRepository
 from filewallball.adapters.charsets import NormalizerCharsetDecoder
 from filewallball.adapters.clamd import NoScanner
-from filewallball.adapters.memory import MemoryCache
 from filewallball.domain.access import Auditor
 from filewallball.domain.errors import (
     AccessDenied,
@@ -31,10 +31,12 @@ from filewallball.domain.models import (
 )
 from filewallball.domain.ports import MalwareScanner, ScanResult, ScanVerdict
 from filewallball.domain.security import Principal, Role
-from filewallball.domain.services import SNIFF_BYTES, FileService, UploadLimits, UploadRequest
+from filewallball.domain.services import FileService, UploadLimits
+from filewallball.domain.uploads import SNIFF_BYTES, UploadRequest
 from tests.fakes import (
     FakeAuditLog,
     FakeBlobStore,
+    FakeCache,
     FakeClock,
     FakeFileRepository,
     FakeSniffer,
@@ -82,7 +84,7 @@ def make_service(
     max_upload_bytes: int = 1000,
     preview_max_bytes: int = 10,
     policy: TypePolicy | None = None,
-    cache: MemoryCache | None = None,
+    cache: FakeCache | None = None,
     audit: FakeAuditLog | None = None,
     scanner: MalwareScanner | None = None,
     fail_open: bool = False,
@@ -90,9 +92,8 @@ def make_service(
 ) -> FileService:
     clock = FakeClock()
     return FileService(
-        files=files,
+        files=files if cache is None else CachedFileRepository(files, cache=cache),
         blobs=blobs,
-        cache=cache or MemoryCache(),
         sniffer=FakeSniffer(),
         clock=clock,
         usage=FakeUsageRepository(files),
@@ -102,7 +103,6 @@ def make_service(
             max_upload_bytes=max_upload_bytes,
             preview_max_bytes=preview_max_bytes,
             type_policy=policy or TypePolicy(),
-            cache_ttl_seconds=60,
             scan_fail_open=fail_open,
         ),
         charsets=NormalizerCharsetDecoder(),
@@ -248,7 +248,7 @@ async def test_same_content_is_stored_once_and_kept_until_the_last_delete(
 async def test_delete_wins_over_a_cached_record(
     files: FakeFileRepository, blobs: FakeBlobStore
 ) -> None:
-    cache = MemoryCache()
+    cache = FakeCache()
     service = make_service(files, blobs, cache=cache)
     record = await service.upload(ADMIN, upload(b"cached"))
     await service.get(ADMIN, record.id)  # fills the cache
@@ -262,7 +262,7 @@ async def test_delete_wins_over_a_cached_record(
 
 
 async def test_get_reads_through_the_cache(files: FakeFileRepository, blobs: FakeBlobStore) -> None:
-    service = make_service(files, blobs)
+    service = make_service(files, blobs, cache=FakeCache())
     record = await service.upload(ADMIN, upload(b"abc"))
     await service.get(ADMIN, record.id)
     files.records.clear()  # the cache alone answers now

@@ -1,9 +1,10 @@
 """Prometheus business metrics (prefix filewallball_), fed by decorators around the ports.
 
-Counters come from what the service already records: every audit entry, every cache lookup,
-every job run. Gauges that need a query are refreshed when /metrics is scraped. With several
-uvicorn workers, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by
-`filewallball serve --workers N`) adds the processes' values up.
+Counters come from what the service already records: every audit entry, every job run (cache
+lookups are counted by the cache itself, adapters.redis.cache). Gauges that need a query are
+refreshed when /metrics is scraped. With several uvicorn workers, prometheus_client's
+multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `filewallball serve --workers N`) adds the
+processes' values up.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 
 from filewallball.domain.jobs import JobHandler, JobPayload, JobRegistry
-from filewallball.domain.ports import AuditLog, Cache, CacheStats, StorageTotals
+from filewallball.domain.ports import AuditLog, StorageTotals
 from filewallball.domain.security import AuditEntry, AuditQuery
 
 UPLOADS = Counter(
@@ -82,35 +83,6 @@ def count(entry: AuditEntry) -> None:
         DENIED.labels(entry.detail or "unknown").inc()
         if entry.detail == "rate_limited":
             RATE_LIMITED.inc()
-
-
-class CountingCache(Cache):
-    """A Cache that counts its hits and misses under a name."""
-
-    def __init__(self, inner: Cache, *, name: str) -> None:
-        self._inner = inner
-        self._hits = CACHE.labels(name, "hit")
-        self._misses = CACHE.labels(name, "miss")
-
-    async def get(self, key: str) -> bytes | None:
-        value = await self._inner.get(key)
-        (self._misses if value is None else self._hits).inc()
-        return value
-
-    async def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None:
-        await self._inner.set(key, value, ttl_seconds=ttl_seconds)
-
-    async def add(self, key: str, value: bytes, *, ttl_seconds: int) -> bool:
-        return await self._inner.add(key, value, ttl_seconds=ttl_seconds)
-
-    async def delete(self, key: str) -> None:
-        await self._inner.delete(key)
-
-    async def ping(self) -> None:
-        await self._inner.ping()
-
-    async def stats(self) -> CacheStats:
-        return await self._inner.stats()
 
 
 class InstrumentedJobRegistry(JobRegistry):

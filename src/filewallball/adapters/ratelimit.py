@@ -26,7 +26,7 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 from redis.exceptions import RedisError
 
-from filewallball.adapters.redis_cache import create_redis
+from filewallball.adapters.redis.cache import create_redis
 from filewallball.domain.ports import RateDecision, RateLimiter
 
 # Longer than this and Redis counts as down: the request is decided in process instead.

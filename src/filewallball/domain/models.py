@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import functools
 import hashlib
 import json
 import re
@@ -14,12 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from filewallball.domain.errors import InvalidRequest, TypeNotAllowed
+# Content types live in their own module; named here too, with the records that carry them.
+from filewallball.domain.content import TEXT_EXTENSIONS as TEXT_EXTENSIONS
+from filewallball.domain.content import ContentType as ContentType
+from filewallball.domain.content import TypePolicy as TypePolicy
+from filewallball.domain.content import validate_type_pattern as validate_type_pattern
+from filewallball.domain.errors import InvalidRequest
 
 _FILE_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
-_MEDIA_PATTERN = re.compile(r"^([a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)|\*/\*)$")
 
 # Characters that change how the rest of a name is displayed (bidirectional overrides and
 # isolates): a name like "invoice\u202egpj.exe" would otherwise show as "invoiceexe.jpg".
@@ -70,169 +72,6 @@ class ByteSize(int):
         return super().__new__(cls, value)
 
 
-# Media types that are text whatever their top-level type says.
-_TEXT_APPLICATION_TYPES = frozenset(
-    {
-        "application/json",
-        "application/xml",
-        "application/javascript",
-        "application/ecmascript",
-        "application/x-javascript",
-        "application/x-sh",
-        "application/x-shellscript",
-        "application/sql",
-        "application/toml",
-        "application/yaml",
-        "application/x-yaml",
-        "application/csv",
-        "application/x-ndjson",
-        "application/ndjson",
-    }
-)
-
-
-_RASTER_IMAGES = frozenset(
-    {
-        "image/jpeg",
-        "image/png",
-        "image/gif",
-        "image/webp",
-        "image/avif",
-        "image/tiff",
-    }
-)
-# Text whatever a sniffer calls it: source code, configuration, data and logs.
-TEXT_EXTENSIONS = frozenset(
-    [
-        "txt",
-        "text",
-        "md",
-        "markdown",
-        "rst",
-        "csv",
-        "tsv",
-        "json",
-        "jsonl",
-        "ndjson",
-        "xml",
-        "yaml",
-        "yml",
-        "toml",
-        "ini",
-        "cfg",
-        "conf",
-        "env",
-        "log",
-        "py",
-        "pyi",
-        "js",
-        "mjs",
-        "cjs",
-        "ts",
-        "tsx",
-        "jsx",
-        "java",
-        "kt",
-        "go",
-        "rs",
-        "c",
-        "h",
-        "cc",
-        "cpp",
-        "hpp",
-        "cs",
-        "rb",
-        "php",
-        "pl",
-        "sh",
-        "bash",
-        "zsh",
-        "fish",
-        "ps1",
-        "sql",
-        "html",
-        "htm",
-        "css",
-        "scss",
-        "less",
-        "svg",
-        "tex",
-        "bib",
-        "r",
-        "m",
-        "swift",
-        "scala",
-        "lua",
-        "dart",
-        "vue",
-        "properties",
-        "gradle",
-        "dockerfile",
-        "makefile",
-        "diff",
-        "patch",
-        "srt",
-        "vtt",
-    ]
-)
-
-
-class ContentType(str):
-    """A lowercase `type/subtype` media type, without parameters."""
-
-    __slots__ = ()
-
-    OCTET_STREAM: ContentType
-
-    def __new__(cls, value: str) -> ContentType:
-        normalised = value.split(";", 1)[0].strip().lower()
-        if not _MEDIA_TYPE.fullmatch(normalised):
-            raise ValueError(f"not a media type: {value!r}")
-        return super().__new__(cls, normalised)
-
-    @property
-    def is_text(self) -> bool:
-        """Whether a text preview makes sense for this type."""
-        return (
-            self.startswith("text/")
-            or self in _TEXT_APPLICATION_TYPES
-            or self.endswith(("+json", "+xml", "+yaml"))
-        )
-
-    @property
-    def is_image(self) -> bool:
-        return self.startswith("image/")
-
-    @property
-    def is_thumbnailable(self) -> bool:
-        """Raster images libvips renders; SVG (a document that can carry script) is not one."""
-        return self in _RASTER_IMAGES
-
-    @property
-    def is_binary_media(self) -> bool:
-        return self.startswith(("image/", "audio/", "video/", "font/")) and self != "image/svg+xml"
-
-    def matches(self, pattern: str) -> bool:
-        """Whether this type matches `pattern`: exact, `type/*` or `*/*`."""
-        pattern = pattern.strip().lower()
-        if pattern == "*/*":
-            return True
-        if pattern.endswith("/*"):
-            return self.startswith(pattern[:-1])
-        return self == pattern
-
-
-ContentType.OCTET_STREAM = ContentType("application/octet-stream")
-
-
-def validate_type_pattern(pattern: str) -> str:
-    """`pattern` normalised, or ValueError when it is not `type/subtype`, `type/*` or `*/*`."""
-    normalised = pattern.strip().lower()
-    if not _MEDIA_PATTERN.fullmatch(normalised):
-        raise ValueError(f"not a media type pattern: {pattern!r}")
-    return normalised
-
-
 class Filename(str):
     """A display name, sanitised: a file's name is metadata only, never a path."""
 
@@ -275,20 +114,6 @@ def _truncate_utf8(name: str, limit: int) -> str:
     return head + suffix
 
 
-@dataclass(frozen=True, slots=True)
-class TypePolicy:
-    """Which sniffed content types may be stored: denied wins, then the allow list if any."""
-
-    allowed: tuple[str, ...] = ()
-    denied: tuple[str, ...] = ()
-
-    def check(self, content_type: ContentType) -> None:
-        if any(content_type.matches(pattern) for pattern in self.denied):
-            raise TypeNotAllowed(f"files of type {content_type} are not accepted")
-        if self.allowed and not any(content_type.matches(p) for p in self.allowed):
-            raise TypeNotAllowed(f"files of type {content_type} are not accepted")
-
-
 class Visibility(enum.StrEnum):
     PRIVATE = "private"
     PUBLIC = "public"
@@ -328,47 +153,6 @@ class FileRecord:
         """Neither in the trash nor expired: what readers may see."""
         return self.deleted_at is None and (self.expires_at is None or now < self.expires_at)
 
-    def to_json(self) -> bytes:
-        """A compact serialisation for caches."""
-        data = {
-            "id": self.id,
-            "filename": self.filename,
-            "size": self.size,
-            "content_type": self.content_type,
-            "sha256": self.sha256,
-            "created_at": self.created_at.isoformat(),
-            "visibility": self.visibility.value,
-            "owner": self.owner,
-            "scan_status": self.scan_status.value,
-            "thumbnail_status": self.thumbnail_status.value,
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-            "deleted_at": self.deleted_at.isoformat() if self.deleted_at else None,
-        }
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> FileRecord:
-        """The record `to_json` wrote; the same bytes decode once (records are immutable)."""
-        return _record_from_json(raw)
-
-    @classmethod
-    def _decode(cls, raw: bytes) -> FileRecord:
-        data = json.loads(raw)
-        return cls(
-            id=FileId(data["id"]),
-            filename=Filename(data["filename"]),
-            size=ByteSize(data["size"]),
-            content_type=ContentType(data["content_type"]),
-            sha256=Sha256(data["sha256"]),
-            created_at=datetime.fromisoformat(data["created_at"]),
-            visibility=Visibility(data["visibility"]),
-            owner=data["owner"],
-            scan_status=ScanStatus(data["scan_status"]),
-            thumbnail_status=ThumbnailStatus(data["thumbnail_status"]),
-            expires_at=_maybe_datetime(data.get("expires_at")),
-            deleted_at=_maybe_datetime(data.get("deleted_at")),
-        )
-
     @property
     def last_modified(self) -> datetime:
         """The modification time HTTP can carry: whole seconds."""
@@ -389,16 +173,6 @@ class FileRecord:
     @property
     def thumbnailable(self) -> bool:
         return self.content_type.is_thumbnailable
-
-
-@functools.lru_cache(maxsize=4096)
-def _record_from_json(raw: bytes) -> FileRecord:
-    # A cache hands out the same bytes object again and again, whose hash Python keeps.
-    return FileRecord._decode(raw)
-
-
-def _maybe_datetime(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 @dataclass(frozen=True, slots=True)

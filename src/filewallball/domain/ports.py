@@ -143,21 +143,38 @@ class CacheStats:
         return self.hits / lookups if lookups else None
 
 
-class Cache(Protocol):
-    """A best-effort byte cache: misses and outages are never errors.
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """What a cache lookup found: a copy, or the fence a fill of this key must present.
 
-    `get` counts a hit or a miss; `stats` reads the counts of every process sharing the cache.
+    `fence` is None when the value may not be filled in (the key was just invalidated, or the
+    cache is unreachable): the caller reads the source of truth and keeps the answer to itself.
     """
 
-    async def get(self, key: str) -> bytes | None: ...
+    value: bytes | None
+    fence: str | None = None
 
-    async def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None: ...
 
-    async def add(self, key: str, value: bytes, *, ttl_seconds: int) -> bool:
-        """Set `key` only if it holds nothing; whether it was set."""
+class Cache(Protocol):
+    """Exact copies of values whose source of truth is elsewhere (the database).
+
+    A copy that may have missed an invalidation is never served: `invalidate` returns once no
+    process can read the old copy any more (waiting out an outage if it must), and `fill` stores
+    a value only if nothing invalidated the key (and the cache lost nothing) since the `lookup`
+    that gave its fence. Misses and outages are never errors: they send readers to the database.
+    """
+
+    async def lookup(self, key: str) -> Cached:
+        """The copy of `key` (counted as a hit or a miss), or a fence to fill it with."""
         ...
 
-    async def delete(self, key: str) -> None: ...
+    async def fill(self, key: str, value: bytes, *, fence: str) -> None:
+        """Store `value`, read from the source after the lookup that gave `fence`, if still valid."""
+        ...
+
+    async def invalidate(self, key: str) -> None:
+        """No reader, in any process, gets the current copy of `key` once this returns."""
+        ...
 
     async def ping(self) -> None:
         """Raise DependencyUnavailable unless the cache answers."""

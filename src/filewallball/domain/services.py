@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
@@ -19,7 +18,6 @@ from filewallball.domain.errors import (
     InvalidRequest,
     MalwareDetected,
     NotPreviewable,
-    QuotaExceeded,
 )
 from filewallball.domain.jobs import TaskQueue
 from filewallball.domain.models import (
@@ -34,13 +32,12 @@ from filewallball.domain.models import (
     Sha256,
     ThumbnailStatus,
     TypePolicy,
-    Visibility,
     thumbnail_keys,
 )
+from filewallball.domain.policies import ExpiryPolicy, Quota
 from filewallball.domain.ports import (
     BlobReader,
     BlobStore,
-    Cache,
     CharsetDecoder,
     Clock,
     FileRepository,
@@ -51,30 +48,10 @@ from filewallball.domain.ports import (
     UsageRepository,
 )
 from filewallball.domain.security import Outcome, Permission, Principal
+from filewallball.domain.uploads import StreamMeter, UploadRequest
 
 THUMBNAIL_JOB = "thumbnail"  # handled in domain/thumbnails.py
 _log = structlog.get_logger("filewallball.files")
-
-# libmagic needs a few KiB for most formats; 64 KiB covers the ones that look deeper (ZIP-based
-# office documents, some text heuristics) while keeping the head buffer small.
-# Enough for every format's signature and for libmagic to tell text from binary; it takes
-# milliseconds on 64 KiB of text or of unknown binary, microseconds to a millisecond on 16 KiB.
-SNIFF_BYTES = 16 * 1024
-_TOMBSTONE = b"-"
-
-
-@dataclass
-class UploadRequest:
-    """An upload on its way in. Fields other than `chunks` are final once `chunks` is exhausted
-    (a multipart form may carry fields after the file)."""
-
-    filename: str
-    chunks: AsyncIterator[bytes]
-    visibility: Visibility = Visibility.PRIVATE
-    expected_sha256: Sha256 | None = None
-    declared_size: int | None = None
-    expires_at: datetime | None = None
-    expires_in_seconds: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,61 +62,14 @@ class Preview:
     charset: str = "utf-8"  # what the bytes were decoded from
 
 
-@dataclass
-class _Meter:
-    """Counts, hashes, sniffs and scans bytes as they stream past, stopping at the limits."""
-
-    limit: int
-    quota: int | None
-    sniffer: Sniffer
-    policy: TypePolicy
-    scan: ScanSession | None
-    size: int = 0
-    content_type: ContentType | None = None
-    _hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
-    _head: bytearray = field(default_factory=bytearray)
-
-    async def watch(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            if not chunk:
-                continue
-            self.size += len(chunk)
-            if self.size > self.limit:
-                raise FileTooLarge(self.limit)
-            if self.quota is not None and self.size > self.quota:
-                raise QuotaExceeded(f"the upload passes the {self.quota} bytes left in the quota")
-            self._hasher.update(chunk)
-            if self.content_type is None:
-                self._head += chunk[: SNIFF_BYTES - len(self._head)]
-                if len(self._head) >= SNIFF_BYTES:
-                    await self._decide_type()
-            if self.scan is not None:
-                await self.scan.feed(chunk)
-            yield chunk
-        if self.content_type is None:
-            await self._decide_type()
-
-    async def _decide_type(self) -> None:
-        content_type = await self.sniffer.sniff(bytes(self._head))
-        self.policy.check(content_type)
-        self.content_type = content_type
-        self._head = bytearray()
-
-    @property
-    def sha256(self) -> Sha256:
-        return Sha256.from_digest(self._hasher.digest())
-
-
 @dataclass(frozen=True, slots=True)
 class UploadLimits:
     max_upload_bytes: int
     preview_max_bytes: int
     type_policy: TypePolicy
-    cache_ttl_seconds: int
     scan_fail_open: bool = False
     trash_retention_seconds: int = 0  # 0: a delete is final
-    default_expires_in_seconds: int | None = None
-    max_expires_in_seconds: int | None = None
+    expiry: ExpiryPolicy = field(default_factory=ExpiryPolicy)
 
 
 class FileService:
@@ -150,7 +80,6 @@ class FileService:
         *,
         files: FileRepository,
         blobs: BlobStore,
-        cache: Cache,
         sniffer: Sniffer,
         clock: Clock,
         usage: UsageRepository,
@@ -162,7 +91,6 @@ class FileService:
     ) -> None:
         self._files = files
         self._blobs = blobs
-        self._cache = cache
         self._sniffer = sniffer
         self._clock = clock
         self._usage = usage
@@ -209,14 +137,10 @@ class FileService:
         if request.declared_size is not None and request.declared_size > limit:
             raise FileTooLarge(limit)
         quota = await self._quota_left(principal)
-        if (
-            quota is not None
-            and request.declared_size is not None
-            and request.declared_size > quota
-        ):
-            raise QuotaExceeded(f"the upload passes the {quota} bytes left in the quota")
+        if request.declared_size is not None:
+            Quota.check_size(request.declared_size, quota)
         scan, scan_status = await self._start_scan()
-        meter = _Meter(limit, quota, self._sniffer, self._limits.type_policy, scan)
+        meter = StreamMeter(limit, quota, self._sniffer, self._limits.type_policy, scan)
         try:
             staged = await self._blobs.stage(meter.watch(request.chunks))
         except BaseException:
@@ -232,7 +156,9 @@ class FileService:
                     f"the body's SHA-256 is {sha256}, not the {request.expected_sha256} declared"
                 )
             # Read after the stream: a form may carry its expiry fields after the file.
-            expires_at = self._expiry(request)
+            expires_at = self._limits.expiry.expires_at(
+                self._clock.now(), at=request.expires_at, in_seconds=request.expires_in_seconds
+            )
             content_type = meter.content_type or ContentType.OCTET_STREAM
             record = FileRecord(
                 id=FileId.new(),
@@ -256,43 +182,13 @@ class FileService:
             await staged.discard()
         return record
 
-    def _expiry(self, request: UploadRequest) -> datetime | None:
-        """When the upload expires: asked for, or the server default; never past the maximum."""
-        now = self._clock.now()
-        longest = self._limits.max_expires_in_seconds
-        if request.expires_at is not None and request.expires_in_seconds is not None:
-            raise InvalidRequest("give expires_at or expires_in, not both", code="invalid_expiry")
-        expires_at = request.expires_at
-        if request.expires_in_seconds is not None:
-            if request.expires_in_seconds < 1:
-                raise InvalidRequest("expires_in must be at least 1 second", code="invalid_expiry")
-            expires_at = now + timedelta(seconds=request.expires_in_seconds)
-        explicit = expires_at is not None
-        if not explicit and self._limits.default_expires_in_seconds is not None:
-            expires_at = now + timedelta(seconds=self._limits.default_expires_in_seconds)
-        if expires_at is not None and expires_at <= now:
-            raise InvalidRequest("expires_at is in the past", code="invalid_expiry")
-        if longest is not None:
-            limit = now + timedelta(seconds=longest)
-            if explicit and expires_at is not None and expires_at > limit:
-                raise InvalidRequest(
-                    f"files may live at most {longest} seconds", code="invalid_expiry"
-                )
-            expires_at = min(expires_at or limit, limit)
-        return expires_at
-
     async def _quota_left(self, principal: Principal) -> int | None:
         """Bytes the principal may still store (None: no byte quota); QuotaExceeded when full."""
-        if principal.owner is None or (
-            principal.quota_bytes is None and principal.quota_files is None
-        ):
+        quota = Quota(files=principal.quota_files, bytes=principal.quota_bytes)
+        if principal.owner is None or not quota.limited:
             return None
         files, stored = await self._usage.stored_by(principal.owner)
-        if principal.quota_files is not None and files >= principal.quota_files:
-            raise QuotaExceeded(f"the quota of {principal.quota_files} files is reached")
-        if principal.quota_bytes is None:
-            return None
-        return max(0, principal.quota_bytes - stored)
+        return quota.room(stored_files=files, stored_bytes=stored)
 
     async def _start_scan(self) -> tuple[ScanSession | None, ScanStatus]:
         if not self._scanner.enabled:
@@ -336,19 +232,9 @@ class FileService:
         file_id = FileId.parse(raw_id)
         if file_id is None:
             raise FileNotFound(f"no file {raw_id!r}")
-        key = cache_key(file_id)
-        cached = await self._cache.get(key)
-        if cached == _TOMBSTONE:
-            raise FileNotFound(f"no file {raw_id!r}")
-        record = (
-            FileRecord.from_json(cached) if cached is not None else await self._files.get(file_id)
-        )
+        record = await self._files.get(file_id)
         if record is None or not record.is_live(self._clock.now()):
             raise FileNotFound(f"no file {raw_id!r}")
-        if cached is not None:
-            return record
-        # Only fill an empty slot: a delete's tombstone written meanwhile must win.
-        await self._cache.add(key, record.to_json(), ttl_seconds=self._limits.cache_ttl_seconds)
         return record
 
     async def open(self, principal: Principal, raw_id: str) -> tuple[FileRecord, BlobReader]:
@@ -364,7 +250,6 @@ class FileService:
         reader = await self._blobs.open(record.sha256)
         if reader is None:
             # The file was deleted between reading the record and opening the bytes.
-            await self._cache.delete(cache_key(record.id))
             raise FileNotFound(f"no file {record.id!r}")
         await self._auditor.record(
             principal, "file.download", Outcome.SUCCESS, target=record.id, size=length
@@ -425,13 +310,11 @@ class FileService:
             trashed = await self._files.trash(record.id, at=self._clock.now())
             if trashed is None:
                 raise FileNotFound(f"no file {raw_id!r}")
-            await self._forget(record)
             await self._auditor.record(principal, "file.trash", Outcome.SUCCESS, target=record.id)
             return trashed
         removed = await self._files.remove(record.id)
         if removed is None:
             raise FileNotFound(f"no file {raw_id!r}")
-        await self._forget(record)
         await self._auditor.record(principal, "file.delete", Outcome.SUCCESS, target=record.id)
         await self._collect(record.sha256)
         return removed
@@ -450,7 +333,6 @@ class FileService:
         restored = await self._files.restore(record.id)
         if restored is None:
             raise FileNotFound(f"no file {raw_id!r} in the trash")
-        await self._cache.delete(cache_key(record.id))
         await self._auditor.record(principal, "file.restore", Outcome.SUCCESS, target=record.id)
         return restored
 
@@ -467,7 +349,6 @@ class FileService:
                 record = await self._files.remove(file_id)
                 if record is None:
                     continue  # another replica purged it first
-                await self._forget(record)
                 await self._auditor.record(
                     Principal.system("purge"), "file.purge", Outcome.SUCCESS, target=file_id
                 )
@@ -501,12 +382,6 @@ class FileService:
                 return tuple(corrupt)
             after = shas[-1]
 
-    async def _forget(self, record: FileRecord) -> None:
-        """Every reader, on every replica, sees the file gone from now on."""
-        await self._cache.set(
-            cache_key(record.id), _TOMBSTONE, ttl_seconds=self._limits.cache_ttl_seconds
-        )
-
     async def recover(self, *, temp_older_than_seconds: float) -> tuple[int, int]:
         """Clean up after a crash: stale temp files and blobs no record uses. Both counts."""
         swept = await self._blobs.sweep(older_than_seconds=temp_older_than_seconds)
@@ -521,7 +396,3 @@ class FileService:
                 await self._blobs.delete(key)
 
         return await self._files.collect_blob(sha256, delete=delete_with_renditions)
-
-
-def cache_key(file_id: FileId) -> str:
-    return f"file:{file_id}"

@@ -18,12 +18,11 @@ from filewallball.domain.models import (
 )
 from filewallball.domain.ports import (
     BlobStore,
-    Cache,
     FileRepository,
     ThumbnailRenderer,
 )
 from filewallball.domain.security import Principal
-from filewallball.domain.services import THUMBNAIL_JOB, FileService, cache_key
+from filewallball.domain.services import THUMBNAIL_JOB, FileService
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +51,12 @@ class ThumbnailService:
         files: FileService,
         records: FileRepository,
         blobs: BlobStore,
-        cache: Cache,
         renderer: ThumbnailRenderer,
         max_source_bytes: int,
     ) -> None:
         self._files = files
         self._records = records
         self._blobs = blobs
-        self._cache = cache
         self._renderer = renderer
         self._max_source_bytes = max_source_bytes
 
@@ -116,7 +113,6 @@ class ThumbnailService:
     async def _mark(self, record: FileRecord, status: ThumbnailStatus) -> None:
         if record.thumbnail_status is not status:
             await self._records.set_thumbnail_status(record.id, status)
-            await self._cache.delete(cache_key(record.id))
 
 
 # Rendered ahead of the first request; AVIF (slow to encode) is rendered on demand only.

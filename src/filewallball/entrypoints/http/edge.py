@@ -22,6 +22,7 @@ from filewallball.entrypoints.http.context import RequestContext, open_context
 from filewallball.entrypoints.http.errors import internal_error
 from filewallball.entrypoints.http.routes.paths import DOCS_PATHS
 from filewallball.entrypoints.http.telemetry import RequestMetrics
+from filewallball.request_scope import begin_request
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -71,6 +72,7 @@ class Edge:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        begin_request()
         request_id, has_origin = _read_headers(scope)
         context = open_context(scope, request_id=request_id, trusted_proxies=self._trusted_proxies)
         status = sent = 0

@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from filewallball.domain.errors import DigestMismatch, FileTooLarge, InvalidRequest
 from filewallball.domain.models import Sha256, Visibility
-from filewallball.domain.services import UploadRequest
+from filewallball.domain.uploads import UploadRequest
 from filewallball.settings import parse_duration
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""Redis adapters: the shared cache and the per-process copies kept exact by it."""
