@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from filewallball.adapters.ratelimit import validate_rule
 from filewallball.domain.errors import InvalidRequest
 from filewallball.domain.models import validate_type_pattern
+from filewallball.domain.rates import RateRule
 from filewallball.domain.security import parse_network
 
 GiB = 1024**3
@@ -129,7 +129,8 @@ class Settings(BaseSettings):
     @field_validator("rate_limit", "upload_rate_limit")
     @classmethod
     def _check_rate(cls, value: str) -> str:
-        return validate_rule(value)
+        RateRule.parse(value)
+        return value
 
     @field_validator("public_base_url")
     @classmethod

@@ -13,7 +13,8 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from filewallball.adapters.ratelimit import LimitsRateLimiter, validate_rule
+from filewallball.adapters.ratelimit import LimitsRateLimiter
+from filewallball.domain.rates import RateRule
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 MakeLimiter = Callable[[], LimitsRateLimiter]
@@ -47,7 +48,7 @@ def limiter(make_limiter: MakeLimiter) -> LimitsRateLimiter:
 
 
 async def test_allows_the_limit_then_blocks(limiter: LimitsRateLimiter) -> None:
-    decisions = [await limiter.hit("client", rule="3/minute") for _ in range(5)]
+    decisions = [await limiter.hit("client", rule=RateRule.parse("3/minute")) for _ in range(5)]
     assert [d.allowed for d in decisions] == [True, True, True, False, False]
     assert [d.remaining for d in decisions] == [2, 1, 0, 0, 0]
     for decision in decisions:
@@ -59,26 +60,26 @@ async def test_allows_the_limit_then_blocks(limiter: LimitsRateLimiter) -> None:
 
 
 async def test_keys_and_rules_are_independent(limiter: LimitsRateLimiter) -> None:
-    assert (await limiter.hit("a", rule="1/minute")).allowed
-    assert not (await limiter.hit("a", rule="1/minute")).allowed
-    assert (await limiter.hit("b", rule="1/minute")).allowed
+    assert (await limiter.hit("a", rule=RateRule.parse("1/minute"))).allowed
+    assert not (await limiter.hit("a", rule=RateRule.parse("1/minute"))).allowed
+    assert (await limiter.hit("b", rule=RateRule.parse("1/minute"))).allowed
     # The upload limit and the general limit of one client are counted apart.
-    assert (await limiter.hit("a", rule="5/minute")).remaining == 4
+    assert (await limiter.hit("a", rule=RateRule.parse("5/minute"))).remaining == 4
 
 
 async def test_block_lifts_after_the_window(limiter: LimitsRateLimiter) -> None:
-    decisions = [await limiter.hit("client", rule="2/second") for _ in range(3)]
+    decisions = [await limiter.hit("client", rule=RateRule.parse("2/second")) for _ in range(3)]
     assert [d.allowed for d in decisions] == [True, True, False]
     assert decisions[-1].reset_after_seconds == 1
     await asyncio.sleep(1.1)
-    after = await limiter.hit("client", rule="2/second")
+    after = await limiter.hit("client", rule=RateRule.parse("2/second"))
     assert after.allowed
     assert after.remaining == 1
 
 
 async def test_reset_stays_within_the_window(limiter: LimitsRateLimiter) -> None:
     for _ in range(4):
-        decision = await limiter.hit("client", rule="2 per 3 seconds")
+        decision = await limiter.hit("client", rule=RateRule.parse("2 per 3 seconds"))
         assert decision.window_seconds == 3
         assert 1 <= decision.reset_after_seconds <= 3
         await asyncio.sleep(0.4)
@@ -88,20 +89,22 @@ async def test_instances_share_a_budget_only_through_redis(
     make_limiter: MakeLimiter, request: pytest.FixtureRequest
 ) -> None:
     first, second = make_limiter(), make_limiter()
-    assert (await first.hit("client", rule="2/minute")).allowed
-    assert (await second.hit("client", rule="2/minute")).allowed
-    third = await first.hit("client", rule="2/minute")
+    assert (await first.hit("client", rule=RateRule.parse("2/minute"))).allowed
+    assert (await second.hit("client", rule=RateRule.parse("2/minute"))).allowed
+    third = await first.hit("client", rule=RateRule.parse("2/minute"))
     # Two replicas on one Redis see one budget; two processes without Redis see their own.
     shared = request.node.callspec.params["make_limiter"] == "redis"
     assert third.allowed is not shared
 
 
 def test_validate_rule() -> None:
-    assert validate_rule("600/minute") == "600/minute"
-    assert validate_rule("10 per 2 seconds") == "10 per 2 seconds"
+    assert str(RateRule.parse("600/minute")) == "600/minute"
+    assert str(RateRule.parse("10 per 2 seconds")) == "10 per 2 seconds"
+    assert RateRule.parse("10 per 2 seconds").window_seconds == 2
+    assert RateRule.parse("5/Hours").window_seconds == 3600
     for bad in ["", "lots", "10/fortnight", "0/minute", "1/second;100/minute"]:
         with pytest.raises(ValueError, match="invalid rate limit"):
-            validate_rule(bad)
+            RateRule.parse(bad)
 
 
 # Redis only.
@@ -110,7 +113,7 @@ def test_validate_rule() -> None:
 async def test_keys_live_under_the_prefix(redis_server: str, redis_prefix: str) -> None:
     limiter = LimitsRateLimiter(storage_uri=redis_server, prefix=redis_prefix)
     try:
-        await limiter.hit("client", rule="5/minute")
+        await limiter.hit("client", rule=RateRule.parse("5/minute"))
     finally:
         await limiter.aclose()
     client = redis.Redis.from_url(redis_server)
@@ -127,7 +130,9 @@ async def test_a_large_budget_is_leased_a_few_hits_at_a_time(
 ) -> None:
     limiter = LimitsRateLimiter(storage_uri=redis_server, prefix=redis_prefix)
     try:
-        decisions = [await limiter.hit("client", rule="100000/minute") for _ in range(500)]
+        decisions = [
+            await limiter.hit("client", rule=RateRule.parse("100000/minute")) for _ in range(500)
+        ]
     finally:
         await limiter.aclose()
     assert all(d.allowed for d in decisions)
@@ -149,9 +154,9 @@ async def test_concurrent_hits_wait_for_one_lease_instead_of_each_taking_one(
 ) -> None:
     limiter = LimitsRateLimiter(storage_uri=redis_server, prefix=redis_prefix)
     try:
-        await limiter.hit("client", rule="100000/minute")  # the window's first hit
+        await limiter.hit("client", rule=RateRule.parse("100000/minute"))  # the window's first hit
         decisions = await asyncio.gather(
-            *(limiter.hit("client", rule="100000/minute") for _ in range(300))
+            *(limiter.hit("client", rule=RateRule.parse("100000/minute")) for _ in range(300))
         )
     finally:
         await limiter.aclose()
@@ -170,7 +175,10 @@ async def test_leases_never_let_a_shared_budget_overflow(
 ) -> None:
     replicas = [LimitsRateLimiter(storage_uri=redis_server, prefix=redis_prefix) for _ in range(2)]
     try:
-        decisions = [await replicas[n % 2].hit("client", rule="1000/minute") for n in range(1200)]
+        decisions = [
+            await replicas[n % 2].hit("client", rule=RateRule.parse("1000/minute"))
+            for n in range(1200)
+        ]
     finally:
         for limiter in replicas:
             await limiter.aclose()
@@ -185,10 +193,12 @@ async def test_leases_never_let_a_shared_budget_overflow(
 _WORKER = """
 import asyncio, sys
 from filewallball.adapters.ratelimit import LimitsRateLimiter
+from filewallball.domain.rates import RateRule
 
 async def main() -> None:
     limiter = LimitsRateLimiter(storage_uri=sys.argv[1], prefix=sys.argv[2])
-    allowed = [(await limiter.hit("shared", rule="10/minute")).allowed for _ in range(15)]
+    rule = RateRule.parse("10/minute")
+    allowed = [(await limiter.hit("shared", rule=rule)).allowed for _ in range(15)]
     await limiter.aclose()
     print(sum(allowed), limiter.fallbacks)
 
@@ -224,7 +234,7 @@ async def test_closed_port_falls_back_quickly_and_logs_once() -> None:
         with capture_logs() as logs:
             decisions = []
             for _ in range(5):
-                decisions.append(await limiter.hit("client", rule="3/minute"))
+                decisions.append(await limiter.hit("client", rule=RateRule.parse("3/minute")))
                 await asyncio.sleep(0.05)  # crosses the cooldown: Redis is retried and fails again
         assert time.monotonic() - started < 2
     finally:
@@ -249,7 +259,7 @@ async def test_a_silent_redis_costs_at_most_the_timeout() -> None:
     limiter = LimitsRateLimiter(storage_uri=f"redis://127.0.0.1:{port}/0")
     try:
         started = time.monotonic()
-        decisions = [await limiter.hit("client", rule="1/minute") for _ in range(3)]
+        decisions = [await limiter.hit("client", rule=RateRule.parse("1/minute")) for _ in range(3)]
         # One call waits out the timeout; the breaker answers the others at once.
         assert time.monotonic() - started < 1.5
     finally:
@@ -315,16 +325,16 @@ async def test_recovers_to_redis_after_the_cooldown(redis_server: str, redis_pre
     direct = LimitsRateLimiter(storage_uri=redis_server, prefix=redis_prefix)
     try:
         with capture_logs() as logs:
-            assert (await limiter.hit("client", rule="5/minute")).remaining == 4
+            assert (await limiter.hit("client", rule=RateRule.parse("5/minute"))).remaining == 4
             await proxy.stop()
             # Redis is gone: the in-process budget starts afresh.
-            assert (await limiter.hit("client", rule="5/minute")).remaining == 4
+            assert (await limiter.hit("client", rule=RateRule.parse("5/minute"))).remaining == 4
             assert limiter.fallbacks == 1
             await proxy.start()
             await asyncio.sleep(0.15)
             # Back on Redis: the budget counts on from the hit before the outage.
-            assert (await limiter.hit("client", rule="5/minute")).remaining == 3
-            assert (await direct.hit("client", rule="5/minute")).remaining == 2
+            assert (await limiter.hit("client", rule=RateRule.parse("5/minute"))).remaining == 3
+            assert (await direct.hit("client", rule=RateRule.parse("5/minute"))).remaining == 2
         assert limiter.fallbacks == 1
         assert [e["event"] for e in logs] == ["rate_limit_fallback", "rate_limit_recovered"]
     finally:

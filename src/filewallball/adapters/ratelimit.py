@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 import redis.asyncio
 import structlog
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 from redis.exceptions import RedisError
 
 from filewallball.adapters.redis.cache import create_redis
 from filewallball.domain.ports import RateDecision, RateLimiter
+from filewallball.domain.rates import RateRule
 
 # Longer than this and Redis counts as down: the request is decided in process instead.
 _REDIS_TIMEOUT_SECONDS = 0.5
@@ -63,25 +64,10 @@ return {count, left}
 """
 
 
-def validate_rule(rule: str) -> str:
-    """`rule` if it is exactly one limit in the `limits` notation ("600/minute"), else ValueError."""
-    _parse(rule)
-    return rule
-
-
 @functools.lru_cache(maxsize=256)
-def _parse(rule: str) -> RateLimitItem:
-    example = "expected one limit such as '600/minute' or '10 per 2 seconds'"
-    try:
-        items = parse_many(rule)
-    except ValueError as error:
-        raise ValueError(f"invalid rate limit {rule!r}: {error}; {example}") from error
-    # `limits.parse` would silently keep only the first of "10/second;100/minute".
-    if len(items) != 1:
-        raise ValueError(f"invalid rate limit {rule!r}: {example}")
-    if items[0].amount < 1:
-        raise ValueError(f"invalid rate limit {rule!r}: the limit must allow at least 1 request")
-    return items[0]
+def _item(rule: RateRule) -> RateLimitItem:
+    """The `limits` item of a rule (the rule's own notation is `limits`')."""
+    return parse(f"{rule.amount}/{rule.multiples} {rule.granularity}")
 
 
 class LimitsRateLimiter(RateLimiter):
@@ -120,8 +106,8 @@ class LimitsRateLimiter(RateLimiter):
         # Calls to Redis (a lease serves several hits with one).
         self.round_trips = 0
 
-    async def hit(self, key: str, *, rule: str) -> RateDecision:
-        item = _parse(rule)
+    async def hit(self, key: str, *, rule: RateRule) -> RateDecision:
+        item = _item(rule)
         if self._client is None:
             return await _decide(self._memory, item, key)
         if time.monotonic() >= self._skip_until:

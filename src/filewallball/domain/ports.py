@@ -18,6 +18,7 @@ from filewallball.domain.models import (
     Sha256,
     ThumbnailStatus,
 )
+from filewallball.domain.rates import RateRule
 from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule
 
 
@@ -273,8 +274,8 @@ class RateDecision:
 
 
 class RateLimiter(Protocol):
-    async def hit(self, key: str, *, rule: str) -> RateDecision:
-        """Count one request for `key` against `rule` (the `limits` notation, "600/minute")."""
+    async def hit(self, key: str, *, rule: RateRule) -> RateDecision:
+        """Count one request for `key` against `rule`."""
         ...
 
 

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.errors import FileWallBallError, RateLimited, Unauthenticated
 from filewallball.domain.ports import RateDecision, RateLimiter
+from filewallball.domain.rates import RateRule
 from filewallball.domain.security import Network, Principal
 from filewallball.entrypoints.http.context import RequestContext, context_of
 from filewallball.entrypoints.http.errors import problem_for
@@ -26,8 +27,8 @@ from filewallball.entrypoints.http.routes.paths import is_upload, open_without_k
 class AdmissionRules:
     """The settings admission applies (FWB_RATE_LIMIT, FWB_PUBLIC_DOCS, ...), parsed once."""
 
-    rate_limit: str
-    upload_rate_limit: str
+    rate_limit: RateRule
+    upload_rate_limit: RateRule
     public_docs: bool
     metrics_cidrs: tuple[Network, ...] = ()
 
@@ -113,7 +114,9 @@ class Admission:
         await self._limit(f"key:{principal.key_id}", rule, policy, context)
         return principal
 
-    async def _limit(self, identity: str, rule: str, policy: str, context: RequestContext) -> None:
+    async def _limit(
+        self, identity: str, rule: RateRule, policy: str, context: RequestContext
+    ) -> None:
         decision = await self._limiter().hit(f"{policy}:{identity}", rule=rule)
         context.response_headers = _rate_headers(decision, policy)
         if not decision.allowed:

@@ -20,6 +20,7 @@ from filewallball.container import Container, build_container, close_clients
 from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.jobs import TaskQueue
 from filewallball.domain.maintenance import MAINTENANCE_JOB, SCRUB_JOB
+from filewallball.domain.rates import RateRule
 from filewallball.domain.security import parse_network
 from filewallball.entrypoints.http.admission import Admission, AdmissionRules
 from filewallball.entrypoints.http.edge import Edge
@@ -149,8 +150,8 @@ def create_app(
         limiter=root.rate_limiter,
         auditor=root.auditor,
         config=AdmissionRules(
-            rate_limit=settings.rate_limit,
-            upload_rate_limit=settings.upload_rate_limit,
+            rate_limit=RateRule.parse(settings.rate_limit),
+            upload_rate_limit=RateRule.parse(settings.upload_rate_limit),
             public_docs=settings.public_docs,
             metrics_cidrs=tuple(parse_network(c) for c in settings.metrics_allowed_cidrs),
         ),
