@@ -343,6 +343,9 @@ class FakeAuditLog(AuditLog):
     async def flush(self) -> None:
         return None
 
+    async def aclose(self) -> None:
+        return None
+
 
 def _audit_matches(entry: AuditEntry, query: AuditQuery) -> bool:
     assert entry.id is not None
@@ -401,6 +404,9 @@ class FakeTaskQueue(TaskQueue):
             self.queued.append((name, key, payload))
 
     async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
         return None
 
 

@@ -1,12 +1,24 @@
-"""The composition root: the one place that knows every adapter, picked from settings."""
+"""The composition root: the one place that knows every adapter, picked from settings.
+
+Read it as a table of contents: the clients, the adapters (a Selector picks the embedded or the
+Redis one by FWB_REDIS_URL), the use cases, and what closes at shutdown. Building it does no I/O:
+clients connect on first use. `await container.init_resources()` at start and
+`await container.shutdown_resources()` at the end close them, dependents first.
+
+Why Resources that only close: dependency-injector makes every provider downstream of an async
+Resource return a Future, and the HTTP layer asks the container for its services on each
+request; so the clients are Singletons (constructing one opens nothing), and a Resource beside
+each closes it.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 from dependency_injector import containers, providers
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from filewallball.adapters.audit_buffer import BufferedAuditLog
@@ -37,11 +49,10 @@ from filewallball.adapters.sql import (
 )
 from filewallball.adapters.vips import VipsThumbnailRenderer
 from filewallball.domain.access import AccessService, Auditor
-from filewallball.domain.jobs import JobRegistry, TaskQueue
+from filewallball.domain.jobs import JobRegistry
 from filewallball.domain.maintenance import register_maintenance_jobs
 from filewallball.domain.models import TypePolicy
-from filewallball.domain.policies import ExpiryPolicy
-from filewallball.domain.ports import AuditLog, Cache, FileRepository, KeyRepository, MalwareScanner
+from filewallball.domain.policies import ExpiryPolicy, Quota
 from filewallball.domain.security import Role
 from filewallball.domain.services import FileService, UploadLimits
 from filewallball.domain.stats import StatsService
@@ -49,65 +60,39 @@ from filewallball.domain.thumbnails import ThumbnailService, register_thumbnail_
 from filewallball.settings import Settings
 
 
-def _redis(url: str | None) -> Redis | None:
-    return create_redis(url) if url else None
+# The keys of the Selectors below, from the settings.
+def _with_redis(url: str | None) -> str:
+    return "redis" if url else "embedded"
 
 
-def _near_cache(redis: Redis | None, prefix: str, enabled: bool) -> NearCache | None:
-    """Per-process copies of Redis entries, for the caches below (only with Redis)."""
-    return NearCache(redis, prefix=prefix) if redis is not None and enabled else None
+def _near(url: str | None, enabled: bool) -> str:
+    return "on" if url and enabled else "off"
 
 
-def _cache(
-    redis: Redis | None, prefix: str, near: NearCache | None, name: str, ttl_seconds: int
-) -> Cache:
-    """Redis, shared by every process and replica; none in the embedded default (see caching)."""
-    if redis is None:
-        return NoCache()
-    return RedisCache(redis, prefix=prefix, name=name, ttl_seconds=ttl_seconds, near=near)
+def _buffering(flush_interval: float) -> str:
+    return "buffered" if flush_interval else "direct"
 
 
-def _files(engine: AsyncEngine, cache: Cache) -> FileRepository:
-    stored = SqlFileRepository(engine=engine)
-    return stored if isinstance(cache, NoCache) else CachedFileRepository(stored, cache=cache)
+def _scanning(address: str | None) -> str:
+    return "clamd" if address else "none"
 
 
-def _keys(engine: AsyncEngine, cache: Cache) -> KeyRepository:
-    stored = SqlKeyRepository(engine=engine)
-    return stored if isinstance(cache, NoCache) else CachedKeyRepository(stored, cache=cache)
+class _Closeable(Protocol):
+    async def aclose(self) -> None: ...
 
 
-def _audit_log(engine: AsyncEngine, flush_interval: float) -> AuditLog:
-    stored = SqlAuditLog(engine=engine)
-    if not flush_interval:
-        return stored
-    return BufferedAuditLog(stored, flush_interval=flush_interval)
+async def _closed_at_shutdown(
+    client: _Closeable | None, before: object = None
+) -> AsyncIterator[None]:
+    """Nothing to open (the client connects on first use); at shutdown, close it."""
+    yield
+    if client is not None:
+        await client.aclose()
 
 
-def _scanner(address: str | None) -> MalwareScanner:
-    return ClamdScanner(address=address) if address else NoScanner()
-
-
-def _task_queue(registry: JobRegistry, redis_url: str | None, name: str) -> TaskQueue:
-    """Jobs on Redis for `filewallball worker` processes, or in this process (embedded)."""
-    return (
-        SaqTaskQueue(redis_url=redis_url, name=name) if redis_url else InProcessTaskQueue(registry)
-    )
-
-
-def _limits(settings: Settings) -> UploadLimits:
-    return UploadLimits(
-        max_upload_bytes=settings.max_upload_bytes,
-        preview_max_bytes=settings.preview_max_bytes,
-        type_policy=TypePolicy(
-            allowed=tuple(settings.allowed_types), denied=tuple(settings.denied_types)
-        ),
-        scan_fail_open=settings.scan_fail_open,
-        trash_retention_seconds=settings.trash_retention,
-        expiry=ExpiryPolicy(
-            default_seconds=settings.default_expires_in, max_seconds=settings.max_expires_in
-        ),
-    )
+async def _disposed_at_shutdown(engine: AsyncEngine) -> AsyncIterator[None]:
+    yield
+    await engine.dispose()
 
 
 def server_secret(settings: Settings) -> bytes:
@@ -130,60 +115,91 @@ def server_secret(settings: Settings) -> bytes:
     return path.read_bytes().strip()
 
 
-def _role_quotas(settings: Settings) -> dict[Role, tuple[int | None, int | None]]:
-    return {Role.UPLOADER: (settings.uploader_quota_bytes, settings.uploader_quota_files)}
-
-
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
+    mode = providers.Callable(_with_redis, settings.provided.redis_url)
 
-    # Both connect lazily, on first use: building the container does no I/O.
+    # -- clients ------------------------------------------------------------------------------
     engine = providers.Singleton(
         create_engine,
         url=settings.provided.resolved_database_url,
         pool_size=settings.provided.database_pool_size,
     )
-    redis = providers.Singleton(_redis, url=settings.provided.redis_url)
-
-    near_cache = providers.Singleton(
-        _near_cache,
-        redis=redis,
-        prefix=settings.provided.redis_prefix,
-        enabled=settings.provided.near_cache,
+    redis = providers.Selector(
+        mode,
+        redis=providers.Singleton(create_redis, settings.provided.redis_url),
+        embedded=providers.Object(None),
     )
 
-    cache = providers.Singleton(
-        _cache,
-        redis=redis,
-        prefix=settings.provided.redis_prefix,
-        near=near_cache,
-        name="records",
-        ttl_seconds=settings.provided.cache_ttl_seconds,
+    # -- caches (docs/caching.md): Redis, shared by every replica; none in the embedded default
+    near_cache = providers.Selector(
+        providers.Callable(_near, settings.provided.redis_url, settings.provided.near_cache),
+        on=providers.Singleton(NearCache, redis, prefix=settings.provided.redis_prefix),
+        off=providers.Object(None),
     )
-    key_cache = providers.Singleton(
-        _cache,
-        redis=redis,
-        prefix=settings.provided.redis_prefix,
-        near=near_cache,
-        name="keys",
-        ttl_seconds=60,
+    cache = providers.Selector(
+        mode,
+        redis=providers.Singleton(
+            RedisCache,
+            redis,
+            prefix=settings.provided.redis_prefix,
+            name="records",
+            ttl_seconds=settings.provided.cache_ttl_seconds,
+            near=near_cache,
+        ),
+        embedded=providers.Singleton(NoCache),
     )
-    files = providers.Singleton(_files, engine=engine, cache=cache)
-    keys = providers.Singleton(_keys, engine=engine, cache=key_cache)
+    key_cache = providers.Selector(
+        mode,
+        redis=providers.Singleton(
+            RedisCache,
+            redis,
+            prefix=settings.provided.redis_prefix,
+            name="keys",
+            ttl_seconds=60,
+            near=near_cache,
+        ),
+        embedded=providers.Singleton(NoCache),
+    )
+
+    # -- repositories and stores ----------------------------------------------------------------
+    stored_files = providers.Singleton(SqlFileRepository, engine=engine)
+    files = providers.Selector(
+        mode,
+        redis=providers.Singleton(CachedFileRepository, stored_files, cache=cache),
+        embedded=stored_files,
+    )
+    stored_keys = providers.Singleton(SqlKeyRepository, engine=engine)
+    keys = providers.Selector(
+        mode,
+        redis=providers.Singleton(CachedKeyRepository, stored_keys, cache=key_cache),
+        embedded=stored_keys,
+    )
     ip_rules = providers.Singleton(SqlIpRuleRepository, engine=engine)
-    audit_store = providers.Singleton(
-        _audit_log, engine=engine, flush_interval=settings.provided.audit_flush_interval
+    audit_written = providers.Singleton(SqlAuditLog, engine=engine)
+    audit_store = providers.Selector(
+        providers.Callable(_buffering, settings.provided.audit_flush_interval),
+        buffered=providers.Singleton(
+            BufferedAuditLog, audit_written, flush_interval=settings.provided.audit_flush_interval
+        ),
+        direct=audit_written,
     )
     audit_log = providers.Singleton(CountingAuditLog, inner=audit_store)
     usage = providers.Singleton(SqlUsageRepository, engine=engine)
     stats = providers.Singleton(SqlStatsRepository, engine=engine)
     blobs = providers.Singleton(DiskBlobStore, root=settings.provided.blob_dir)
+
+    # -- the other adapters ---------------------------------------------------------------------
     rate_limiter = providers.Singleton(
         LimitsRateLimiter,
         storage_uri=settings.provided.redis_url,
-        prefix=providers.Callable(lambda p: f"{p}rl:", settings.provided.redis_prefix),
+        prefix=providers.Callable("{}rl:".format, settings.provided.redis_prefix),
     )
-    scanner = providers.Singleton(_scanner, address=settings.provided.clamd_address)
+    scanner = providers.Selector(
+        providers.Callable(_scanning, settings.provided.clamd_address),
+        clamd=providers.Singleton(ClamdScanner, address=settings.provided.clamd_address),
+        none=providers.Singleton(NoScanner),
+    )
     sniffer = providers.Singleton(default_sniffer)
     charsets = providers.Singleton(NormalizerCharsetDecoder)
     renderer = providers.Singleton(
@@ -193,21 +209,23 @@ class Container(containers.DeclarativeContainer):
         max_source_bytes=settings.provided.thumbnail_max_source_bytes,
     )
     clock = providers.Singleton(SystemClock)
-
     # Filled by build_container() once the services exist (jobs call services, services queue jobs).
     job_registry = providers.Singleton(InstrumentedJobRegistry)
+    # Jobs on Redis for `filewallball worker` processes, or in this process (embedded).
+    task_queue = providers.Selector(
+        mode,
+        redis=providers.Singleton(
+            SaqTaskQueue,
+            redis_url=settings.provided.redis_url,
+            name=settings.provided.job_queue_name,
+        ),
+        embedded=providers.Singleton(InProcessTaskQueue, job_registry),
+    )
     # Telemetry hooks for the entrypoints (readiness checks, scrapes).
     observe_dependency = providers.Object(set_dependency)
     observe_storage = providers.Object(set_storage)
-    task_queue = providers.Singleton(
-        _task_queue,
-        registry=job_registry,
-        redis_url=settings.provided.redis_url,
-        name=providers.Callable(
-            lambda p: f"{p}jobs".replace(":", "-"), settings.provided.redis_prefix
-        ),
-    )
 
+    # -- use cases ------------------------------------------------------------------------------
     auditor = providers.Singleton(Auditor, log=audit_log, clock=clock)
     access_service = providers.Singleton(
         AccessService,
@@ -219,7 +237,32 @@ class Container(containers.DeclarativeContainer):
         static_allow=providers.Callable(tuple, settings.provided.ip_allow),
         static_deny=providers.Callable(tuple, settings.provided.ip_deny),
         rules_refresh_seconds=settings.provided.ip_rules_refresh_seconds,
-        role_quotas=providers.Callable(_role_quotas, settings),
+        role_quotas=providers.Dict(
+            {
+                Role.UPLOADER: providers.Factory(
+                    Quota,
+                    files=settings.provided.uploader_quota_files,
+                    bytes=settings.provided.uploader_quota_bytes,
+                )
+            }
+        ),
+    )
+    upload_limits = providers.Factory(
+        UploadLimits,
+        max_upload_bytes=settings.provided.max_upload_bytes,
+        preview_max_bytes=settings.provided.preview_max_bytes,
+        type_policy=providers.Factory(
+            TypePolicy,
+            allowed=providers.Callable(tuple, settings.provided.allowed_types),
+            denied=providers.Callable(tuple, settings.provided.denied_types),
+        ),
+        scan_fail_open=settings.provided.scan_fail_open,
+        trash_retention_seconds=settings.provided.trash_retention,
+        expiry=providers.Factory(
+            ExpiryPolicy,
+            default_seconds=settings.provided.default_expires_in,
+            max_seconds=settings.provided.max_expires_in,
+        ),
     )
     file_service = providers.Singleton(
         FileService,
@@ -230,7 +273,7 @@ class Container(containers.DeclarativeContainer):
         usage=usage,
         scanner=scanner,
         auditor=auditor,
-        limits=providers.Callable(_limits, settings),
+        limits=upload_limits,
         charsets=charsets,
         jobs=task_queue,
     )
@@ -246,31 +289,46 @@ class Container(containers.DeclarativeContainer):
         max_source_bytes=settings.provided.thumbnail_max_source_bytes,
     )
 
+    # -- what closes at shutdown (a Resource closes after those that name it in `before`) -----
+    engine_closing = providers.Resource(_disposed_at_shutdown, engine)
+    redis_closing = providers.Resource(_closed_at_shutdown, redis)
+    # Its backlog is written to the database; in-process jobs use the database too.
+    audit_closing = providers.Resource(_closed_at_shutdown, audit_store, before=engine_closing)
+    queue_closing = providers.Resource(
+        _closed_at_shutdown, task_queue, before=providers.List(engine_closing, redis_closing)
+    )
+    limiter_closing = providers.Resource(_closed_at_shutdown, rate_limiter)
+
 
 def build_container(settings: Settings) -> Container:
+    """The container for `settings`, its jobs registered."""
     container = Container(settings=settings)
+    register_jobs(container)
+    return container
+
+
+def register_jobs(container: Container) -> None:
+    """Give the job registry its handlers (after any override: they take the services)."""
     registry: JobRegistry = container.job_registry()
     register_thumbnail_job(
         registry, records=container.files(), thumbnails=container.thumbnail_service()
     )
     register_maintenance_jobs(
-        registry, files=container.file_service(), temp_max_age_seconds=settings.temp_max_age_seconds
+        registry,
+        files=container.file_service(),
+        temp_max_age_seconds=container.settings().temp_max_age_seconds,
     )
-    return container
 
 
-async def close_clients(container: Container) -> None:
-    """Write what is queued, then close the pools the container opened (on shutdown)."""
-    audit: AuditLog = container.audit_store()
-    if isinstance(audit, BufferedAuditLog):
-        await audit.close()
-    engine: AsyncEngine = container.engine()
-    await engine.dispose()
-    limiter: LimitsRateLimiter = container.rate_limiter()
-    await limiter.aclose()
-    queue: TaskQueue = container.task_queue()
-    if isinstance(queue, InProcessTaskQueue | SaqTaskQueue):
-        await queue.aclose()
-    redis: Redis | None = container.redis()
-    if redis is not None:
-        await redis.aclose()
+async def open_resources(container: Container) -> None:
+    """At start: make the clients the Resources close (none connects yet)."""
+    opened = container.init_resources()
+    if opened is not None:
+        await opened
+
+
+async def close_resources(container: Container) -> None:
+    """At shutdown: write what is queued, then close every client, dependents first."""
+    closed = container.shutdown_resources()
+    if closed is not None:
+        await closed

@@ -11,6 +11,7 @@ from filewallball.domain.errors import (
     ResourceNotFound,
     Unauthenticated,
 )
+from filewallball.domain.policies import Quota
 from filewallball.domain.security import (
     IpPolicy,
     IpRule,
@@ -48,7 +49,7 @@ def access(keys: FakeKeyRepository, audit: FakeAuditLog, clock: FakeClock) -> Ac
         auditor=Auditor(log=audit, clock=clock),
         clock=clock,
         server_secret=SECRET,
-        role_quotas={Role.UPLOADER: (1000, 10)},
+        role_quotas={Role.UPLOADER: Quota(bytes=1000, files=10)},
     )
 
 

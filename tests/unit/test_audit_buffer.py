@@ -35,7 +35,7 @@ async def test_entries_are_written_in_the_background_in_order() -> None:
     assert [e["target"] for e in events if e["event"] == "audit"] == [f"f{n}" for n in range(5)]
     await asyncio.sleep(0.2)
     assert targets(store) == [f"f{n}" for n in range(5)]
-    await log.close()
+    await log.aclose()
 
 
 async def test_a_full_batch_is_written_without_waiting_for_the_interval() -> None:
@@ -45,7 +45,7 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval() -> Non
         await log.record(entry(n))
     await asyncio.sleep(0.05)
     assert len(store.entries) == 3
-    await log.close()
+    await log.aclose()
 
 
 async def test_queries_and_flush_see_every_entry_recorded_before() -> None:
@@ -56,7 +56,7 @@ async def test_queries_and_flush_see_every_entry_recorded_before() -> None:
     await log.record(entry(2))
     await log.flush()
     assert targets(store) == ["f1", "f2"]
-    await log.close()
+    await log.aclose()
 
 
 async def test_entries_survive_a_database_outage_and_are_written_once_it_ends() -> None:
@@ -73,7 +73,7 @@ async def test_entries_survive_a_database_outage_and_are_written_once_it_ends() 
     assert targets(store) == [f"f{n}" for n in range(4)]
     names = [e["event"] for e in events if e["event"] != "audit"]
     assert names == ["audit_write_failed", "audit_write_recovered"]  # logged once, not per try
-    await log.close()
+    await log.aclose()
 
 
 async def test_a_full_backlog_refuses_new_work_instead_of_dropping_entries() -> None:
@@ -88,7 +88,7 @@ async def test_a_full_backlog_refuses_new_work_instead_of_dropping_entries() -> 
     await log.flush()
     assert targets(store) == ["f0", "f1", "f2"]
     await log.record(entry(3))  # room again
-    await log.close()
+    await log.aclose()
     assert targets(store) == ["f0", "f1", "f2", "f3"]
 
 
@@ -96,7 +96,7 @@ async def test_close_writes_what_is_left_and_later_entries_go_straight_through()
     store = FakeAuditLog()
     log = BufferedAuditLog(store, flush_interval=5)
     await log.record(entry(1))
-    await log.close()
+    await log.aclose()
     assert targets(store) == ["f1"]
     await log.record(entry(2))
     assert targets(store) == ["f1", "f2"]
@@ -108,7 +108,7 @@ async def test_close_with_the_database_down_reports_what_it_could_not_write() ->
     await log.record(entry(1))
     store.fail_writes = True
     with capture_logs() as events:
-        await log.close()
+        await log.aclose()
     lost = [e for e in events if e["event"] == "audit_entries_lost"]
     assert lost[0]["count"] == 1
 
@@ -138,7 +138,7 @@ async def test_close_lets_a_batch_being_written_finish_instead_of_cancelling_it(
     await log.record(entry(1))
     await store.writing.wait()  # the writer is in the middle of its batch
     await log.record(entry(2))
-    closing = asyncio.create_task(log.close())
+    closing = asyncio.create_task(log.aclose())
     await asyncio.sleep(0.05)
     assert not closing.done()  # it waits for the batch rather than interrupting it
     store.release.set()
@@ -157,4 +157,4 @@ async def test_close_does_not_wait_out_the_retry_pause_of_a_failing_writer() -> 
     log._wake.set()  # the writer tries now, fails, and pauses for the interval
     await asyncio.sleep(0.05)
     with capture_logs():
-        await asyncio.wait_for(log.close(), timeout=5)
+        await asyncio.wait_for(log.aclose(), timeout=5)

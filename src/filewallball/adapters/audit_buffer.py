@@ -4,7 +4,7 @@
 statement every `flush_interval` seconds, or at once when `batch_size` entries wait. A batch
 the database refuses stays queued and is tried again. Memory is bounded: past `max_pending`
 entries, `record` raises DependencyUnavailable, so the request fails rather than going
-unaudited. `query` and `flush` write everything queued first, and `close` (at shutdown) does
+unaudited. `query` and `flush` write everything queued first, and `aclose` (at shutdown) does
 too. What a hard crash (SIGKILL, OOM) can lose is the last interval's entries, which are still
 in the JSON log: each entry is logged as an "audit" event when it is queued.
 """
@@ -79,7 +79,7 @@ class BufferedAuditLog(AuditLog):
                 await self._inner.record_many(batch)
                 del self._pending[: len(batch)]
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop the background writer and write what is left (best effort if the DB is down).
 
         The writer is told to stop, not cancelled: a batch cancelled in the middle of its
@@ -103,7 +103,7 @@ class BufferedAuditLog(AuditLog):
                     await self._wake.wait()
             self._wake.clear()
             if self._closed:
-                return  # close() writes what is left
+                return  # aclose() writes what is left
             try:
                 await self.flush()
             except FileWallBallError as error:
@@ -114,7 +114,7 @@ class BufferedAuditLog(AuditLog):
                 self._failing = True
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._interval):
-                        await self._wake.wait()  # the retry's pause, cut short by close()
+                        await self._wake.wait()  # the retry's pause, cut short by aclose()
             else:
                 if self._failing:
                     _log.info("audit_write_recovered")

@@ -69,6 +69,9 @@ class CountingAuditLog(AuditLog):
     async def flush(self) -> None:
         await self._inner.flush()
 
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
 
 def count(entry: AuditEntry) -> None:
     if entry.action == "file.upload":

@@ -13,6 +13,7 @@ from filewallball.domain.errors import (
     ResourceNotFound,
     Unauthenticated,
 )
+from filewallball.domain.policies import Quota
 from filewallball.domain.ports import AuditLog, Clock, IpRuleRepository, KeyRepository
 from filewallball.domain.security import (
     ApiKey,
@@ -90,7 +91,7 @@ class AccessService:
         static_allow: tuple[str, ...] = (),
         static_deny: tuple[str, ...] = (),
         rules_refresh_seconds: float = 5.0,
-        role_quotas: Mapping[Role, tuple[int | None, int | None]] | None = None,
+        role_quotas: Mapping[Role, Quota] | None = None,
     ) -> None:
         self._keys = keys
         self._rules = rules
@@ -129,8 +130,10 @@ class AccessService:
                 self._touched.clear()
             self._touched[key.id] = now
             await self._keys.touch(key.id, at=now)
-        quota = self._role_quotas.get(key.role, (None, None))
-        return Principal.of_key(key, client_ip, request_id, default_quota=quota)
+        quota = self._role_quotas.get(key.role, Quota())
+        return Principal.of_key(
+            key, client_ip, request_id, default_quota=(quota.bytes, quota.files)
+        )
 
     async def check_address(self, client_ip: str | None) -> None:
         """AccessDenied unless the IP rules (settings and database) let the address in."""

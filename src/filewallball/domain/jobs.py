@@ -24,6 +24,10 @@ class TaskQueue(Protocol):
         """Raise DependencyUnavailable unless jobs can be queued now."""
         ...
 
+    async def aclose(self) -> None:
+        """Stop (at shutdown): let running jobs end or hand them back, close connections."""
+        ...
+
 
 class JobRegistry:
     """Job names and the handlers that run them, shared by enqueuers and workers."""

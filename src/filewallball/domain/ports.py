@@ -241,6 +241,10 @@ class AuditLog(Protocol):
         """Make every entry recorded so far visible to queries (a no-op if written at once)."""
         ...
 
+    async def aclose(self) -> None:
+        """Write what is queued and stop (at shutdown); later entries are refused."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class StorageTotals:

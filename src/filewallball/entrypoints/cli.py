@@ -123,7 +123,7 @@ def worker(
 ) -> None:
     """Run background jobs (thumbnails, ...) from the Redis queue until SIGTERM."""
     from filewallball.adapters.jobs import run_worker
-    from filewallball.container import build_container, close_clients
+    from filewallball.container import build_container, close_resources, open_resources
     from filewallball.entrypoints.logs import configure_logging
 
     settings = Settings()
@@ -138,6 +138,7 @@ def worker(
 
     async def run() -> None:
         container = build_container(settings)
+        await open_resources(container)
         try:
             await run_worker(
                 redis_url=redis_url,
@@ -146,7 +147,7 @@ def worker(
                 concurrency=concurrency,
             )
         finally:
-            await close_clients(container)
+            await close_resources(container)
 
     asyncio.run(run())
 
@@ -159,7 +160,7 @@ app.add_typer(backup, name="backup")
 def _run_with_access(work: Callable[[AccessService], Awaitable[T]]) -> T:
     """Run `work` against the configured database, as the operator (every permission)."""
     from filewallball.adapters.sql import upgrade
-    from filewallball.container import build_container, close_clients
+    from filewallball.container import build_container, close_resources, open_resources
     from filewallball.entrypoints.logs import configure_logging
 
     settings = Settings()
@@ -169,10 +170,11 @@ def _run_with_access(work: Callable[[AccessService], Awaitable[T]]) -> T:
 
     async def run() -> T:
         container = build_container(settings)
+        await open_resources(container)
         try:
             return await work(container.access_service())
         finally:
-            await close_clients(container)
+            await close_resources(container)
 
     try:
         return asyncio.run(run())

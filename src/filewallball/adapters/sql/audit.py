@@ -55,6 +55,9 @@ class SqlAuditLog(SqlStore, AuditLog):
     async def flush(self) -> None:
         return None  # every entry is written when recorded
 
+    async def aclose(self) -> None:
+        return None  # nothing is queued; the engine is closed with the container
+
     async def query(self, query: AuditQuery) -> list[AuditEntry]:
         conditions = _audit_conditions(query)
         if conditions is None:

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from filewallball import __version__
 from filewallball.adapters.sql import upgrade
-from filewallball.container import Container, build_container, close_clients
+from filewallball.container import Container, build_container, close_resources, open_resources
 from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.jobs import TaskQueue
 from filewallball.domain.maintenance import MAINTENANCE_JOB, SCRUB_JOB
@@ -121,6 +121,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await open_resources(root)
         await _start(root)
         log.info("started", database=_redact(root.settings().resolved_database_url))
         scheduler = asyncio.create_task(_schedule_maintenance(root))
@@ -131,7 +132,7 @@ def create_app(
         finally:
             scheduler.cancel()
             await asyncio.gather(scheduler, return_exceptions=True)
-            await close_clients(root)
+            await close_resources(root)
 
     app = FastAPI(
         title="FileWallBall",
