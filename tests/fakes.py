@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from types import TracebackType
 
 from filewallball.adapters.sql import log_audit_event
 from filewallball.domain.errors import Conflict, DependencyUnavailable, InvalidRequest
@@ -32,6 +33,7 @@ from filewallball.domain.ports import (
     CacheStats,
     Clock,
     FileRepository,
+    FileUnitOfWork,
     IpRuleRepository,
     KeyRepository,
     Sniffer,
@@ -48,11 +50,8 @@ class FakeFileRepository(FileRepository):
         self.refcounts: dict[Sha256, int] = {}
         self._lock = asyncio.Lock()
 
-    async def add(self, record: FileRecord, *, publish: Callable[[], Awaitable[None]]) -> None:
-        async with self._lock:
-            await publish()
-            self.refcounts[record.sha256] = self.refcounts.get(record.sha256, 0) + 1
-            self.records[record.id] = record
+    def unit_of_work(self) -> FakeFileUnitOfWork:
+        return FakeFileUnitOfWork(self)
 
     async def get(self, file_id: FileId) -> FileRecord | None:
         return self.records.get(file_id)
@@ -63,14 +62,6 @@ class FakeFileRepository(FileRepository):
             if record is not None:
                 self.refcounts[record.sha256] -= 1
             return record
-
-    async def collect_blob(self, sha256: Sha256, *, delete: Callable[[], Awaitable[None]]) -> bool:
-        async with self._lock:
-            if self.refcounts.get(sha256, 0) != 0 or sha256 not in self.refcounts:
-                return False
-            await delete()
-            del self.refcounts[sha256]
-            return True
 
     async def unreferenced_blobs(self) -> list[Sha256]:
         return [sha for sha, count in self.refcounts.items() if count == 0]
@@ -131,6 +122,47 @@ class FakeFileRepository(FileRepository):
 
     async def ping(self) -> None:
         return None
+
+
+class FakeFileUnitOfWork(FileUnitOfWork):
+    """The repository's lock for the whole unit (as the database locks the blob's row); what is
+    staged applies at commit, and is dropped otherwise."""
+
+    def __init__(self, repository: FakeFileRepository) -> None:
+        self._repository = repository
+        self._added: list[FileRecord] = []
+        self._forgotten: list[Sha256] = []
+
+    async def __aenter__(self) -> FakeFileUnitOfWork:
+        await self._repository._lock.acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._repository._lock.release()
+
+    async def add(self, record: FileRecord) -> None:
+        self._added.append(record)
+
+    async def forget_blob(self, sha256: Sha256) -> bool:
+        refcounts = self._repository.refcounts
+        if refcounts.get(sha256, 0) != 0 or sha256 not in refcounts:
+            return False
+        self._forgotten.append(sha256)
+        return True
+
+    async def commit(self) -> None:
+        repository = self._repository
+        for record in self._added:
+            repository.refcounts[record.sha256] = repository.refcounts.get(record.sha256, 0) + 1
+            repository.records[record.id] = record
+        for sha256 in self._forgotten:
+            del repository.refcounts[sha256]
+        self._added, self._forgotten = [], []
 
 
 def _sort_value(record: FileRecord, sort: SortKey) -> str | int:

@@ -71,6 +71,28 @@ async def noop() -> None:
     return None
 
 
+async def add(
+    repo: FileRepository, record: FileRecord, *, publish: Callable[[], Awaitable[None]] = noop
+) -> None:
+    """What an upload does: stage the record and its reference, store the bytes, commit."""
+    async with repo.unit_of_work() as work:
+        await work.add(record)
+        await publish()
+        await work.commit()
+
+
+async def collect(
+    repo: FileRepository, sha256: Sha256, *, delete: Callable[[], Awaitable[None]]
+) -> bool:
+    """What a collection does: forget an unreferenced blob, delete its bytes, commit."""
+    async with repo.unit_of_work() as work:
+        if not await work.forget_blob(sha256):
+            return False
+        await delete()
+        await work.commit()
+    return True
+
+
 class Calls:
     """A callback that counts its calls and can be told to fail or wait."""
 
@@ -172,7 +194,7 @@ async def test_add_then_get_returns_every_field(repo: FileRepository) -> None:
         scan_status=ScanStatus.CLEAN,
         thumbnail_status=ThumbnailStatus.PENDING,
     )
-    await repo.add(record, publish=noop)
+    await add(repo, record, publish=noop)
 
     stored = await repo.get(record.id)
 
@@ -184,7 +206,7 @@ async def test_add_then_get_returns_every_field(repo: FileRepository) -> None:
 
 async def test_a_time_in_another_zone_comes_back_as_the_same_instant(repo: FileRepository) -> None:
     record = make_record(created_at=datetime(2026, 6, 1, 12, tzinfo=timezone(timedelta(hours=2))))
-    await repo.add(record, publish=noop)
+    await add(repo, record, publish=noop)
 
     stored = await repo.get(record.id)
 
@@ -199,7 +221,7 @@ async def test_a_record_is_invisible_until_publish_returns(repo: FileRepository)
     async def publish() -> None:
         seen_while_publishing.append(await repo.get(record.id))
 
-    await repo.add(record, publish=publish)
+    await add(repo, record, publish=publish)
 
     assert seen_while_publishing == [None]
     assert await repo.get(record.id) == record
@@ -207,13 +229,13 @@ async def test_a_record_is_invisible_until_publish_returns(repo: FileRepository)
 
 async def test_a_failing_publish_leaves_no_record_and_no_reference(repo: FileRepository) -> None:
     kept = make_record("kept.pdf")
-    await repo.add(kept, publish=noop)
+    await add(repo, kept, publish=noop)
     error = CallbackFailed("disk full")
     publish = Calls(error=error)
 
     for sha256 in (sha(1), SHA):  # new content, and content another record already uses
         with pytest.raises(CallbackFailed) as raised:
-            await repo.add(make_record(sha256=sha256), publish=publish)
+            await add(repo, make_record(sha256=sha256), publish=publish)
         assert raised.value is error
 
     assert publish.count == 2
@@ -225,7 +247,7 @@ async def test_a_failing_publish_leaves_no_record_and_no_reference(repo: FileRep
 
 async def test_remove_returns_the_record_once(repo: FileRepository) -> None:
     record = make_record()
-    await repo.add(record, publish=noop)
+    await add(repo, record, publish=noop)
 
     assert await repo.remove(record.id) == record
     assert await repo.get(record.id) is None
@@ -238,68 +260,68 @@ async def test_remove_returns_the_record_once(repo: FileRepository) -> None:
 
 async def test_a_blob_is_collected_only_after_its_last_reference(repo: FileRepository) -> None:
     first, second = make_record("one"), make_record("two")
-    await repo.add(first, publish=noop)
-    await repo.add(second, publish=noop)
+    await add(repo, first, publish=noop)
+    await add(repo, second, publish=noop)
     delete = Calls()
 
     await repo.remove(first.id)
     assert await repo.unreferenced_blobs() == []
-    assert await repo.collect_blob(SHA, delete=delete) is False
+    assert await collect(repo, SHA, delete=delete) is False
 
     await repo.remove(second.id)
     assert await repo.unreferenced_blobs() == [SHA]
-    assert await repo.collect_blob(SHA, delete=delete) is True
+    assert await collect(repo, SHA, delete=delete) is True
     assert await repo.unreferenced_blobs() == []
-    assert await repo.collect_blob(SHA, delete=delete) is False
+    assert await collect(repo, SHA, delete=delete) is False
     assert delete.count == 1
 
 
 async def test_collecting_unknown_content_does_nothing(repo: FileRepository) -> None:
     delete = Calls()
 
-    assert await repo.collect_blob(sha(9), delete=delete) is False
+    assert await collect(repo, sha(9), delete=delete) is False
     assert delete.count == 0
 
 
 async def test_a_failing_delete_keeps_the_blob_collectable(repo: FileRepository) -> None:
     record = make_record()
-    await repo.add(record, publish=noop)
+    await add(repo, record, publish=noop)
     await repo.remove(record.id)
     error = CallbackFailed("permission denied")
 
     with pytest.raises(CallbackFailed) as raised:
-        await repo.collect_blob(SHA, delete=Calls(error=error))
+        await collect(repo, SHA, delete=Calls(error=error))
 
     assert raised.value is error
     assert await repo.unreferenced_blobs() == [SHA]
-    assert await repo.collect_blob(SHA, delete=noop) is True
+    assert await collect(repo, SHA, delete=noop) is True
 
 
 async def test_content_can_be_stored_again_after_collection(repo: FileRepository) -> None:
     first = make_record("first")
-    await repo.add(first, publish=noop)
+    await add(repo, first, publish=noop)
     await repo.remove(first.id)
-    assert await repo.collect_blob(SHA, delete=noop) is True
+    assert await collect(repo, SHA, delete=noop) is True
 
     again = make_record("again")
-    await repo.add(again, publish=noop)
+    await add(repo, again, publish=noop)
     await repo.remove(again.id)
 
     assert await repo.unreferenced_blobs() == [SHA]
-    assert await repo.collect_blob(SHA, delete=noop) is True
+    assert await collect(repo, SHA, delete=noop) is True
 
 
 async def test_collect_waits_for_an_add_of_the_same_content(repo: FileRepository) -> None:
     old = make_record("old")
-    await repo.add(old, publish=noop)
+    await add(repo, old, publish=noop)
     await repo.remove(old.id)
     publish, delete = Calls(), Calls()
     publish.release = asyncio.Event()
     new = make_record("new")
 
-    adding = asyncio.create_task(repo.add(new, publish=publish))
+    adding = asyncio.create_task(add(repo, new, publish=publish))
     await publish.started.wait()
-    collecting = asyncio.create_task(repo.collect_blob(SHA, delete=delete))
+    collecting = asyncio.create_task(collect(repo, SHA, delete=delete))
     await asyncio.sleep(0.3)
     assert not collecting.done(), "collect_blob must wait for the add holding the blob's lock"
     publish.release.set()
@@ -312,7 +334,7 @@ async def test_collect_waits_for_an_add_of_the_same_content(repo: FileRepository
 
 async def test_add_waits_for_a_collect_of_the_same_content(repo: FileRepository) -> None:
     old = make_record("old")
-    await repo.add(old, publish=noop)
+    await add(repo, old, publish=noop)
     await repo.remove(old.id)
     order: list[str] = []
     delete = Calls()
@@ -321,10 +343,10 @@ async def test_add_waits_for_a_collect_of_the_same_content(repo: FileRepository)
     async def publish() -> None:
         order.append("publish")
 
-    collecting = asyncio.create_task(repo.collect_blob(SHA, delete=delete))
+    collecting = asyncio.create_task(collect(repo, SHA, delete=delete))
     await delete.started.wait()
     new = make_record("new")
-    adding = asyncio.create_task(repo.add(new, publish=publish))
+    adding = asyncio.create_task(add(repo, new, publish=publish))
     await asyncio.sleep(0.3)
     assert order == [], "add must wait until the bytes being collected are gone"
     order.append("delete")
@@ -334,7 +356,7 @@ async def test_add_waits_for_a_collect_of_the_same_content(repo: FileRepository)
     await adding
     assert order == ["delete", "publish"]
     await repo.remove(new.id)
-    assert await repo.collect_blob(SHA, delete=noop) is True
+    assert await collect(repo, SHA, delete=noop) is True
 
 
 async def test_concurrent_adds_of_the_same_content_all_count(repo: FileRepository) -> None:
@@ -349,15 +371,15 @@ async def test_concurrent_adds_of_the_same_content_all_count(repo: FileRepositor
         await asyncio.sleep(0.01)
         active -= 1
 
-    await asyncio.gather(*(repo.add(record, publish=publish) for record in records))
+    await asyncio.gather(*(add(repo, record, publish=publish) for record in records))
 
     assert most_active == 1, "publishing the same content must be serialised by its lock"
     assert len((await repo.list(ListQuery(limit=100))).items) == len(records)
     for record in records[:-1]:
         assert await repo.remove(record.id) == record
-        assert await repo.collect_blob(SHA, delete=noop) is False
+        assert await collect(repo, SHA, delete=noop) is False
     await repo.remove(records[-1].id)
-    assert await repo.collect_blob(SHA, delete=noop) is True
+    assert await collect(repo, SHA, delete=noop) is True
 
 
 # --- listing ----------------------------------------------------------------------------------
@@ -402,7 +424,7 @@ def expected_order(records: list[FileRecord], sort: SortKey) -> list[FileId]:
 
 async def add_all(repo: FileRepository, records: list[FileRecord]) -> None:
     for record in records:
-        await repo.add(record, publish=noop)
+        await add(repo, record, publish=noop)
 
 
 async def walk(repo: FileRepository, limit: int, **filters: object) -> list[FileId]:
@@ -461,7 +483,7 @@ async def test_content_type_filters(repo: FileRepository, pattern: str, types: s
 
 async def test_a_type_prefix_has_no_wildcards(repo: FileRepository) -> None:
     record = make_record(content_type="x-ab/c")
-    await repo.add(record, publish=noop)
+    await add(repo, record, publish=noop)
 
     assert await walk(repo, 10, content_type="x_ab/*") == []
     assert await walk(repo, 10, content_type="x-ab/*") == [record.id]
@@ -612,9 +634,9 @@ async def every_operation_fails(repo: FileRepository) -> None:
     operations: list[Callable[[], Awaitable[object]]] = [
         repo.ping,
         lambda: repo.get(FileId.new()),
-        lambda: repo.add(make_record(), publish=callback),
+        lambda: add(repo, make_record(), publish=callback),
         lambda: repo.remove(FileId.new()),
-        lambda: repo.collect_blob(SHA, delete=callback),
+        lambda: collect(repo, SHA, delete=callback),
         repo.unreferenced_blobs,
         lambda: repo.list(ListQuery()),
     ]
@@ -698,7 +720,7 @@ async def test_postgresql_down_is_unavailable_and_the_repository_recovers(
     record = make_record()
     try:
         async with sql_repository(target.set(port=proxy.port).render_as_string(False)) as repo:
-            await repo.add(record, publish=noop)
+            await add(repo, record, publish=noop)
 
             await proxy.stop()
             await every_operation_fails(repo)
@@ -715,7 +737,7 @@ async def test_connections_the_server_dropped_are_replaced(
 ) -> None:
     record = make_record()
     async with sql_repository(migrated_pg_url) as repo:
-        await repo.add(record, publish=noop)
+        await add(repo, record, publish=noop)
         await repo.ping()
         admin = await asyncpg.connect(pg_server, timeout=5)
         try:
@@ -738,14 +760,14 @@ async def test_a_dead_connection_the_pool_missed_is_retried_on_a_fresh_one(
     monkeypatch.setattr(sql_engine, "_known_closed", lambda _connection: False)
     record = make_record()
     async with sql_repository(migrated_pg_url) as repo:
-        await repo.add(record, publish=noop)
+        await add(repo, record, publish=noop)
         await terminate_backends(pg_server, sa.make_url(migrated_pg_url).database)
 
         assert await repo.get(record.id) == record
         await terminate_backends(pg_server, sa.make_url(migrated_pg_url).database)
         again = make_record()
         publish = Calls()
-        await repo.add(again, publish=publish)
+        await add(repo, again, publish=publish)
         assert publish.count == 1
         assert await repo.get(again.id) == again
 
@@ -764,7 +786,7 @@ async def test_a_connection_lost_after_the_first_statement_is_not_retried(
 
     async with sql_repository(migrated_pg_url) as repo:
         with pytest.raises(DependencyUnavailable):
-            await repo.add(record, publish=publish_while_the_database_drops_us)
+            await add(repo, record, publish=publish_while_the_database_drops_us)
         assert publish.count == 1
         assert await repo.get(record.id) is None
         assert await repo.unreferenced_blobs() == []
@@ -780,7 +802,7 @@ async def test_concurrent_upgrades_from_threads_apply_the_schema_once(unmigrated
     await anyio.to_thread.run_sync(upgrade, unmigrated_url)  # and again: nothing to do
 
     async with sql_repository(unmigrated_url) as repo:
-        await repo.add(make_record(), publish=noop)
+        await add(repo, make_record(), publish=noop)
         assert len((await repo.list(ListQuery())).items) == 1
 
 

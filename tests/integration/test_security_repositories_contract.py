@@ -603,7 +603,9 @@ async def test_usage_sums_the_files_an_owner_stores_now(stores: Stores) -> None:
         make_file(None, 7, Sha256("c" * 64)),
     ]
     for record in records:
-        await stores.files.add(record, publish=noop)
+        async with stores.files.unit_of_work() as work:
+            await work.add(record)
+            await work.commit()
 
     assert await stores.usage.stored_by("team-a") == (2, 2**33 + 10)
     assert await stores.usage.stored_by("team-b") == (1, 5)

@@ -48,11 +48,9 @@ KEY = ApiKey(
 
 async def _stored(record: FileRecord) -> tuple[FakeFileRepository, CachedFileRepository]:
     database = FakeFileRepository()
-
-    async def publish() -> None:
-        return None
-
-    await database.add(record, publish=publish)
+    async with database.unit_of_work() as work:
+        await work.add(record)
+        await work.commit()
     return database, CachedFileRepository(database, cache=FakeCache())
 
 

@@ -16,7 +16,6 @@ cannot race an invalidation); `list` reads the database and is exact.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -36,7 +35,7 @@ from filewallball.domain.models import (
     ThumbnailStatus,
     Visibility,
 )
-from filewallball.domain.ports import Cache, FileRepository, KeyRepository
+from filewallball.domain.ports import Cache, FileRepository, FileUnitOfWork, KeyRepository
 from filewallball.domain.security import ApiKey, Role
 
 
@@ -59,9 +58,9 @@ class CachedFileRepository(FileRepository):
             await self._cache.fill(file_id, _record_to_json(record), fence=found.fence)
         return record
 
-    async def add(self, record: FileRecord, *, publish: Callable[[], Awaitable[None]]) -> None:
-        # A new id: nothing cached can name it.
-        await self._inner.add(record, publish=publish)
+    def unit_of_work(self) -> FileUnitOfWork:
+        # It adds records (new ids: nothing cached can name them) and collects blobs.
+        return self._inner.unit_of_work()
 
     async def remove(self, file_id: FileId) -> FileRecord | None:
         removed = await self._inner.remove(file_id)
@@ -81,9 +80,6 @@ class CachedFileRepository(FileRepository):
     async def set_thumbnail_status(self, file_id: FileId, status: ThumbnailStatus) -> None:
         await self._inner.set_thumbnail_status(file_id, status)
         await self._cache.invalidate(file_id)
-
-    async def collect_blob(self, sha256: Sha256, *, delete: Callable[[], Awaitable[None]]) -> bool:
-        return await self._inner.collect_blob(sha256, delete=delete)
 
     async def unreferenced_blobs(self) -> list[Sha256]:
         return await self._inner.unreferenced_blobs()

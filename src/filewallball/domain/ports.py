@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 from typing import Protocol
 
 from filewallball.domain.models import (
@@ -22,27 +23,45 @@ from filewallball.domain.rates import RateRule
 from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule
 
 
+class FileUnitOfWork(Protocol):
+    """What commits together with the bytes: a record and its blob reference (an upload), or an
+    unreferenced blob's row (its collection). `async with` it, do the work and the blob store's
+    step, then `commit()`; leaving without committing rolls everything back.
+    """
+
+    async def __aenter__(self) -> FileUnitOfWork: ...
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    async def add(self, record: FileRecord) -> None:
+        """Stage `record` and a reference to its blob, locking the blob's row until the end:
+        a collection of the same content waits instead of deleting bytes this upload uses."""
+        ...
+
+    async def forget_blob(self, sha256: Sha256) -> bool:
+        """Stage the removal of the blob's row if no record references it (locking it until the
+        end, so an upload of the same content waits); whether it was unreferenced."""
+        ...
+
+    async def commit(self) -> None: ...
+
+
 class FileRepository(Protocol):
     """File records and the reference counts that keep their blobs alive."""
 
-    async def add(self, record: FileRecord, *, publish: Callable[[], Awaitable[None]]) -> None:
-        """Commit `record` and a reference to its blob.
-
-        `publish` runs inside the transaction, after the blob's reference row is locked and
-        before the commit: if it raises, nothing is committed. Holding that lock is what makes
-        a concurrent `collect_blob` of the same content wait instead of deleting the bytes
-        this upload is about to use.
-        """
+    def unit_of_work(self) -> FileUnitOfWork:
+        """A transaction for what commits with the bytes (adding a record, collecting a blob)."""
         ...
 
     async def get(self, file_id: FileId) -> FileRecord | None: ...
 
     async def remove(self, file_id: FileId) -> FileRecord | None:
         """Delete the record and drop its blob reference; the removed record, or None."""
-        ...
-
-    async def collect_blob(self, sha256: Sha256, *, delete: Callable[[], Awaitable[None]]) -> bool:
-        """If no record references `sha256`, run `delete` under the blob's lock and forget it."""
         ...
 
     async def unreferenced_blobs(self) -> list[Sha256]:

@@ -177,7 +177,10 @@ class FileService:
                 scan_status=scan_status,
                 expires_at=expires_at,
             )
-            await self._files.add(record, publish=lambda: staged.publish(sha256))
+            async with self._files.unit_of_work() as work:
+                await work.add(record)
+                await staged.publish(sha256)
+                await work.commit()
         finally:
             await staged.discard()
         return record
@@ -391,8 +394,11 @@ class FileService:
         return swept, collected
 
     async def _collect(self, sha256: Sha256) -> bool:
-        async def delete_with_renditions() -> None:
+        """Delete the bytes (and renditions) of a blob no record uses any more; whether it did."""
+        async with self._files.unit_of_work() as work:
+            if not await work.forget_blob(sha256):
+                return False
             for key in (sha256, *thumbnail_keys(sha256)):
                 await self._blobs.delete(key)
-
-        return await self._files.collect_blob(sha256, delete=delete_with_renditions)
+            await work.commit()
+        return True

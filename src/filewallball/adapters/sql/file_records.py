@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from filewallball.adapters.sql.listing import select_page, sort_value
 from filewallball.adapters.sql.schema import head_revision, older_revisions
-from filewallball.adapters.sql.store import SqlStore, Transaction, utc
+from filewallball.adapters.sql.store import SqlStore, SqlUnitOfWork, Transaction, utc
 from filewallball.adapters.sql.tables import blobs, files
 from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.models import (
@@ -28,28 +29,14 @@ from filewallball.domain.models import (
     ThumbnailStatus,
     Visibility,
 )
-from filewallball.domain.ports import FileRepository
+from filewallball.domain.ports import FileRepository, FileUnitOfWork
 
 
 class SqlFileRepository(SqlStore, FileRepository):
     """File records and blob reference counts in SQL; driver failures are DependencyUnavailable."""
 
-    async def add(self, record: FileRecord, *, publish: Callable[[], Awaitable[None]]) -> None:
-        row = _to_row(record)
-
-        async def work(tx: Transaction) -> None:
-            # The reference first: that takes the blob row's lock (PostgreSQL) or the database's
-            # write lock (SQLite), so a collect_blob of this content waits for us. The record
-            # stays invisible until the commit, after `publish` has stored the bytes.
-            if self._postgresql:
-                # One statement, one round trip: the reference and the record.
-                await tx.execute_driver(_ADD_POSTGRESQL, _add_parameters(row))
-            else:
-                await tx.execute(self._reference(record.sha256, row["created_at"]))
-                await tx.execute(_INSERT_FILE, row)
-            await tx.call(publish)
-
-        await self._run(work)
+    def unit_of_work(self) -> SqlFileUnitOfWork:
+        return SqlFileUnitOfWork(self._engine, postgresql=self._postgresql)
 
     async def get(self, file_id: FileId) -> FileRecord | None:
         async def work(tx: Transaction) -> sa.Row[Any] | None:
@@ -71,18 +58,6 @@ class SqlFileRepository(SqlStore, FileRepository):
 
         row = await self._run(work)
         return None if row is None else _to_record(row)
-
-    async def collect_blob(self, sha256: Sha256, *, delete: Callable[[], Awaitable[None]]) -> bool:
-        async def work(tx: Transaction) -> bool:
-            # Deleting first locks the row, so an `add` of the same content waits until the bytes
-            # are gone and then writes them again, instead of referencing bytes being deleted.
-            unreferenced = (blobs.c.sha256 == sha256) & (blobs.c.refcount == 0)
-            if (await tx.execute(blobs.delete().where(unreferenced))).rowcount == 0:
-                return False
-            await tx.call(delete)
-            return True
-
-        return await self._run(work)
 
     async def unreferenced_blobs(self) -> list[Sha256]:
         query = sa.select(blobs.c.sha256).where(blobs.c.refcount == 0).order_by(blobs.c.sha256)
@@ -195,13 +170,47 @@ class SqlFileRepository(SqlStore, FileRepository):
         row = await self._run(work)
         return None if row is None else _to_record(row)
 
-    def _reference(self, sha256: Sha256, created_at: datetime) -> sa.Executable:
-        """Insert the blob row with one reference, or add one to an existing row (SQLite)."""
-        values = {"sha256": str(sha256), "refcount": 1, "created_at": created_at}
-        lite = sqlite.insert(blobs).values(values)
-        return lite.on_conflict_do_update(
-            index_elements=[blobs.c.sha256], set_={"refcount": blobs.c.refcount + 1}
-        )
+
+class SqlFileUnitOfWork(SqlUnitOfWork, FileUnitOfWork):
+    """A record and its blob reference, or a blob row's removal, committed with the bytes."""
+
+    def __init__(self, engine: AsyncEngine, *, postgresql: bool) -> None:
+        super().__init__(engine)
+        self._postgresql = postgresql
+
+    async def add(self, record: FileRecord) -> None:
+        row = _to_row(record)
+
+        async def work(tx: Transaction) -> None:
+            # The reference first: that takes the blob row's lock (PostgreSQL) or the database's
+            # write lock (SQLite), so a collection of this content waits for our commit. The
+            # record stays invisible until then, after the caller has stored the bytes.
+            if self._postgresql:
+                # One statement, one round trip: the reference and the record.
+                await tx.execute_driver(_ADD_POSTGRESQL, _add_parameters(row))
+            else:
+                await tx.execute(_reference(record.sha256, row["created_at"]))
+                await tx.execute(_INSERT_FILE, row)
+
+        await self._run(work)
+
+    async def forget_blob(self, sha256: Sha256) -> bool:
+        async def work(tx: Transaction) -> bool:
+            # Deleting locks the row, so an `add` of the same content waits until the bytes
+            # are gone and then writes them again, instead of referencing bytes being deleted.
+            unreferenced = (blobs.c.sha256 == sha256) & (blobs.c.refcount == 0)
+            return bool((await tx.execute(blobs.delete().where(unreferenced))).rowcount)
+
+        return await self._run(work)
+
+
+def _reference(sha256: Sha256, created_at: datetime) -> sa.Executable:
+    """Insert the blob row with one reference, or add one to an existing row (SQLite)."""
+    values = {"sha256": str(sha256), "refcount": 1, "created_at": created_at}
+    lite = sqlite.insert(blobs).values(values)
+    return lite.on_conflict_do_update(
+        index_elements=[blobs.c.sha256], set_={"refcount": blobs.c.refcount + 1}
+    )
 
 
 # The blob reference and the record in one statement (the data-modifying CTE always runs).

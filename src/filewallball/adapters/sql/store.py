@@ -1,4 +1,5 @@
-"""SqlStore, the base of every SQL repository: one committed transaction per call, one retry."""
+"""SqlStore, the base of every SQL repository (one committed transaction per call, one retry),
+and SqlUnitOfWork, for work that commits together with the caller's own steps between."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -36,8 +38,7 @@ class SqlStore:
         self, work: Callable[[Transaction], Awaitable[_T]], *, conflict: str | None = None
     ) -> _T:
         """`work` in one committed transaction; driver failures become DependencyUnavailable,
-        and an integrity error Conflict(`conflict`) when given. What a callback run through
-        Transaction.call raises reaches the caller unchanged.
+        and an integrity error Conflict(`conflict`) when given.
 
         When the first statement finds its pooled connection dead (the database restarted or
         dropped it, and the pool could not tell), nothing was done yet: `work` runs once more,
@@ -50,8 +51,6 @@ class SqlStore:
                     tx = Transaction(connection)
                     return await work(tx)
             except DRIVER_ERRORS as error:
-                if tx is not None and error is tx.callback_error:
-                    raise
                 if attempt == 1 and tx is not None and error is tx.stale_error:
                     continue
                 if conflict is not None and isinstance(error, IntegrityError):
@@ -70,7 +69,6 @@ class Transaction:
     """One transaction's connection, noting which failures `SqlStore._run` may retry."""
 
     connection: AsyncConnection
-    callback_error: BaseException | None = None
     # The error of the first statement when it found the connection dead: safe to retry.
     stale_error: DBAPIError | None = None
     _started: bool = False
@@ -93,15 +91,6 @@ class Transaction:
         with self._first_statement():
             return await self.connection.run_sync(function)
 
-    async def call(self, callback: Callable[[], Awaitable[None]]) -> None:
-        """Run the caller's callback; what it raises reaches the caller unchanged (and rolls back)."""
-        self._started = True
-        try:
-            await callback()
-        except BaseException as error:
-            self.callback_error = error
-            raise
-
     @contextlib.contextmanager
     def _first_statement(self) -> Iterator[None]:
         first, self._started = not self._started, True
@@ -111,6 +100,76 @@ class Transaction:
             if first and error.connection_invalidated:
                 self.stale_error = error
             raise
+
+
+class SqlUnitOfWork:
+    """One transaction held open across the caller's steps: `async with` it, run its statements
+    and the caller's own work, then `commit()`; leaving without committing rolls back.
+
+    Driver failures are DependencyUnavailable; whatever the caller's steps raise passes through
+    unchanged (and rolls back). When the first statement finds its pooled connection dead,
+    nothing was done yet: it runs once more, on a fresh connection.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+        self._tx: Transaction | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._close()
+
+    async def commit(self) -> None:
+        assert self._connection is not None, "commit() outside `async with`"
+        try:
+            await self._connection.commit()
+        except DRIVER_ERRORS as error:
+            raise DependencyUnavailable("database") from error
+
+    async def _run(self, work: Callable[[Transaction], Awaitable[_T]]) -> _T:
+        """A statement (or a few) of this unit of work."""
+        tx = self._tx
+        assert tx is not None, "a unit of work is used inside `async with`"
+        first = not tx._started
+        try:
+            return await work(tx)
+        except DRIVER_ERRORS as error:
+            if not (first and error is tx.stale_error):
+                raise DependencyUnavailable("database") from error
+        await self._close()
+        await self._open()
+        assert self._tx is not None
+        try:
+            return await work(self._tx)
+        except DRIVER_ERRORS as error:
+            raise DependencyUnavailable("database") from error
+
+    async def _open(self) -> None:
+        try:
+            self._connection = await self._engine.connect()
+            await self._connection.begin()
+        except DRIVER_ERRORS as error:
+            await self._close()
+            raise DependencyUnavailable("database") from error
+        self._tx = Transaction(self._connection)
+
+    async def _close(self) -> None:
+        """Roll back what was not committed and give the connection back."""
+        connection, self._connection, self._tx = self._connection, None, None
+        if connection is None:
+            return
+        # A dead connection: the pool replaces it, and nothing was committed.
+        with contextlib.suppress(*DRIVER_ERRORS):
+            await connection.close()
 
 
 def utc(moment: datetime) -> datetime:
