@@ -1,0 +1,1 @@
+"""Contract suites: each port's fake and its real adapters answer the same tests."""
