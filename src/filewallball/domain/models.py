@@ -176,6 +176,16 @@ class FileRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Preview:
+    """The start of a text file, as text."""
+
+    record: FileRecord
+    text: str
+    truncated: bool
+    charset: str = "utf-8"  # what the bytes were decoded from
+
+
+@dataclass(frozen=True, slots=True)
 class ByteRange:
     """An inclusive byte range `start..end` inside a representation."""
 

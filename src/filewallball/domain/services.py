@@ -28,6 +28,7 @@ from filewallball.domain.models import (
     FileRecord,
     ListQuery,
     Page,
+    Preview,
     ScanStatus,
     Sha256,
     ThumbnailStatus,
@@ -52,14 +53,6 @@ from filewallball.domain.uploads import StreamMeter, UploadRequest
 
 THUMBNAIL_JOB = "thumbnail"  # handled in domain/thumbnails.py
 _log = structlog.get_logger("filewallball.files")
-
-
-@dataclass(frozen=True, slots=True)
-class Preview:
-    record: FileRecord
-    text: str
-    truncated: bool
-    charset: str = "utf-8"  # what the bytes were decoded from
 
 
 @dataclass(frozen=True, slots=True)
