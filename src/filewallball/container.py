@@ -35,7 +35,8 @@ from filewallball.adapters.metrics import (
     set_storage,
 )
 from filewallball.adapters.ratelimit import LimitsRateLimiter
-from filewallball.adapters.redis.cache import RedisCache, create_redis
+from filewallball.adapters.redis.cache import RedisCache
+from filewallball.adapters.redis.client import create_redis
 from filewallball.adapters.redis.near_cache import NearCache
 from filewallball.adapters.sniffing import default_sniffer
 from filewallball.adapters.sql import (

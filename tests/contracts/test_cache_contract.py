@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
-from filewallball.adapters.redis.cache import RedisCache, create_redis
+from filewallball.adapters.redis.cache import RedisCache
+from filewallball.adapters.redis.client import create_redis
 from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.ports import Cache
 from tests.fakes import FakeCache

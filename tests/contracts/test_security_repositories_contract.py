@@ -17,7 +17,8 @@ from alembic.migration import MigrationContext
 from structlog.testing import capture_logs
 
 from filewallball.adapters.caching import CachedKeyRepository
-from filewallball.adapters.redis.cache import RedisCache, create_redis
+from filewallball.adapters.redis.cache import RedisCache
+from filewallball.adapters.redis.client import create_redis
 from filewallball.adapters.sql import (
     SqlAuditLog,
     SqlFileRepository,

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from filewallball.adapters.caching import CachedKeyRepository
-from filewallball.adapters.redis.cache import RedisCache, create_redis
+from filewallball.adapters.redis.cache import RedisCache
+from filewallball.adapters.redis.client import create_redis
 from filewallball.domain.security import ApiKey, Role
 from tests.fakes import FakeKeyRepository
 

@@ -12,7 +12,8 @@ import pytest
 import redis.asyncio
 from prometheus_client import REGISTRY
 
-from filewallball.adapters.redis.cache import RedisCache, create_redis
+from filewallball.adapters.redis.cache import RedisCache
+from filewallball.adapters.redis.client import create_redis
 from filewallball.adapters.redis.near_cache import Keyspace, NearCache
 from filewallball.request_scope import begin_request
 

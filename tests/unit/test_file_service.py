@@ -22,6 +22,7 @@ from filewallball.domain.errors import (
     TypeNotAllowed,
 )
 from filewallball.domain.models import (
+    FileRecord,
     ListQuery,
     ScanStatus,
     Sha256,
@@ -29,7 +30,7 @@ from filewallball.domain.models import (
     TypePolicy,
     Visibility,
 )
-from filewallball.domain.ports import MalwareScanner, ScanResult, ScanVerdict
+from filewallball.domain.ports import BlobReader, MalwareScanner, ScanResult, ScanVerdict
 from filewallball.domain.security import Principal, Role
 from filewallball.domain.services import FileService, UploadLimits
 from filewallball.domain.uploads import SNIFF_BYTES, UploadRequest
@@ -46,6 +47,14 @@ from tests.fakes import (
 )
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
+
+
+async def _open(
+    service: FileService, principal: Principal, raw_id: str
+) -> tuple[FileRecord, BlobReader]:
+    """What a download does: the record, then its bytes (reads go on after a delete)."""
+    record = await service.get(principal, raw_id)
+    return record, await service.open_record(principal, record)
 
 
 @pytest.fixture
@@ -258,7 +267,7 @@ async def test_delete_wins_over_a_cached_record(
     with pytest.raises(FileNotFound):
         await service.delete(ADMIN, record.id)
     with pytest.raises(FileNotFound):
-        await service.open(ADMIN, record.id)
+        await _open(service, ADMIN, record.id)
 
 
 async def test_get_reads_through_the_cache(files: FakeFileRepository, blobs: FakeBlobStore) -> None:
@@ -279,7 +288,7 @@ async def test_unknown_ids_are_not_found(service: FileService, raw_id: str) -> N
 
 async def test_open_reads_ranges_and_survives_delete(service: FileService) -> None:
     record = await service.upload(ADMIN, upload(b"0123456789"))
-    _, reader = await service.open(ADMIN, record.id)
+    _, reader = await _open(service, ADMIN, record.id)
     await service.delete(ADMIN, record.id)
     assert b"".join([c async for c in reader.chunks(2, 5)]) == b"23456"
     await reader.close()
@@ -346,9 +355,11 @@ async def test_readers_cannot_upload_or_delete(service: FileService) -> None:
 async def test_private_files_of_others_do_not_exist(service: FileService) -> None:
     private = await service.upload(ALICE, upload(b"secret"))
     public = await service.upload(ALICE, upload(b"shared", visibility=Visibility.PUBLIC))
-    for action in (service.get, service.preview, service.open, service.delete):
+    for action in (service.get, service.preview, service.delete):
         with pytest.raises(FileNotFound):
             await action(BOB, private.id)
+    with pytest.raises(FileNotFound):
+        await _open(service, BOB, private.id)
     assert (await service.get(BOB, public.id)).id == public.id
     with pytest.raises(AccessDenied):
         await service.delete(BOB, public.id)
@@ -364,7 +375,7 @@ async def test_audit_entries_for_changes_reads_and_refusals(
     audit = FakeAuditLog()
     service = make_service(files, blobs, audit=audit, max_upload_bytes=5)
     record = await service.upload(ALICE, upload(b"abc"))
-    _, reader = await service.open(ALICE, record.id)
+    _, reader = await _open(service, ALICE, record.id)
     await reader.close()
     await service.preview(ALICE, record.id)
     with pytest.raises(FileNotFound):

@@ -19,6 +19,7 @@ from filewallball.domain.models import (
     TypePolicy,
     Visibility,
 )
+from filewallball.entrypoints.http.conditional import Validators
 
 
 @pytest.mark.parametrize(
@@ -149,8 +150,9 @@ def test_record_json_round_trip() -> None:
         visibility=Visibility.PUBLIC,
         owner="k1",
     )
-    assert record.etag == f'"{"a" * 64}"'
-    assert record.last_modified.microsecond == 0
+    validators = Validators.of(record)
+    assert validators.etag == f'"{"a" * 64}"'
+    assert validators.last_modified.microsecond == 0
 
 
 def test_issued_keys_parse_back_to_their_id() -> None:

@@ -2,9 +2,10 @@
 
 Why SAQ rather than arq or taskiq: it is maintained, asyncio-native, and one package gives all
 we need: retries with exponential backoff as plain job fields, a job `key` that makes enqueueing
-idempotent, and cron jobs run by the worker itself (for the scrub and expiry jobs). arq leaves
-backoff to each job (raise `Retry(defer=...)`); taskiq spreads the Redis broker, retries and its
-cron scheduler (a separate process) over several packages.
+idempotent (`serve` enqueues the maintenance and scrub jobs on a schedule with keys per period,
+so replicas scheduling the same run queue it once). arq leaves backoff to each job (raise
+`Retry(defer=...)`); taskiq spreads the Redis broker, retries and its scheduler over several
+packages.
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ from typing import Any
 
 import redis.asyncio
 import structlog
-from redis.exceptions import RedisError
 from saq import Job, Worker
 from saq.queue.redis import RedisQueue
 from saq.types import Context
 
+from filewallball.adapters.redis.client import REDIS_FAILURES
 from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.jobs import JobHandler, JobPayload, JobRegistry, TaskQueue
 
 _log = structlog.get_logger("filewallball.jobs")
 # OSError covers the builtin ConnectionError and TimeoutError a socket may raise directly.
-_REDIS_FAILURES = (RedisError, OSError)
 
 
 class InProcessTaskQueue(TaskQueue):
@@ -128,19 +128,19 @@ class SaqTaskQueue(TaskQueue):
             # SAQ enqueues nothing while a job with this key is queued, scheduled for a
             # retry or running; a finished job's key may be used again.
             await self._queue.enqueue(job)
-        except _REDIS_FAILURES as error:
+        except REDIS_FAILURES as error:
             raise DependencyUnavailable("redis", f"cannot queue job {name!r}: {error}") from error
 
     async def ping(self) -> None:
         try:
             await self._queue.redis.ping()
-        except _REDIS_FAILURES as error:
+        except REDIS_FAILURES as error:
             raise DependencyUnavailable("redis", f"redis is unavailable: {error}") from error
 
     async def aclose(self) -> None:
         try:
             await self._queue.disconnect()
-        except _REDIS_FAILURES as error:  # closing a client to a dead Redis must not fail
+        except REDIS_FAILURES as error:  # closing a client to a dead Redis must not fail
             _log.warning("task_queue_close_failed", error=repr(error))
 
 

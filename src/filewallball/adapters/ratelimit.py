@@ -24,16 +24,14 @@ import structlog
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
-from redis.exceptions import RedisError
 
-from filewallball.adapters.redis.cache import create_redis
+from filewallball.adapters.redis.client import REDIS_FAILURES, create_redis
 from filewallball.domain.ports import RateDecision, RateLimiter
 from filewallball.domain.rates import RateRule
 
 # Longer than this and Redis counts as down: the request is decided in process instead.
 _REDIS_TIMEOUT_SECONDS = 0.5
 # OSError covers the socket errors and the TimeoutError of asyncio.timeout.
-_FAILURES = (RedisError, OSError)
 _log = structlog.get_logger()
 # A lease is at most this share of what is left in the window, and at most _MAX_LEASE hits.
 _LEASE_SHARE = 64
@@ -118,7 +116,7 @@ class LimitsRateLimiter(RateLimiter):
                 # asyncio.timeout, not wait_for: no extra task per request.
                 async with asyncio.timeout(_REDIS_TIMEOUT_SECONDS):
                     decision = await self._decide_in_redis(item, key)
-            except _FAILURES as error:
+            except REDIS_FAILURES as error:
                 self._trip(error)
             else:
                 self._recover()

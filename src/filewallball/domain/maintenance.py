@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import structlog
+import logging
 
 from filewallball.domain.jobs import JobPayload, JobRegistry
 from filewallball.domain.services import FileService
@@ -10,7 +10,7 @@ from filewallball.domain.services import FileService
 MAINTENANCE_JOB = "maintenance"
 SCRUB_JOB = "scrub"
 
-_log = structlog.get_logger("filewallball.maintenance")
+_log = logging.getLogger("filewallball.maintenance")
 
 
 def register_maintenance_jobs(
@@ -23,14 +23,16 @@ def register_maintenance_jobs(
         swept, collected = await files.recover(temp_older_than_seconds=temp_max_age_seconds)
         _log.info(
             "maintenance_done",
-            purged=purged,
-            temp_files_removed=swept,
-            orphan_blobs_removed=collected,
+            extra={
+                "purged": purged,
+                "temp_files_removed": swept,
+                "orphan_blobs_removed": collected,
+            },
         )
 
     async def scrub(_: JobPayload) -> None:
         corrupt = await files.scrub()
-        _log.info("scrub_done", corrupt=len(corrupt))
+        _log.info("scrub_done", extra={"corrupt": len(corrupt)})
 
     registry.register(MAINTENANCE_JOB, maintenance)
     registry.register(SCRUB_JOB, scrub)

@@ -154,16 +154,6 @@ class FileRecord:
         return self.deleted_at is None and (self.expires_at is None or now < self.expires_at)
 
     @property
-    def last_modified(self) -> datetime:
-        """The modification time HTTP can carry: whole seconds."""
-        return self.created_at.replace(microsecond=0)
-
-    @property
-    def etag(self) -> str:
-        """The strong entity tag: the content hash, quoted."""
-        return f'"{self.sha256}"'
-
-    @property
     def previewable(self) -> bool:
         """Text by its type, or by a text extension unless the bytes are known binary media."""
         if self.content_type.is_text:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-
-import structlog
 
 from filewallball.domain.access import Auditor
 from filewallball.domain.errors import (
@@ -52,7 +51,9 @@ from filewallball.domain.security import Outcome, Permission, Principal
 from filewallball.domain.uploads import StreamMeter, UploadRequest
 
 THUMBNAIL_JOB = "thumbnail"  # handled in domain/thumbnails.py
-_log = structlog.get_logger("filewallball.files")
+# The standard library: the domain depends on no logging framework (entrypoints.logs renders
+# these records, their `extra` fields included, as JSON lines like every other).
+_log = logging.getLogger("filewallball.files")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,9 @@ class FileService:
             await self._jobs.enqueue(THUMBNAIL_JOB, key=record.id, payload={"file_id": record.id})
         except DependencyUnavailable as error:
             # The upload stands: thumbnails are rendered on demand until the queue is back.
-            _log.warning("thumbnail_job_not_queued", file_id=record.id, reason=error.detail)
+            _log.warning(
+                "thumbnail_job_not_queued", extra={"file_id": record.id, "reason": error.detail}
+            )
 
     async def _upload(self, principal: Principal, request: UploadRequest) -> FileRecord:
         limit = self._limits.max_upload_bytes
@@ -232,11 +235,6 @@ class FileService:
         if record is None or not record.is_live(self._clock.now()):
             raise FileNotFound(f"no file {raw_id!r}")
         return record
-
-    async def open(self, principal: Principal, raw_id: str) -> tuple[FileRecord, BlobReader]:
-        """The record and its bytes, opened: reads go on even if the file is deleted meanwhile."""
-        record = await self.get(principal, raw_id)
-        return record, await self.open_record(principal, record)
 
     async def open_record(
         self, principal: Principal, record: FileRecord, *, length: int | None = None
@@ -370,7 +368,7 @@ class FileService:
                         await reader.close()
                 if reader is None or digest.hexdigest() != sha256:
                     corrupt.append(sha256)
-                    _log.error("blob_corrupt", sha256=sha256, missing=reader is None)
+                    _log.error("blob_corrupt", extra={"sha256": sha256, "missing": reader is None})
                     await self._auditor.record(
                         Principal.system("scrub"), "blob.corrupt", Outcome.FAILED, target=sha256
                     )

@@ -12,8 +12,6 @@ from filewallball.domain.models import ContentType, Sha256, TypePolicy, Visibili
 from filewallball.domain.policies import Quota
 from filewallball.domain.ports import ScanSession, Sniffer
 
-# libmagic needs a few KiB for most formats; 64 KiB covers the ones that look deeper (ZIP-based
-# office documents, some text heuristics) while keeping the head buffer small.
 # Enough for every format's signature and for libmagic to tell text from binary; it takes
 # milliseconds on 64 KiB of text or of unknown binary, microseconds to a millisecond on 16 KiB.
 SNIFF_BYTES = 16 * 1024

@@ -68,7 +68,8 @@ class JsonFormatter(structlog.stdlib.ProcessorFormatter):
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.JSONRenderer(ensure_ascii=False),
             ],
-            foreign_pre_chain=_shared_processors(),
+            # A record's `extra` fields become keys of its line (the domain logs this way).
+            foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *_shared_processors()],
         )
 
 

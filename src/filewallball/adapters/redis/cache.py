@@ -11,16 +11,10 @@ from typing import Any, TypeVar
 
 import redis.asyncio
 import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from filewallball.adapters.metrics import CACHE
-from filewallball.adapters.redis.near_cache import (
-    LEASE_SECONDS,
-    REDIS_FAILURES,
-    NearCache,
-    new_epoch,
-)
+from filewallball.adapters.redis.client import REDIS_FAILURES
+from filewallball.adapters.redis.near_cache import LEASE_SECONDS, NearCache, new_epoch
 from filewallball.adapters.redis.near_cache import Keyspace as Keyspace
 from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.ports import Cache, Cached, CacheStats
@@ -73,17 +67,6 @@ redis.call('LPUSH', KEYS[3], name)
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
 return name
 """
-
-
-def create_redis(url: str, *, timeout_seconds: float = 0.5) -> redis.asyncio.Redis:
-    """A client that gives up quickly: an outage costs a request half a second, not a hang."""
-    return redis.asyncio.Redis.from_url(
-        url,
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        # redis-py retries 3 times with backoff by default; RedisCache decides instead.
-        retry=Retry(NoBackoff(), 0),
-    )
 
 
 class RedisCache(Cache):

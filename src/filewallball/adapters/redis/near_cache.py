@@ -40,13 +40,11 @@ from dataclasses import dataclass
 
 import redis.asyncio
 import structlog
-from redis.exceptions import RedisError
 
 from filewallball.adapters.metrics import NEAR_SYNCS
+from filewallball.adapters.redis.client import REDIS_FAILURES
 from filewallball.request_scope import RequestToken, current_request
 
-# OSError covers the builtin ConnectionError and TimeoutError a socket may raise directly.
-REDIS_FAILURES = (RedisError, OSError)
 # How long the epoch outlives the last round trip that renewed it. A writer that cannot reach
 # Redis waits this long (plus a margin) before it answers.
 LEASE_SECONDS = 2.0

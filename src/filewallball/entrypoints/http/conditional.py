@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
-from filewallball.domain.models import ByteRange
+from filewallball.domain.models import ByteRange, FileRecord
 
 # Past these, a Range header is ignored and the whole file is sent (RFC 9110 §14.2 lets a
 # server ignore ranges): parsing and coalescing stay cheap whatever a client sends.
@@ -31,6 +31,12 @@ class Precondition(enum.Enum):
 class Validators:
     etag: str
     last_modified: datetime
+
+    @classmethod
+    def of(cls, record: FileRecord) -> Validators:
+        """A file's: the content hash as a strong tag, and its creation in whole seconds (the
+        precision HTTP dates carry)."""
+        return cls(f'"{record.sha256}"', record.created_at.replace(microsecond=0))
 
 
 def _entity_tags(header: str) -> list[tuple[bool, str]] | None:

@@ -58,11 +58,6 @@ def _principal(request: Request) -> Principal:
     return value
 
 
-async def base_url(request: Request) -> str:
-    """Absolute URLs start here: FWB_PUBLIC_BASE_URL, else the request's own base URL."""
-    return _base_url(request)
-
-
 async def principal(request: Request) -> Principal:
     """The caller admission admitted (every route but the probes has one)."""
     return _principal(request)
@@ -109,4 +104,3 @@ Thumbnails = Annotated[ThumbnailService, Depends(thumbnail_service)]
 Access = Annotated[AccessService, Depends(access_service)]
 Audit = Annotated[Auditor, Depends(auditor)]
 Caller = Annotated[Principal, Depends(principal)]
-BaseUrl = Annotated[str, Depends(base_url)]

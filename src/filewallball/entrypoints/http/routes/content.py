@@ -47,9 +47,10 @@ def content_disposition(disposition: str, filename: str) -> str:
 
 def _representation_headers(record: FileRecord) -> dict[str, str]:
     digest = base64.b64encode(bytes.fromhex(record.sha256)).decode()
+    validators = Validators.of(record)
     return {
-        "ETag": record.etag,
-        "Last-Modified": format_datetime(record.last_modified, usegmt=True),
+        "ETag": validators.etag,
+        "Last-Modified": format_datetime(validators.last_modified, usegmt=True),
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-cache",
         "Repr-Digest": f"sha-256=:{digest}:",
@@ -61,7 +62,7 @@ def _precondition(request: Request, record: FileRecord) -> Precondition:
     headers = request.headers
     return evaluate(
         method=request.method,
-        validators=Validators(record.etag, record.last_modified),
+        validators=Validators.of(record),
         if_match=headers.get("if-match"),
         if_none_match=headers.get("if-none-match"),
         if_modified_since=headers.get("if-modified-since"),
@@ -71,7 +72,7 @@ def _precondition(request: Request, record: FileRecord) -> Precondition:
 
 def _ranges(request: Request, record: FileRecord) -> list[ByteRange] | None:
     header = request.headers.get("range")
-    validators = Validators(record.etag, record.last_modified)
+    validators = Validators.of(record)
     if header is None or not if_range_allows(request.headers.get("if-range"), validators):
         return None
     try:
@@ -175,7 +176,7 @@ async def view(
 ) -> Response:
     preview = await service.preview(caller, file_id, max_lines=lines)
     headers = {
-        "ETag": preview.record.etag,
+        "ETag": Validators.of(preview.record).etag,
         "Cache-Control": "private, no-cache",
         "Content-Disposition": content_disposition("inline", preview.record.filename),
         **_CONTENT_SAFETY,
