@@ -14,7 +14,13 @@ import structlog
 
 from filewallball.adapters.metrics import CACHE
 from filewallball.adapters.redis.client import REDIS_FAILURES
-from filewallball.adapters.redis.near_cache import LEASE_SECONDS, NearCache, new_epoch
+from filewallball.adapters.redis.near_cache import (
+    LEASE_SECONDS,
+    LOG_LENGTH,
+    NearCache,
+    new_epoch,
+    renewed_epoch,
+)
 from filewallball.adapters.redis.near_cache import Keyspace as Keyspace
 from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.ports import Cache, Cached, CacheStats
@@ -23,8 +29,6 @@ T = TypeVar("T")
 
 _log = structlog.get_logger()
 TOMBSTONE = b"-"
-# Names an invalidation logs for the near caches; a process further behind drops all copies.
-_LOG_LENGTH = 1024
 # Past the lease: a renewal sent just before an outage may still land a moment later.
 _LEASE_MARGIN_SECONDS = 0.5
 _RETRY_SECONDS = 0.1
@@ -33,18 +37,14 @@ _COUNTS_FLUSH_SECONDS = 0.1
 
 # KEYS: epoch, sequence; ARGV: lease in ms, a new epoch (used when there is none), the entry's
 # name after the epoch, the entries' prefix. Returns {epoch, value or false, ms to live, sequence}.
-_LOOKUP = """
-local epoch = redis.call('GET', KEYS[1])
-if epoch then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-else
-  epoch = ARGV[2]
-  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[1])
-end
+_LOOKUP = (
+    renewed_epoch(lease="ARGV[1]", new="ARGV[2]")
+    + """
 local name = ARGV[4] .. epoch .. ':' .. ARGV[3]
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 return {epoch, redis.call('GET', name) or false, redis.call('PTTL', name), seq}
 """
+)
 
 # KEYS: epoch; ARGV: the fence (the lookup's epoch), entries' prefix, entry name, value, ttl.
 # A fill is refused under any other epoch, and never overwrites (a tombstone wins).
@@ -162,7 +162,7 @@ class RedisCache(Cache):
             try:
                 name = await self._invalidate(
                     keys=[keys.epoch, keys.sequence, keys.log],
-                    args=[keys.entries, suffix, self._ttl, _LOG_LENGTH],
+                    args=[keys.entries, suffix, self._ttl, LOG_LENGTH],
                 )
             except REDIS_FAILURES as error:
                 now = time.monotonic()

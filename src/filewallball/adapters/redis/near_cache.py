@@ -22,7 +22,7 @@ Syncs are grouped: a read arriving while a sync is in flight waits for the next 
 when the current one ends, so one round trip serves every request that came meanwhile, each still
 synced by a round trip that began after it asked. A request uses copies for at most
 `_SYNC_VALID_SECONDS` after its sync, then syncs again. A failed sync drops every copy; a new
-epoch, or a process more than `_LOG_LENGTH` invalidations behind, drops them all too.
+epoch, or a process more than `LOG_LENGTH` invalidations behind, drops them all too.
 
 The scripts build entry names from the epoch inside Redis: a single Redis (or a primary with
 replicas), not Redis Cluster.
@@ -51,22 +51,32 @@ LEASE_SECONDS = 2.0
 _log = structlog.get_logger()
 
 # Names kept in the log: a process further behind drops all its copies.
-_LOG_LENGTH = 1024
+LOG_LENGTH = 1024
 # A task uses copies for this long after its sync (a handler reads the cache at its start).
 _SYNC_VALID_SECONDS = 2.0
 _REDIS_TIMEOUT_SECONDS = 0.5
 
+
 # KEYS: epoch, sequence, log; ARGV: known epoch, known sequence, log length, a new epoch (used
 # when there is none), lease in ms. Returns {epoch, sequence, names or false}; false means
 # "another epoch, or too far behind: drop everything".
-_SYNC = """
+def renewed_epoch(*, lease: str, new: str) -> str:
+    """Lua that sets `epoch` to the epoch in KEYS[1], renewing its lease of `lease` ms, or
+    starting the epoch `new` when there is none (Redis restarted, or the lease lapsed)."""
+    return f"""
 local epoch = redis.call('GET', KEYS[1])
 if epoch then
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], {lease})
 else
-  epoch = ARGV[4]
-  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[5])
+  epoch = {new}
+  redis.call('SET', KEYS[1], epoch, 'PX', {lease})
 end
+"""
+
+
+_SYNC = (
+    renewed_epoch(lease="ARGV[5]", new="ARGV[4]")
+    + """
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local known = tonumber(ARGV[2])
 if epoch ~= ARGV[1] or seq < known or seq - known > tonumber(ARGV[3]) then
@@ -75,6 +85,7 @@ end
 if seq == known then return {epoch, seq, {}} end
 return {epoch, seq, redis.call('LRANGE', KEYS[3], 0, seq - known - 1)}
 """
+)
 
 # The request the current context synced for, by which near cache, and when (monotonic seconds).
 _synced: ContextVar[tuple[RequestToken, NearCache, float] | None] = ContextVar(
@@ -221,7 +232,7 @@ class NearCache:
                     args=[
                         self._known_epoch,
                         self._known_seq,
-                        _LOG_LENGTH,
+                        LOG_LENGTH,
                         new_epoch(),
                         int(LEASE_SECONDS * 1000),
                     ],
