@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-
 from dependency_injector import containers, providers
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -46,6 +43,7 @@ from filewallball.domain.security import Role
 from filewallball.domain.services import FileService, UploadLimits
 from filewallball.domain.stats import StatsService
 from filewallball.domain.thumbnails import ThumbnailService, register_thumbnail_job
+from filewallball.secret_file import load_or_create_secret
 from filewallball.settings import Settings
 
 
@@ -108,26 +106,6 @@ def _limits(settings: Settings) -> UploadLimits:
             default_seconds=settings.default_expires_in, max_seconds=settings.max_expires_in
         ),
     )
-
-
-def server_secret(settings: Settings) -> bytes:
-    """The HMAC key for API keys: FWB_SECRET_KEY, else a random one kept in <data_dir>/secret.key.
-
-    Every replica must use the same one (set FWB_SECRET_KEY from a Kubernetes Secret).
-    """
-    if settings.secret_key:
-        return settings.secret_key.encode()
-    path = settings.secret_key_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32))
-        handle.flush()
-        os.fsync(handle.fileno())
-    return path.read_bytes().strip()
 
 
 def _role_quotas(settings: Settings) -> dict[Role, tuple[int | None, int | None]]:
@@ -215,7 +193,11 @@ class Container(containers.DeclarativeContainer):
         rules=ip_rules,
         auditor=auditor,
         clock=clock,
-        server_secret=providers.Callable(server_secret, settings),
+        server_secret=providers.Callable(
+            load_or_create_secret,
+            settings.provided.secret_key_file,
+            env_value=settings.provided.secret_key,
+        ),
         static_allow=providers.Callable(tuple, settings.provided.ip_allow),
         static_deny=providers.Callable(tuple, settings.provided.ip_deny),
         rules_refresh_seconds=settings.provided.ip_rules_refresh_seconds,
