@@ -29,9 +29,6 @@ import sqlalchemy as sa
 import yaml
 from typer.testing import CliRunner
 
-from filewallball.adapters import backup_check, backup_restore
-from filewallball.adapters.backup import SkippedFile, create_backup, read_secret
-from filewallball.adapters.backup_restore import restore_backup, verify_backup
 from filewallball.adapters.disk import DiskBlobStore
 from filewallball.adapters.sql import (
     api_keys,
@@ -42,8 +39,12 @@ from filewallball.adapters.sql import (
     ip_rules,
     utc,
 )
+from filewallball.backup import check as backup_check
+from filewallball.backup import restore as backup_restore
+from filewallball.backup.create import SkippedFile, create_backup, read_secret
+from filewallball.backup.format import FREE_SPACE_MARGIN, BackupError
+from filewallball.backup.restore import restore_backup, verify_backup
 from filewallball.container import build_container
-from filewallball.domain.backup import FREE_SPACE_MARGIN, BackupError
 from filewallball.domain.ports import BlobStore
 from filewallball.entrypoints.cli import app
 from filewallball.entrypoints.logs import configure_logging

@@ -23,16 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from filewallball.adapters import backup_check
-from filewallball.adapters.backup_archive import (
-    MAX_EXTENDED_HEADER_BYTES,
-    MAX_EXTENDED_HEADERS,
-    ArchiveReader,
-    ArchiveWriter,
-)
-from filewallball.adapters.backup_restore import verify_backup
 from filewallball.adapters.sql import head_revision
-from filewallball.domain.backup import (
+from filewallball.backup import check as backup_check
+from filewallball.backup.format import (
     BLOB_INDEX,
     FREE_SPACE_MARGIN,
     HEADER,
@@ -52,6 +45,13 @@ from filewallball.domain.backup import (
     blob_member,
     table_member,
 )
+from filewallball.backup.reader import (
+    MAX_EXTENDED_HEADER_BYTES,
+    MAX_EXTENDED_HEADERS,
+    ArchiveReader,
+    ArchiveWriter,
+)
+from filewallball.backup.restore import verify_backup
 
 Members = list[tuple[str, bytes]]
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

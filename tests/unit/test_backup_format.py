@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from filewallball.domain.backup import (
+from filewallball.backup.format import (
     FORMAT_VERSION,
     FREE_SPACE_MARGIN,
     BackupError,

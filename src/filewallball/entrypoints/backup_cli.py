@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from rich.progress import Progress as Bars
     from rich.progress import TaskID
 
+    from filewallball.backup.format import Manifest
     from filewallball.container import Container
-    from filewallball.domain.backup import Manifest
 
 T = TypeVar("T")
 
@@ -109,7 +109,7 @@ def create(
     quiet: Quiet = False,
 ) -> None:
     """Write a consistent archive of every file, key, IP rule and audit entry (while serving)."""
-    from filewallball.adapters.backup import BackupResult, create_backup, read_secret
+    from filewallball.backup.create import BackupResult, create_backup, read_secret
 
     settings = _settings()
 
@@ -141,7 +141,7 @@ def verify(
     quiet: Quiet = False,
 ) -> None:
     """Re-read a whole archive and check every member against its manifest."""
-    from filewallball.adapters.backup_restore import verify_backup
+    from filewallball.backup.restore import verify_backup
 
     async def work() -> Manifest:
         with RichProgress(quiet=quiet) as progress:
@@ -164,9 +164,9 @@ def restore(
     quiet: Quiet = False,
 ) -> None:
     """Restore an archive into an empty instance (this one's database and data directory)."""
-    from filewallball.adapters.backup import read_secret
-    from filewallball.adapters.backup_restore import RestoreResult, restore_backup
-    from filewallball.domain.backup import SecretAction
+    from filewallball.backup.create import read_secret
+    from filewallball.backup.format import SecretAction
+    from filewallball.backup.restore import RestoreResult, restore_backup
 
     settings = _settings()
 

@@ -19,10 +19,8 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from filewallball.adapters.backup_archive import Member
-from filewallball.adapters.backup_sql import decode_row, numbered_lines, primary_key
 from filewallball.adapters.sql import head_revision, known_revisions
-from filewallball.domain.backup import (
+from filewallball.backup.format import (
     BLOB_INDEX,
     BLOB_PREFIX,
     HEADER,
@@ -42,6 +40,8 @@ from filewallball.domain.backup import (
     secret_fingerprint,
     table_member,
 )
+from filewallball.backup.reader import Member
+from filewallball.backup.snapshot import decode_row, numbered_lines, primary_key
 
 _LEDGER = """
 CREATE TABLE members (sha TEXT PRIMARY KEY, size INTEGER NOT NULL);

@@ -25,19 +25,11 @@ from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from filewallball.adapters.backup import NoProgress, Progress
-from filewallball.adapters.backup_archive import ArchiveReader, Member
-from filewallball.adapters.backup_check import ArchiveCheck
-from filewallball.adapters.backup_sql import (
-    audit_row,
-    key_exists,
-    references,
-    restore_tables,
-    target_contents,
-)
 from filewallball.adapters.disk import fsync_dir
 from filewallball.adapters.sql import upgrade
-from filewallball.domain.backup import (
+from filewallball.backup.check import ArchiveCheck
+from filewallball.backup.create import NoProgress, Progress
+from filewallball.backup.format import (
     BLOB_PREFIX,
     TABLES,
     BackupError,
@@ -50,6 +42,14 @@ from filewallball.domain.backup import (
     check_room,
     plan_secret,
     table_member,
+)
+from filewallball.backup.reader import ArchiveReader, Member
+from filewallball.backup.snapshot import (
+    audit_row,
+    key_exists,
+    references,
+    restore_tables,
+    target_contents,
 )
 from filewallball.domain.models import Sha256
 from filewallball.domain.ports import BlobStore

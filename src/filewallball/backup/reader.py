@@ -29,7 +29,7 @@ import anyio
 import anyio.to_thread
 
 from filewallball.adapters.disk import fsync_dir
-from filewallball.domain.backup import BackupError, Digest, MemberKind, classify
+from filewallball.backup.format import BackupError, Digest, MemberKind, classify
 
 CHUNK_BYTES = 256 * 1024
 # The writer's PAX headers hold a path and a size: a few hundred bytes. tarfile reads such a

@@ -25,16 +25,8 @@ import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from filewallball import __version__
-from filewallball.adapters.backup_archive import ArchiveWriter
-from filewallball.adapters.backup_check import dumps_line
-from filewallball.adapters.backup_sql import (
-    Snapshot,
-    audit_row,
-    read_snapshot,
-    record_audit,
-    references,
-)
-from filewallball.domain.backup import (
+from filewallball.backup.check import dumps_line
+from filewallball.backup.format import (
     BLOB_INDEX,
     HEADER,
     MANIFEST,
@@ -50,6 +42,14 @@ from filewallball.domain.backup import (
     blob_member,
     secret_fingerprint,
     table_member,
+)
+from filewallball.backup.reader import ArchiveWriter
+from filewallball.backup.snapshot import (
+    Snapshot,
+    audit_row,
+    read_snapshot,
+    record_audit,
+    references,
 )
 from filewallball.domain.models import Sha256
 from filewallball.domain.ports import BlobReader, BlobStore

@@ -29,7 +29,7 @@ from filewallball.adapters.sql import (
     ip_rules,
     utc,
 )
-from filewallball.domain.backup import (
+from filewallball.backup.format import (
     BOOTSTRAP_AUDIT_ACTION,
     BOOTSTRAP_KEY_NAME,
     TABLES,
