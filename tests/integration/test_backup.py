@@ -42,8 +42,10 @@ from filewallball.adapters.sql import (
 from filewallball.backup import check as backup_check
 from filewallball.backup import restore as backup_restore
 from filewallball.backup.create import SkippedFile, create_backup, read_secret
-from filewallball.backup.format import FREE_SPACE_MARGIN, BackupError
-from filewallball.backup.restore import restore_backup, verify_backup
+from filewallball.backup.format import BackupError
+from filewallball.backup.restore import restore_backup
+from filewallball.backup.rules import FREE_SPACE_MARGIN
+from filewallball.backup.verify import verify_backup
 from filewallball.container import build_container
 from filewallball.domain.ports import BlobStore
 from filewallball.entrypoints.cli import app

@@ -27,7 +27,6 @@ from filewallball.adapters.sql import head_revision
 from filewallball.backup import check as backup_check
 from filewallball.backup.format import (
     BLOB_INDEX,
-    FREE_SPACE_MARGIN,
     HEADER,
     MANIFEST,
     MAX_HEADER_BYTES,
@@ -41,7 +40,6 @@ from filewallball.backup.format import (
     Manifest,
     MemberKind,
     SecretInfo,
-    SecretSource,
     blob_member,
     table_member,
 )
@@ -49,9 +47,11 @@ from filewallball.backup.reader import (
     MAX_EXTENDED_HEADER_BYTES,
     MAX_EXTENDED_HEADERS,
     ArchiveReader,
-    ArchiveWriter,
 )
-from filewallball.backup.restore import verify_backup
+from filewallball.backup.rules import FREE_SPACE_MARGIN
+from filewallball.backup.verify import verify_backup
+from filewallball.backup.writer import ArchiveWriter
+from filewallball.secret_file import SecretSource
 
 Members = list[tuple[str, bytes]]
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -10,7 +10,6 @@ ones it may delete again after a failure).
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -32,16 +31,15 @@ from filewallball.backup.format import (
     Header,
     Manifest,
     MemberKind,
-    SecretSource,
-    check_revision,
-    check_room,
     is_sha256,
     load_object,
     secret_fingerprint,
     table_member,
 )
 from filewallball.backup.reader import Member
-from filewallball.backup.snapshot import decode_row, numbered_lines, primary_key
+from filewallball.backup.rows import decode_row, numbered_lines, primary_key
+from filewallball.backup.rules import check_revision, check_room
+from filewallball.secret_file import SecretSource
 
 _LEDGER = """
 CREATE TABLE members (sha TEXT PRIMARY KEY, size INTEGER NOT NULL);
@@ -319,7 +317,3 @@ def free_bytes(path: Path) -> int | None:
         return int(shutil.disk_usage(path).free)
     except OSError:
         return None
-
-
-def dumps_line(value: dict[str, object]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode() + b"\n"

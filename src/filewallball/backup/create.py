@@ -25,7 +25,6 @@ import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from filewallball import __version__
-from filewallball.backup.check import dumps_line
 from filewallball.backup.format import (
     BLOB_INDEX,
     HEADER,
@@ -38,21 +37,17 @@ from filewallball.backup.format import (
     Header,
     Manifest,
     SecretInfo,
-    SecretSource,
     blob_member,
     secret_fingerprint,
     table_member,
 )
-from filewallball.backup.reader import ArchiveWriter
-from filewallball.backup.snapshot import (
-    Snapshot,
-    audit_row,
-    read_snapshot,
-    record_audit,
-    references,
-)
+from filewallball.backup.rows import dumps_line
+from filewallball.backup.snapshot import Snapshot, read_snapshot, references
+from filewallball.backup.target import audit_row, record_audit
+from filewallball.backup.writer import ArchiveWriter
 from filewallball.domain.models import Sha256
 from filewallball.domain.ports import BlobReader, BlobStore
+from filewallball.secret_file import SecretSource
 
 DELETED = "deleted"  # every file using the blob was deleted after the snapshot
 MISSING = "missing"  # the blob is gone though files use it (only with skip_missing)

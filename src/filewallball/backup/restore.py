@@ -12,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import sqlite3
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,21 +34,14 @@ from filewallball.backup.format import (
     Digest,
     Header,
     Manifest,
-    MemberKind,
-    SecretAction,
     SecretInfo,
-    check_room,
-    plan_secret,
     table_member,
 )
 from filewallball.backup.reader import ArchiveReader, Member
-from filewallball.backup.snapshot import (
-    audit_row,
-    key_exists,
-    references,
-    restore_tables,
-    target_contents,
-)
+from filewallball.backup.rules import SecretAction, check_room, plan_secret
+from filewallball.backup.snapshot import references
+from filewallball.backup.target import audit_row, key_exists, restore_tables, target_contents
+from filewallball.backup.verify import ledger_errors, read_archive, scratch_dir
 from filewallball.domain.models import Sha256
 from filewallball.domain.ports import BlobStore
 from filewallball.domain.security import IssuedKey
@@ -61,31 +52,6 @@ class RestoreResult:
     manifest: Manifest
     secret: SecretAction
     stale_admin_key_file: Path | None  # removed: its key is not among the restored ones
-
-
-async def verify_backup(path: Path, *, progress: Progress | None = None) -> Manifest:
-    """Read the whole archive and check it; its manifest, or BackupError saying what is wrong."""
-    progress = progress or NoProgress()
-    async with _staging(path.parent) as staging, ArchiveReader(path) as reader:
-        with _ledger_errors(staging):
-            check = ArchiveCheck(staging)
-        try:
-            progress.start(f"verifying {path.name}", total=reader.total)
-
-            def tick() -> None:
-                progress.update(reader.position)
-
-            async def hash_blob(member: Member) -> Digest:
-                digest = hashlib.sha256()
-                async for chunk in member.chunks():
-                    digest.update(chunk)
-                    tick()
-                return Digest(size=member.size, sha256=digest.hexdigest())
-
-            with _ledger_errors(staging):
-                return await _read_archive(reader, check, store_blob=hash_blob, tick=tick)
-        finally:
-            check.close()
 
 
 async def restore_backup(
@@ -122,8 +88,8 @@ async def restore_backup(
     # can be told from then on).
     await blobs.check_writable()
     committed = False
-    async with _staging(data_dir) as staging, ArchiveReader(path) as reader:
-        with _ledger_errors(staging):
+    async with scratch_dir(data_dir) as staging, ArchiveReader(path) as reader:
+        with ledger_errors(staging):
             check = ArchiveCheck(staging)
         try:
             progress.start(f"restoring {path.name}", total=reader.total)
@@ -144,8 +110,8 @@ async def restore_backup(
             async def store_blob(member: Member) -> Digest:
                 return await _store(blobs, member, tick, created=check.note_created)
 
-            with _ledger_errors(staging):
-                manifest = await _read_archive(
+            with ledger_errors(staging):
+                manifest = await read_archive(
                     reader, check, store_blob=store_blob, tick=tick, on_header=on_header
                 )
             progress.start("writing the metadata", total=None)
@@ -177,44 +143,11 @@ async def restore_backup(
             check.close()
 
 
-async def _read_archive(
-    reader: ArchiveReader,
-    check: ArchiveCheck,
-    *,
-    store_blob: Callable[[Member], Awaitable[Digest]],
-    tick: Callable[[], None],
-    on_header: Callable[[Header], Awaitable[None]] | None = None,
-) -> Manifest:
-    async for member in reader.members():
-        check.expect(member)
-        if member.kind is MemberKind.HEADER:
-            header = await check.read_header(member)
-            if on_header is not None:
-                await on_header(header)
-        elif member.kind is MemberKind.BLOB:
-            await check.record_blob(member.name, await store_blob(member))
-        elif member.kind is MemberKind.MANIFEST:
-            await check.read_manifest(member)
-        else:
-            await check.spool(member)
-        tick()
-    return await check.finish()
-
-
 async def _migrate(database_url: str) -> None:
     try:
         await anyio.to_thread.run_sync(upgrade, database_url)
     except (CommandError, SQLAlchemyError, OSError, TimeoutError) as error:
         raise BackupError(f"migrating the target database failed: {error}") from error
-
-
-@contextlib.contextmanager
-def _ledger_errors(staging: Path) -> Iterator[None]:
-    """The check's scratch ledger failing (a full or broken disk): a BackupError saying so."""
-    try:
-        yield
-    except sqlite3.Error as error:
-        raise BackupError(f"the scratch ledger in {staging} failed: {error}") from error
 
 
 async def _store(
@@ -365,21 +298,3 @@ def _temp_of(final: Path) -> Path:
 def _install(temp: Path, final: Path) -> None:
     os.replace(temp, final)
     fsync_dir(final.parent)
-
-
-@contextlib.asynccontextmanager
-async def _staging(near: Path) -> AsyncIterator[Path]:
-    """A private scratch directory beside `near` if writable there, else in the temp dir."""
-
-    def make() -> Path:
-        try:
-            return Path(tempfile.mkdtemp(prefix=".fwb-backup-", dir=near))
-        except OSError:
-            return Path(tempfile.mkdtemp(prefix="fwb-backup-"))
-
-    path = await anyio.to_thread.run_sync(make)
-    try:
-        yield path
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))

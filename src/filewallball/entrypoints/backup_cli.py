@@ -141,7 +141,7 @@ def verify(
     quiet: Quiet = False,
 ) -> None:
     """Re-read a whole archive and check every member against its manifest."""
-    from filewallball.backup.restore import verify_backup
+    from filewallball.backup.verify import verify_backup
 
     async def work() -> Manifest:
         with RichProgress(quiet=quiet) as progress:
@@ -165,8 +165,8 @@ def restore(
 ) -> None:
     """Restore an archive into an empty instance (this one's database and data directory)."""
     from filewallball.backup.create import read_secret
-    from filewallball.backup.format import SecretAction
     from filewallball.backup.restore import RestoreResult, restore_backup
+    from filewallball.backup.rules import SecretAction
 
     settings = _settings()
 
