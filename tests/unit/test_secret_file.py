@@ -1,4 +1,4 @@
-"""The server secret's one home (secret_file.py): created once, 0600; the env wins; atomic installs."""
+"""The server secret's one home (secret_file.py): made once, 0600; the env wins; atomic installs."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""Checking an archive as it streams by, and against its manifest once it has been read whole.
+"""Checking an archive as it streams by, and against its manifest once it has been read whole."""
 
-Members other than blobs are spooled into a private staging directory (hashed on the way);
-blobs are handled by the caller (hashed and dropped by verify, written to the blob store by
-restore) and recorded in a ledger: a SQLite file in the staging directory, so memory stays flat
-however many blobs an archive holds. A restore also notes there the blobs it created (the only
-ones it may delete again after a failure).
-"""
+# Members other than blobs are spooled into a private staging directory (hashed on the way);
+# blobs are handled by the caller (hashed and dropped by verify, written to the blob store by
+# restore) and recorded in a ledger: a SQLite file in the staging directory, so memory stays flat
+# however many blobs an archive holds. A restore also notes there the blobs it created (the only
+# ones it may delete again after a failure).
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The archive format: its members' names, kinds and limits, and its header and manifest, read strictly."""
+"""The archive format: member names, kinds and size limits; header and manifest, read strictly."""
 
 # An archive is a tar (gzip-compressed when its name ends in .gz) whose members come in this order:
 #
@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from filewallball.domain.errors import FileWallBallError
-from filewallball.secret_file import SecretSource
+from filewallball.secret_file import FoundSecret, SecretSource
 
 FORMAT = "filewallball-backup"
 FORMAT_VERSION = 1
@@ -127,6 +127,11 @@ class SecretInfo:
 
     source: SecretSource
     fingerprint: str | None = None
+
+    @classmethod
+    def of(cls, found: FoundSecret) -> SecretInfo:
+        fingerprint = secret_fingerprint(found.key) if found.key is not None else None
+        return cls(found.source, fingerprint)
 
 
 @dataclass(frozen=True, slots=True)

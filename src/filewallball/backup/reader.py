@@ -1,4 +1,4 @@
-"""Reading an archive: its members in order, each a plain file with a format name, never extracted."""
+"""Reading an archive: members in order, each a plain file with a format name; none extracted."""
 
 # The reader hands each member's bytes to the caller, who writes them where it decides, so no
 # name inside an archive can choose a path on disk; no member is ever held whole.

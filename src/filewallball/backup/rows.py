@@ -1,4 +1,4 @@
-"""Rows as JSON Lines with portable values, checked against the table definitions on the way back."""
+"""Table rows as JSON Lines of portable values, checked against the tables on the way back."""
 
 # Rows travel as JSON objects keyed by column name, with portable values only: strings,
 # integers, null, and date-times as ISO 8601 in UTC. So an archive written on SQLite restores

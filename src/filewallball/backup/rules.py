@@ -1,4 +1,4 @@
-"""What a restore may do: only into an empty target, of this schema, with room and a usable secret."""
+"""What a restore may do: into an empty target, of this schema, with room, with a usable secret."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
-"""The restore target's database: what it holds, and the archive's tables inserted in one transaction."""
+"""The restore target's database: what it holds; the archive's tables in, in one transaction."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,28 +42,6 @@ async def _contents(connection: AsyncConnection) -> TargetContents:
     return TargetContents(*(int(v) for v in values))
 
 
-def audit_row(action: str, *, target: str, detail: str, size: int | None = None) -> dict[str, Any]:
-    """An audit entry of the backup tool itself (actor "backup", like Principal.system)."""
-    return {
-        "at": datetime.now(UTC),
-        "action": action,
-        "outcome": "success",
-        "actor": "backup",
-        "target": target[:255],
-        "detail": detail,
-        "bytes": size,
-    }
-
-
-async def record_audit(engine: AsyncEngine, row: Mapping[str, Any]) -> None:
-    """Written at once, in its own transaction: the CLI has no background flushing."""
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(audit_log.insert().values(**row))
-    except DRIVER_ERRORS as error:
-        raise BackupError(f"writing the audit entry failed: {error}") from error
-
-
 async def key_exists(engine: AsyncEngine, key_id: str) -> bool:
     statement = sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.id == key_id)
     try:
@@ -78,10 +55,9 @@ async def restore_tables(
     engine: AsyncEngine,
     staged: Mapping[str, Path],
     *,
-    audit: Mapping[str, Any],
     before_commit: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Insert every staged table into an empty target in one transaction, then `audit`.
+    """Insert every staged table into an empty target in one transaction.
 
     The target is checked again inside the transaction, which holds the write lock from the
     start: nothing can be written between the check and the commit. `before_commit` runs once
@@ -110,7 +86,6 @@ async def restore_tables(
                         "COALESCE(MAX(id), 0) + 1, false) FROM audit_log"
                     )
                 )
-            await connection.execute(audit_log.insert().values(**audit))
             if before_commit is not None:
                 await before_commit()
             await connection.commit()

@@ -14,8 +14,8 @@ import anyio
 import anyio.to_thread
 
 from filewallball.backup.check import ArchiveCheck
-from filewallball.backup.create import NoProgress, Progress
 from filewallball.backup.format import BackupError, Digest, Header, Manifest, MemberKind
+from filewallball.backup.instance import NoProgress, Progress
 from filewallball.backup.reader import ArchiveReader, Member
 
 

@@ -1,4 +1,4 @@
-"""Writing an archive: members streamed in order into a private temp file, renamed into place at the end."""
+"""Writing an archive: members streamed into a private temp file, renamed into place at the end."""
 
 from __future__ import annotations
 
