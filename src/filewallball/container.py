@@ -13,8 +13,6 @@ each closes it.
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -58,6 +56,7 @@ from filewallball.domain.security import Role
 from filewallball.domain.services import FileService, UploadLimits
 from filewallball.domain.stats import StatsService
 from filewallball.domain.thumbnails import ThumbnailService, register_thumbnail_job
+from filewallball.secret_file import load_or_create_secret
 from filewallball.settings import Settings
 
 
@@ -94,26 +93,6 @@ async def _closed_at_shutdown(
 async def _disposed_at_shutdown(engine: AsyncEngine) -> AsyncIterator[None]:
     yield
     await engine.dispose()
-
-
-def server_secret(settings: Settings) -> bytes:
-    """The HMAC key for API keys: FWB_SECRET_KEY, else a random one kept in <data_dir>/secret.key.
-
-    Every replica must use the same one (set FWB_SECRET_KEY from a Kubernetes Secret).
-    """
-    if settings.secret_key:
-        return settings.secret_key.encode()
-    path = settings.secret_key_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32))
-        handle.flush()
-        os.fsync(handle.fileno())
-    return path.read_bytes().strip()
 
 
 class Container(containers.DeclarativeContainer):
@@ -234,7 +213,11 @@ class Container(containers.DeclarativeContainer):
         rules=ip_rules,
         auditor=auditor,
         clock=clock,
-        server_secret=providers.Callable(server_secret, settings),
+        server_secret=providers.Callable(
+            load_or_create_secret,
+            settings.provided.secret_key_file,
+            env_value=settings.provided.secret_key,
+        ),
         static_allow=providers.Callable(tuple, settings.provided.ip_allow),
         static_deny=providers.Callable(tuple, settings.provided.ip_deny),
         rules_refresh_seconds=settings.provided.ip_rules_refresh_seconds,

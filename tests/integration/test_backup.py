@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,6 @@ import sqlalchemy as sa
 import yaml
 from typer.testing import CliRunner
 
-from filewallball.adapters import backup_check, backup_restore
-from filewallball.adapters.backup import SkippedFile, create_backup, read_secret
-from filewallball.adapters.backup_restore import restore_backup, verify_backup
 from filewallball.adapters.disk import DiskBlobStore
 from filewallball.adapters.sql import (
     api_keys,
@@ -42,12 +39,24 @@ from filewallball.adapters.sql import (
     ip_rules,
     utc,
 )
-from filewallball.container import build_container
-from filewallball.domain.backup import FREE_SPACE_MARGIN, BackupError
+from filewallball.backup import (
+    BackupError,
+    Instance,
+    SkippedFile,
+    create_backup,
+    restore_backup,
+    verify_backup,
+)
+from filewallball.backup import check as backup_check
+from filewallball.backup import restore as backup_restore
+from filewallball.backup.rules import FREE_SPACE_MARGIN
+from filewallball.container import Container, build_container, close_resources, open_resources
 from filewallball.domain.ports import BlobStore
+from filewallball.domain.security import Outcome
 from filewallball.entrypoints.cli import app
 from filewallball.entrypoints.logs import configure_logging
 from filewallball.settings import Settings
+from tests.fakes import FakeAuditLog
 from tests.images import png
 from tests.integration.conftest import ADMIN_KEY, GENEROUS, blob_files, serve
 from tests.integration.test_server import start_server
@@ -312,18 +321,14 @@ async def test_files_deleted_after_the_snapshot_are_left_out_and_listed(tmp_path
                 assert (await client.delete(f"/files/{file_id}")).status_code == 204
 
         container = build_container(settings)
-        secret, secret_file = read_secret(None, settings.secret_key_file)
+
+        await open_resources(container)
         try:
             result = await create_backup(
-                archive,
-                engine=container.engine(),
-                blobs=container.blobs(),
-                secret=secret,
-                secret_file=secret_file,
-                after_snapshot=delete_concurrently,
+                archive, _instance(settings, container), after_snapshot=delete_concurrently
             )
         finally:
-            await container.engine().dispose()
+            await close_resources(container)
     sha = hashlib.sha256(b"nobody else has these bytes").hexdigest()
     assert result.skipped == [SkippedFile(file_id=alone, sha256=sha, reason="deleted")]
     assert result.manifest.skipped == 1
@@ -332,28 +337,79 @@ async def test_files_deleted_after_the_snapshot_are_left_out_and_listed(tmp_path
 
     target = Settings(data_dir=tmp_path / "target", **GENEROUS)
     target_container = build_container(target)
+    await open_resources(target_container)
     try:
         await _restore(target, target_container, archive)
     finally:
-        await target_container.engine().dispose()
+        await close_resources(target_container)
     restored = await dump(target.resolved_database_url)
     assert sorted(row["id"] for row in restored["files"]) == sorted([shared, twin])
 
 
-async def _restore(
-    settings: Settings, container: Any, archive: Path, *, blob_store: BlobStore | None = None
-) -> None:
-    secret, _ = read_secret(settings.secret_key, settings.secret_key_file)
-    await restore_backup(
-        archive,
+def _instance(
+    settings: Settings, container: Container, *, blob_store: BlobStore | None = None
+) -> Instance:
+    """The instance `filewallball backup` would work on with these settings."""
+    return Instance(
         engine=container.engine(),
-        database_url=settings.resolved_database_url,
         blobs=blob_store or container.blobs(),
+        audit=container.audit_log(),
+        clock=container.clock(),
+        database_url=settings.resolved_database_url,
         data_dir=settings.data_dir,
-        secret=secret,
         secret_file=settings.secret_key_file,
         admin_key_file=settings.admin_key_file,
+        secret_key=settings.secret_key,
     )
+
+
+async def _restore(
+    settings: Settings, container: Container, archive: Path, *, blob_store: BlobStore | None = None
+) -> None:
+    result = await restore_backup(archive, _instance(settings, container, blob_store=blob_store))
+    assert result.audit_error is None
+
+
+async def test_backup_entries_go_through_the_audit_log_and_a_failed_one_is_reported(
+    tmp_path: Path,
+) -> None:
+    source, archive = tmp_path / "source", tmp_path / "fwb.tar"
+    await _two_files(source)
+    settings = Settings(data_dir=source, **GENEROUS)
+    audit = FakeAuditLog()
+    container = build_container(settings)
+    await open_resources(container)
+    try:
+        created = await create_backup(archive, replace(_instance(settings, container), audit=audit))
+    finally:
+        await close_resources(container)
+    assert created.audit_error is None
+    [entry] = audit.entries
+    assert (entry.action, entry.outcome, entry.actor, entry.key_id) == (
+        "backup.create",
+        Outcome.SUCCESS,
+        "backup",
+        None,
+    )
+    assert (entry.target, entry.bytes) == ("fwb.tar", archive.stat().st_size)
+    assert entry.detail == "2 files, 2 blobs, 0 skipped"
+
+    target = Settings(data_dir=tmp_path / "target", **GENEROUS)
+    down = FakeAuditLog()
+    down.fail_writes = True
+    target_container = build_container(target)
+    await open_resources(target_container)
+    try:
+        restored = await restore_backup(
+            archive, replace(_instance(target, target_container), audit=down)
+        )
+    finally:
+        await close_resources(target_container)
+    # The restore stands (it was committed before the entry was written), and says so.
+    assert restored.audit_error == "writing the audit entry failed: database is unavailable"
+    rows = await dump(target.resolved_database_url)
+    assert len(rows["files"]) == 2
+    assert "backup.restore" not in {row["action"] for row in rows["audit_log"]}
 
 
 def test_a_backup_while_a_real_server_serves_uploads_and_deletes(tmp_path: Path) -> None:
@@ -523,11 +579,12 @@ async def test_a_hostile_archive_restores_nothing(tmp_path: Path) -> None:
         archive = tmp_path / f"hostile{number}.tar"
         archive.write_bytes(raw)
         container = build_container(settings)
+        await open_resources(container)
         try:
             with pytest.raises(BackupError, match=r"not to its name|points outside"):
                 await _restore(settings, container, archive)
         finally:
-            await container.engine().dispose()
+            await close_resources(container)
         assert blob_files(settings.data_dir) == []  # the sound blob was removed again
         rows = await dump(settings.resolved_database_url)
         assert all(rows[table] == [] for table in rows)
@@ -551,11 +608,12 @@ async def test_a_failed_restore_keeps_blob_files_it_did_not_create(tmp_path: Pat
     kept.parent.mkdir(parents=True)
     kept.write_bytes(data_of[survivor])
     container = build_container(settings)
+    await open_resources(container)
     try:
         with pytest.raises(BackupError, match="not to its name"):
             await _restore(settings, container, archive)
     finally:
-        await container.engine().dispose()
+        await close_resources(container)
     assert blob_files(settings.data_dir) == [kept]
     assert kept.read_bytes() == data_of[survivor]
 
@@ -579,6 +637,7 @@ async def test_a_blob_larger_than_the_free_space_is_refused_before_it_is_written
     archive = tmp_path / "fwb.tar"
     archive.write_bytes(tar_bytes(plain(sample((small, large)))))
     container = build_container(settings)
+    await open_resources(container)
     try:
         with pytest.raises(
             BackupError,
@@ -592,7 +651,7 @@ async def test_a_blob_larger_than_the_free_space_is_refused_before_it_is_written
                 blob_store=_NearlyFull(settings.blob_dir, room=100),
             )
     finally:
-        await container.engine().dispose()
+        await close_resources(container)
     assert blob_files(settings.data_dir) == []
     assert [p.name for p in (settings.blob_dir / ".tmp").iterdir()] == []
     rows = await dump(settings.resolved_database_url)

@@ -23,18 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from filewallball.adapters import backup_check
-from filewallball.adapters.backup_archive import (
-    MAX_EXTENDED_HEADER_BYTES,
-    MAX_EXTENDED_HEADERS,
-    ArchiveReader,
-    ArchiveWriter,
-)
-from filewallball.adapters.backup_restore import verify_backup
 from filewallball.adapters.sql import head_revision
-from filewallball.domain.backup import (
+from filewallball.backup import check as backup_check
+from filewallball.backup.format import (
     BLOB_INDEX,
-    FREE_SPACE_MARGIN,
     HEADER,
     MANIFEST,
     MAX_HEADER_BYTES,
@@ -48,10 +40,18 @@ from filewallball.domain.backup import (
     Manifest,
     MemberKind,
     SecretInfo,
-    SecretSource,
     blob_member,
     table_member,
 )
+from filewallball.backup.reader import (
+    MAX_EXTENDED_HEADER_BYTES,
+    MAX_EXTENDED_HEADERS,
+    ArchiveReader,
+)
+from filewallball.backup.rules import FREE_SPACE_MARGIN
+from filewallball.backup.verify import verify_backup
+from filewallball.backup.writer import ArchiveWriter
+from filewallball.secret_file import SecretSource
 
 Members = list[tuple[str, bytes]]
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -1,5 +1,5 @@
-"""The backup format's rules (domain/backup.py): member names, header and manifest, secrets,
-and what counts as an empty restore target."""
+"""The backup format's rules (backup/format.py, backup/rules.py): member names, header and
+manifest, secrets, and what counts as an empty restore target."""
 
 from __future__ import annotations
 
@@ -8,24 +8,26 @@ from datetime import UTC, datetime
 
 import pytest
 
-from filewallball.domain.backup import (
+from filewallball.backup.format import (
     FORMAT_VERSION,
-    FREE_SPACE_MARGIN,
     BackupError,
     Digest,
     Header,
     Manifest,
     MemberKind,
-    SecretAction,
     SecretInfo,
-    SecretSource,
+    classify,
+    secret_fingerprint,
+)
+from filewallball.backup.rules import (
+    FREE_SPACE_MARGIN,
+    SecretAction,
     TargetContents,
     check_revision,
     check_room,
-    classify,
     plan_secret,
-    secret_fingerprint,
 )
+from filewallball.secret_file import SecretSource
 
 SHA = "ab" * 32
 

@@ -22,8 +22,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress as Bars
     from rich.progress import TaskID
 
-    from filewallball.container import Container
-    from filewallball.domain.backup import Manifest
+    from filewallball.backup import Instance, Manifest
 
 T = TypeVar("T")
 
@@ -109,22 +108,13 @@ def create(
     quiet: Quiet = False,
 ) -> None:
     """Write a consistent archive of every file, key, IP rule and audit entry (while serving)."""
-    from filewallball.adapters.backup import BackupResult, create_backup, read_secret
+    from filewallball.backup import BackupResult, create_backup
 
     settings = _settings()
 
-    async def work(container: Container) -> BackupResult:
-        secret, secret_file = read_secret(settings.secret_key, settings.secret_key_file)
+    async def work(instance: Instance) -> BackupResult:
         with RichProgress(quiet=quiet) as progress:
-            return await create_backup(
-                out,
-                engine=container.engine(),
-                blobs=container.blobs(),
-                secret=secret,
-                secret_file=secret_file,
-                skip_missing=skip_missing,
-                progress=progress,
-            )
+            return await create_backup(out, instance, skip_missing=skip_missing, progress=progress)
 
     result = _run(settings, work)
     if result.audit_error is not None:
@@ -141,7 +131,7 @@ def verify(
     quiet: Quiet = False,
 ) -> None:
     """Re-read a whole archive and check every member against its manifest."""
-    from filewallball.adapters.backup_restore import verify_backup
+    from filewallball.backup import verify_backup
 
     async def work() -> Manifest:
         with RichProgress(quiet=quiet) as progress:
@@ -164,29 +154,22 @@ def restore(
     quiet: Quiet = False,
 ) -> None:
     """Restore an archive into an empty instance (this one's database and data directory)."""
-    from filewallball.adapters.backup import read_secret
-    from filewallball.adapters.backup_restore import RestoreResult, restore_backup
-    from filewallball.domain.backup import SecretAction
+    from filewallball.backup import RestoreResult, SecretAction, restore_backup
 
     settings = _settings()
 
-    async def work(container: Container) -> RestoreResult:
-        secret, _ = read_secret(settings.secret_key, settings.secret_key_file)
+    async def work(instance: Instance) -> RestoreResult:
         with RichProgress(quiet=quiet) as progress:
             return await restore_backup(
                 archive,
-                engine=container.engine(),
-                database_url=settings.resolved_database_url,
-                blobs=container.blobs(),
-                data_dir=settings.data_dir,
-                secret=secret,
-                secret_file=settings.secret_key_file,
-                admin_key_file=settings.admin_key_file,
+                instance,
                 allow_secret_mismatch=allow_secret_mismatch,
                 progress=progress,
             )
 
     result = _run(settings, work)
+    if result.audit_error is not None:
+        typer.echo(f"warning: the restore is not in the audit log: {result.audit_error}", err=True)
     if result.secret is SecretAction.INSTALL:
         typer.echo(f"installed the archive's server secret as {settings.secret_key_file}", err=True)
     elif result.secret is SecretAction.MISMATCH:
@@ -204,17 +187,31 @@ def restore(
     typer.echo("restart the service so that every process sees the restored data", err=True)
 
 
-def _run(settings: Settings, work: Callable[[Container], Awaitable[T]]) -> T:
+def _run(settings: Settings, work: Callable[[Instance], Awaitable[T]]) -> T:
     """Run `work` with the adapters the server would use; errors become `error: ...`, exit 1."""
+    from filewallball.backup import Instance
     from filewallball.container import build_container
     from filewallball.entrypoints.logs import configure_logging
 
     configure_logging("warning")
+    # Audit entries written as they are recorded: a one-shot command runs no background writer.
+    settings = settings.model_copy(update={"audit_flush_interval": 0})
 
     async def run() -> T:
         container = build_container(settings)
+        instance = Instance(
+            engine=container.engine(),
+            blobs=container.blobs(),
+            audit=container.audit_log(),
+            clock=container.clock(),
+            database_url=settings.resolved_database_url,
+            data_dir=settings.data_dir,
+            secret_file=settings.secret_key_file,
+            admin_key_file=settings.admin_key_file,
+            secret_key=settings.secret_key,
+        )
         try:
-            return await work(container)
+            return await work(instance)
         finally:
             # Only the engine was opened: no Redis, no queue (a backup pod may not reach them).
             await container.engine().dispose()

@@ -1,21 +1,16 @@
-"""Check an archive (verify) and restore it into an empty instance.
+"""Restore an archive into an empty instance: all of it, or (on any error) none of it."""
 
-Both read the archive once, as a stream, through the same checks (adapters/backup_check.py);
-a restore writes the blobs through the blob store as they pass and commits the metadata in one
-transaction at the end, so it leaves all of the archive or none of it. After a failure it
-deletes only the blobs it created: a blob file that was on the target's volume before (a lost
-database, a surviving data volume) is never removed.
-"""
+# The archive is read once, as a stream, through verify's checks; the blobs go through the blob
+# store as they pass and the metadata is committed in one transaction at the end. After a
+# failure only the blobs this restore created are deleted: a blob file that was on the target's
+# volume before (a lost database, a surviving data volume) is never removed.
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import shutil
 import sqlite3
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,35 +20,28 @@ from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from filewallball.adapters.backup import NoProgress, Progress
-from filewallball.adapters.backup_archive import ArchiveReader, Member
-from filewallball.adapters.backup_check import ArchiveCheck
-from filewallball.adapters.backup_sql import (
-    audit_row,
-    key_exists,
-    references,
-    restore_tables,
-    target_contents,
-)
-from filewallball.adapters.disk import fsync_dir
 from filewallball.adapters.sql import upgrade
-from filewallball.domain.backup import (
+from filewallball.backup.check import ArchiveCheck
+from filewallball.backup.format import (
     BLOB_PREFIX,
     TABLES,
     BackupError,
     Digest,
     Header,
     Manifest,
-    MemberKind,
-    SecretAction,
     SecretInfo,
-    check_room,
-    plan_secret,
     table_member,
 )
+from filewallball.backup.instance import Instance, NoProgress, Progress
+from filewallball.backup.reader import ArchiveReader, Member
+from filewallball.backup.rules import SecretAction, check_room, plan_secret
+from filewallball.backup.snapshot import references
+from filewallball.backup.target import key_exists, restore_tables, target_contents
+from filewallball.backup.verify import ledger_errors, read_archive, scratch_dir
 from filewallball.domain.models import Sha256
 from filewallball.domain.ports import BlobStore
 from filewallball.domain.security import IssuedKey
+from filewallball.secret_file import install_secret, read_secret_file, remove_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,69 +49,42 @@ class RestoreResult:
     manifest: Manifest
     secret: SecretAction
     stale_admin_key_file: Path | None  # removed: its key is not among the restored ones
-
-
-async def verify_backup(path: Path, *, progress: Progress | None = None) -> Manifest:
-    """Read the whole archive and check it; its manifest, or BackupError saying what is wrong."""
-    progress = progress or NoProgress()
-    async with _staging(path.parent) as staging, ArchiveReader(path) as reader:
-        with _ledger_errors(staging):
-            check = ArchiveCheck(staging)
-        try:
-            progress.start(f"verifying {path.name}", total=reader.total)
-
-            def tick() -> None:
-                progress.update(reader.position)
-
-            async def hash_blob(member: Member) -> Digest:
-                digest = hashlib.sha256()
-                async for chunk in member.chunks():
-                    digest.update(chunk)
-                    tick()
-                return Digest(size=member.size, sha256=digest.hexdigest())
-
-            with _ledger_errors(staging):
-                return await _read_archive(reader, check, store_blob=hash_blob, tick=tick)
-        finally:
-            check.close()
+    audit_error: str | None = None  # restored, but its audit entry is missing
 
 
 async def restore_backup(
     path: Path,
+    instance: Instance,
     *,
-    engine: AsyncEngine,
-    database_url: str,
-    blobs: BlobStore,
-    data_dir: Path,
-    secret: SecretInfo,
-    secret_file: Path,
-    admin_key_file: Path,
     allow_secret_mismatch: bool = False,
     progress: Progress | None = None,
 ) -> RestoreResult:
-    """Restore the archive into an empty instance: all of it, or (on any error) none of it.
+    """Restore the archive into `instance`, which must be empty (a first start's key aside).
 
     Blobs go through the blob store as they stream by (temp file, fsync, rename), each checked
     against its name first; the metadata is inserted in one transaction once the whole archive
     has been checked. The archive's server secret, when it is installed, is put in place just
     before that transaction commits, and put back as it was if the commit fails. After a
     failure the blobs this restore created are deleted again (never one that existed before).
+    The restore's audit entry follows the commit.
 
     Only an archive of this version's schema revision is restored (check_revision).
     """
     progress = progress or NoProgress()
+    engine, blobs = instance.engine, instance.blobs
+    secret = SecretInfo.of(await instance.secret())
     if not await anyio.Path(path).is_file():
         raise BackupError(f"{path} does not exist or is not a file")
     progress.start("migrating the target database", total=None)
-    await _migrate(database_url)
+    await _migrate(instance.database_url)
     (await target_contents(engine)).check_empty()  # refuse before reading gigabytes
-    await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
+    await anyio.Path(instance.data_dir).mkdir(parents=True, exist_ok=True)
     # Fails early if blobs cannot be written, and creates the store's folders (its free space
     # can be told from then on).
     await blobs.check_writable()
     committed = False
-    async with _staging(data_dir) as staging, ArchiveReader(path) as reader:
-        with _ledger_errors(staging):
+    async with scratch_dir(instance.data_dir) as staging, ArchiveReader(path) as reader:
+        with ledger_errors(staging):
             check = ArchiveCheck(staging)
         try:
             progress.start(f"restoring {path.name}", total=reader.total)
@@ -144,8 +105,8 @@ async def restore_backup(
             async def store_blob(member: Member) -> Digest:
                 return await _store(blobs, member, tick, created=check.note_created)
 
-            with _ledger_errors(staging):
-                manifest = await _read_archive(
+            with ledger_errors(staging):
+                manifest = await read_archive(
                     reader, check, store_blob=store_blob, tick=tick, on_header=on_header
                 )
             progress.start("writing the metadata", total=None)
@@ -153,12 +114,11 @@ async def restore_backup(
             if action is SecretAction.INSTALL:
                 archived = check.secret()
                 assert archived is not None  # required by the manifest for a file secret
-                swap = _SecretSwap(secret_file, archived)
+                swap = _SecretSwap(instance.secret_file, archived)
             try:
                 await restore_tables(
                     engine,
                     {table: check.path_of(table_member(table)) for table in TABLES},
-                    audit=_restore_audit(path, manifest),
                     before_commit=swap.install if swap is not None else None,
                 )
                 committed = True
@@ -166,8 +126,16 @@ async def restore_backup(
                 if swap is not None and not committed:
                     with anyio.CancelScope(shield=True):
                         await swap.undo()
-            stale = await _stale_admin_key(engine, admin_key_file)
-            return RestoreResult(manifest=manifest, secret=action, stale_admin_key_file=stale)
+            audit_error = await instance.record(
+                "backup.restore", target=path.name, detail=_restore_detail(manifest)
+            )
+            stale = await _stale_admin_key(engine, instance.admin_key_file)
+            return RestoreResult(
+                manifest=manifest,
+                secret=action,
+                stale_admin_key_file=stale,
+                audit_error=audit_error,
+            )
         except BaseException:
             if not committed:
                 with anyio.CancelScope(shield=True):
@@ -177,44 +145,11 @@ async def restore_backup(
             check.close()
 
 
-async def _read_archive(
-    reader: ArchiveReader,
-    check: ArchiveCheck,
-    *,
-    store_blob: Callable[[Member], Awaitable[Digest]],
-    tick: Callable[[], None],
-    on_header: Callable[[Header], Awaitable[None]] | None = None,
-) -> Manifest:
-    async for member in reader.members():
-        check.expect(member)
-        if member.kind is MemberKind.HEADER:
-            header = await check.read_header(member)
-            if on_header is not None:
-                await on_header(header)
-        elif member.kind is MemberKind.BLOB:
-            await check.record_blob(member.name, await store_blob(member))
-        elif member.kind is MemberKind.MANIFEST:
-            await check.read_manifest(member)
-        else:
-            await check.spool(member)
-        tick()
-    return await check.finish()
-
-
 async def _migrate(database_url: str) -> None:
     try:
         await anyio.to_thread.run_sync(upgrade, database_url)
     except (CommandError, SQLAlchemyError, OSError, TimeoutError) as error:
         raise BackupError(f"migrating the target database failed: {error}") from error
-
-
-@contextlib.contextmanager
-def _ledger_errors(staging: Path) -> Iterator[None]:
-    """The check's scratch ledger failing (a full or broken disk): a BackupError saying so."""
-    try:
-        yield
-    except sqlite3.Error as error:
-        raise BackupError(f"the scratch ledger in {staging} failed: {error}") from error
 
 
 async def _store(
@@ -271,16 +206,12 @@ async def _remove_created(engine: AsyncEngine, blobs: BlobStore, shas: list[str]
                 await blobs.delete(Sha256(sha))
 
 
-def _restore_audit(path: Path, manifest: Manifest) -> dict[str, object]:
+def _restore_detail(manifest: Manifest) -> str:
     header = manifest.header
-    return audit_row(
-        "backup.restore",
-        target=path.name,
-        detail=(
-            f"archive of {header.created_at.isoformat()} from {header.source_backend} "
-            f"(FileWallBall {header.app_version}): {manifest.rows['files']} files, "
-            f"{manifest.blobs} blobs, {manifest.rows['api_keys']} keys"
-        ),
+    return (
+        f"archive of {header.created_at.isoformat()} from {header.source_backend} "
+        f"(FileWallBall {header.app_version}): {manifest.rows['files']} files, "
+        f"{manifest.blobs} blobs, {manifest.rows['api_keys']} keys"
     )
 
 
@@ -305,81 +236,38 @@ class _SecretSwap:
     the secret already matching), never restored keys without their secret.
     """
 
-    def __init__(self, final: Path, data: bytes) -> None:
-        self._final = final
+    def __init__(self, path: Path, data: bytes) -> None:
+        self._path = path
         self._data = data
         self._previous: bytes | None = None
-        self._installed = False
+        self._touched = False
 
     async def install(self) -> None:
         def install() -> None:
-            try:
-                self._previous = self._final.read_bytes()
-            except FileNotFoundError:
-                self._previous = None
-            temp = _prepare_private(self._final, self._data)
-            os.replace(temp, self._final)
-            self._installed = True
-            fsync_dir(self._final.parent)
+            self._previous = read_secret_file(self._path)
+            # Before the rename: undo() must put the previous one back even if the directory's
+            # fsync (after the rename) fails.
+            self._touched = True
+            install_secret(self._path, self._data)
 
         try:
             await anyio.to_thread.run_sync(install)
         except OSError as error:
             raise BackupError(
-                f"installing the server secret as {self._final} failed: {error}"
+                f"installing the server secret as {self._path} failed: {error}"
             ) from error
 
     async def undo(self) -> None:
         """Put the target's own secret back (or none, if it had none); best effort."""
 
         def undo() -> None:
-            _temp_of(self._final).unlink(missing_ok=True)
-            if not self._installed:
+            if not self._touched:
                 return
             if self._previous is None:
-                self._final.unlink(missing_ok=True)
-                fsync_dir(self._final.parent)
+                remove_secret(self._path)
             else:
-                _install(_prepare_private(self._final, self._previous), self._final)
+                install_secret(self._path, self._previous)
 
         # A secret left in place is the archive's, with an empty database: restoring again works.
         with contextlib.suppress(OSError):
             await anyio.to_thread.run_sync(undo)
-
-
-def _prepare_private(final: Path, data: bytes) -> Path:
-    """`data` in a fsynced 0600 temp file beside `final`, ready for _install."""
-    temp = _temp_of(final)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return temp
-
-
-def _temp_of(final: Path) -> Path:
-    return final.with_name(f".{final.name}.restore")
-
-
-def _install(temp: Path, final: Path) -> None:
-    os.replace(temp, final)
-    fsync_dir(final.parent)
-
-
-@contextlib.asynccontextmanager
-async def _staging(near: Path) -> AsyncIterator[Path]:
-    """A private scratch directory beside `near` if writable there, else in the temp dir."""
-
-    def make() -> Path:
-        try:
-            return Path(tempfile.mkdtemp(prefix=".fwb-backup-", dir=near))
-        except OSError:
-            return Path(tempfile.mkdtemp(prefix="fwb-backup-"))
-
-    path = await anyio.to_thread.run_sync(make)
-    try:
-        yield path
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))

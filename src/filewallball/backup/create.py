@@ -1,13 +1,11 @@
-"""Back up a whole instance (metadata and blobs) into one archive (backup_restore.py reads it).
+"""Create an archive of a whole instance while it serves: a metadata snapshot, then its blobs."""
 
-domain/backup.py describes the archive. Consistency while the service is serving: the metadata
-is read in one snapshot, then the blobs that snapshot references are copied. Blobs never
-change (they are named by their SHA-256), so a blob read later is the blob the snapshot meant;
-the only thing that can happen meanwhile is that a DELETE removes every file using a blob and
-the blob with them. Those files are then left out and listed (skipped.jsonl, and the result):
-the archive is the snapshot minus files deleted while it was written, never a record without
-its bytes.
-"""
+# Consistency while the service is serving: the metadata is read in one snapshot, then the blobs
+# that snapshot references are copied. Blobs never change (they are named by their SHA-256), so
+# a blob read later is the blob the snapshot meant; the only thing that can happen meanwhile is
+# that a DELETE removes every file using a blob and the blob with them. Those files are then
+# left out and listed (skipped.jsonl, and the result): the archive is the snapshot minus files
+# deleted while it was written, never a record without its bytes.
 
 from __future__ import annotations
 
@@ -18,23 +16,13 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import anyio
 import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from filewallball import __version__
-from filewallball.adapters.backup_archive import ArchiveWriter
-from filewallball.adapters.backup_check import dumps_line
-from filewallball.adapters.backup_sql import (
-    Snapshot,
-    audit_row,
-    read_snapshot,
-    record_audit,
-    references,
-)
-from filewallball.domain.backup import (
+from filewallball.backup.format import (
     BLOB_INDEX,
     HEADER,
     MANIFEST,
@@ -46,32 +34,19 @@ from filewallball.domain.backup import (
     Header,
     Manifest,
     SecretInfo,
-    SecretSource,
     blob_member,
-    secret_fingerprint,
     table_member,
 )
+from filewallball.backup.instance import Instance, NoProgress, Progress
+from filewallball.backup.rows import dumps_line
+from filewallball.backup.snapshot import Snapshot, read_snapshot, references
+from filewallball.backup.writer import ArchiveWriter
 from filewallball.domain.models import Sha256
 from filewallball.domain.ports import BlobReader, BlobStore
+from filewallball.secret_file import SecretSource
 
 DELETED = "deleted"  # every file using the blob was deleted after the snapshot
 MISSING = "missing"  # the blob is gone though files use it (only with skip_missing)
-
-
-class Progress(Protocol):
-    """Where long operations report how far they are (the CLI draws bars)."""
-
-    def start(self, description: str, *, total: int | None) -> None: ...
-
-    def update(self, completed: int) -> None: ...
-
-
-class NoProgress(Progress):
-    def start(self, description: str, *, total: int | None) -> None:
-        pass
-
-    def update(self, completed: int) -> None:
-        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,25 +64,10 @@ class BackupResult:
     audit_error: str | None = None  # the archive is sound, but its audit entry is missing
 
 
-def read_secret(env_value: str | None, path: Path) -> tuple[SecretInfo, bytes | None]:
-    """The server secret as container.server_secret finds it (never creating one); the file's
-    bytes when it comes from <data_dir>/secret.key."""
-    if env_value:
-        return SecretInfo(SecretSource.ENV, secret_fingerprint(env_value.encode())), None
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return SecretInfo(SecretSource.NONE), None
-    return SecretInfo(SecretSource.FILE, secret_fingerprint(raw.strip())), raw
-
-
 async def create_backup(
     out: Path,
+    instance: Instance,
     *,
-    engine: AsyncEngine,
-    blobs: BlobStore,
-    secret: SecretInfo,
-    secret_file: bytes | None,
     skip_missing: bool = False,
     progress: Progress | None = None,
     after_snapshot: Callable[[], Awaitable[None]] | None = None,
@@ -117,6 +77,8 @@ async def create_backup(
     `after_snapshot` runs between the metadata snapshot and the blob copy (tests race it).
     """
     progress = progress or NoProgress()
+    engine = instance.engine
+    secret = await instance.secret()
     out = Path(await anyio.Path(out).absolute())
     if not await anyio.Path(out.parent).is_dir():
         raise BackupError(f"{out.parent} is not a directory")
@@ -134,7 +96,7 @@ async def create_backup(
             source_backend=engine.dialect.name,
             schema_revision=snapshot.revision,
             app_version=__version__,
-            secret=secret,
+            secret=SecretInfo.of(secret),
             api_keys=snapshot.rows["api_keys"],
         )
         writer = await ArchiveWriter.create(out, mtime=snapshot.taken_at.timestamp())
@@ -143,8 +105,8 @@ async def create_backup(
             skipped = await written.run(
                 header,
                 engine=engine,
-                blobs=blobs,
-                secret_file=secret_file,
+                blobs=instance.blobs,
+                secret_file=secret.stored,
                 skip_missing=skip_missing,
             )
             await writer.commit()
@@ -156,17 +118,13 @@ async def create_backup(
     assert written.manifest is not None
     manifest = written.manifest
     # After the snapshot, so it is not in this archive: in the source's log, and the next one.
-    audit = audit_row(
+    audit_error = await instance.record(
         "backup.create",
         target=out.name,
         detail=f"{manifest.rows['files']} files, {manifest.blobs} blobs, {len(skipped)} skipped",
         size=(await anyio.Path(out).stat()).st_size,
     )
-    try:
-        await record_audit(engine, audit)
-    except BackupError as error:
-        return BackupResult(out, manifest, skipped, audit_error=error.detail)
-    return BackupResult(path=out, manifest=manifest, skipped=skipped)
+    return BackupResult(path=out, manifest=manifest, skipped=skipped, audit_error=audit_error)
 
 
 class _Writing:

@@ -1,16 +1,14 @@
-"""Checking an archive as it streams by, and against its manifest once it has been read whole.
+"""Checking an archive as it streams by, and against its manifest once it has been read whole."""
 
-Members other than blobs are spooled into a private staging directory (hashed on the way);
-blobs are handled by the caller (hashed and dropped by verify, written to the blob store by
-restore) and recorded in a ledger: a SQLite file in the staging directory, so memory stays flat
-however many blobs an archive holds. A restore also notes there the blobs it created (the only
-ones it may delete again after a failure).
-"""
+# Members other than blobs are spooled into a private staging directory (hashed on the way);
+# blobs are handled by the caller (hashed and dropped by verify, written to the blob store by
+# restore) and recorded in a ledger: a SQLite file in the staging directory, so memory stays flat
+# however many blobs an archive holds. A restore also notes there the blobs it created (the only
+# ones it may delete again after a failure).
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -19,10 +17,8 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from filewallball.adapters.backup_archive import Member
-from filewallball.adapters.backup_sql import decode_row, numbered_lines, primary_key
 from filewallball.adapters.sql import head_revision, known_revisions
-from filewallball.domain.backup import (
+from filewallball.backup.format import (
     BLOB_INDEX,
     BLOB_PREFIX,
     HEADER,
@@ -34,14 +30,15 @@ from filewallball.domain.backup import (
     Header,
     Manifest,
     MemberKind,
-    SecretSource,
-    check_revision,
-    check_room,
     is_sha256,
     load_object,
     secret_fingerprint,
     table_member,
 )
+from filewallball.backup.reader import Member
+from filewallball.backup.rows import decode_row, numbered_lines, primary_key
+from filewallball.backup.rules import check_revision, check_room
+from filewallball.secret_file import SecretSource
 
 _LEDGER = """
 CREATE TABLE members (sha TEXT PRIMARY KEY, size INTEGER NOT NULL);
@@ -319,7 +316,3 @@ def free_bytes(path: Path) -> int | None:
         return int(shutil.disk_usage(path).free)
     except OSError:
         return None
-
-
-def dumps_line(value: dict[str, object]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
