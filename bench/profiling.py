@@ -39,7 +39,8 @@ _FRAMEWORK_ROOTS = frozenset(
         "threading",
         "runpy",
         "filewallball",
-        "filewallball.entrypoints.cli",
+        "filewallball.entrypoints.cli.__init__",
+        "filewallball.entrypoints.cli.serve",
         "queue",
     }
 )
