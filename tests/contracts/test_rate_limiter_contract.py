@@ -97,6 +97,19 @@ async def test_instances_share_a_budget_only_through_redis(
     assert third.allowed is not shared
 
 
+@pytest.mark.parametrize("limit", [50, 1000])
+async def test_concurrent_hits_never_pass_the_budget(
+    limiter: LimitsRateLimiter, limit: int
+) -> None:
+    """Twice the budget at once, in one process: exactly the budget is admitted (the requests
+    queued behind a lease are not an outage, and never each get a budget of their own)."""
+    rule = RateRule.parse(f"{limit}/minute")
+    decisions = await asyncio.gather(*(limiter.hit("client", rule=rule) for _ in range(2 * limit)))
+    assert sum(d.allowed for d in decisions) == limit
+    refused = [d for d in decisions if not d.allowed]
+    assert all(1 <= d.reset_after_seconds <= 60 and d.remaining == 0 for d in refused)
+
+
 def test_validate_rule() -> None:
     assert str(RateRule.parse("600/minute")) == "600/minute"
     assert str(RateRule.parse("10 per 2 seconds")) == "10 per 2 seconds"
@@ -270,6 +283,31 @@ async def test_a_silent_redis_costs_at_most_the_timeout() -> None:
         await server.wait_closed()
     assert [d.allowed for d in decisions] == [True, False, False]
     assert limiter.fallbacks == 3
+
+
+async def test_concurrent_hits_on_a_silent_redis_wait_out_one_timeout() -> None:
+    """Requests queued behind the one that found Redis silent fall back at once, not in turn."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def accept_and_say_nothing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = LimitsRateLimiter(storage_uri=f"redis://127.0.0.1:{port}/0")
+    rule = RateRule.parse("5/minute")
+    try:
+        started = time.monotonic()
+        decisions = await asyncio.gather(*(limiter.hit("client", rule=rule) for _ in range(20)))
+        assert time.monotonic() - started < 1.5
+    finally:
+        await limiter.aclose()
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert sum(d.allowed for d in decisions) == 5  # the process's own budget while Redis is out
+    assert limiter.fallbacks == 20
 
 
 class _Proxy:

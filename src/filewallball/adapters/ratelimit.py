@@ -39,6 +39,10 @@ _MAX_LEASE = 100
 _MAX_LEASES = 10_000
 
 
+class _RedisSkipped(Exception):
+    """The request that took the lease this one waited for found Redis down."""
+
+
 @dataclass(slots=True)
 class _Lease:
     """Hits counted in Redis ahead of time, for this process to spend in the current window."""
@@ -113,9 +117,9 @@ class LimitsRateLimiter(RateLimiter):
             if spent is not None:
                 return spent
             try:
-                # asyncio.timeout, not wait_for: no extra task per request.
-                async with asyncio.timeout(_REDIS_TIMEOUT_SECONDS):
-                    decision = await self._decide_in_redis(item, key)
+                decision = await self._decide_in_redis(item, key)
+            except _RedisSkipped:
+                pass  # another request just found Redis down
             except REDIS_FAILURES as error:
                 self._trip(error)
             else:
@@ -141,11 +145,15 @@ class LimitsRateLimiter(RateLimiter):
     async def _decide_in_redis(self, item: RateLimitItem, key: str) -> RateDecision:
         name = self._name(item, key)
         while (leasing := self._leasing.get(name)) is not None:
-            # Another request is taking a lease on this window: wait, then spend from it.
+            # Another request is taking a lease on this window: wait, then spend from it. Only
+            # Redis's answer has a deadline: a queue of requests waiting here is not an outage
+            # (counting them as one sent each to a budget of its own, in process).
             await asyncio.shield(leasing)
             spent = self._spend_lease(item, key)
             if spent is not None:
                 return spent
+            if time.monotonic() < self._skip_until:
+                raise _RedisSkipped
         done = self._leasing[name] = asyncio.get_running_loop().create_future()
         try:
             return await self._lease(item, name)
@@ -160,7 +168,9 @@ class LimitsRateLimiter(RateLimiter):
         lease = self._leases.get(name)
         size = lease.next_size if lease is not None and now < lease.until else 1
         self.round_trips += 1
-        count, left_ms = await self._hit(keys=[name], args=[window * 1000, size])
+        # asyncio.timeout, not wait_for: no extra task per request.
+        async with asyncio.timeout(_REDIS_TIMEOUT_SECONDS):
+            count, left_ms = await self._hit(keys=[name], args=[window * 1000, size])
         count, until = int(count), time.monotonic() + int(left_ms) / 1000
         # Hits of this lease within the limit: all, some (the rest refused), or none.
         granted = min(max(item.amount - (count - size), 0), size)
