@@ -24,6 +24,7 @@ from filewallball.domain.models import (
     ThumbnailStatus,
     Visibility,
 )
+from filewallball.domain.policies import Quota, Reservation
 from filewallball.domain.ports import (
     AuditLog,
     BlobReader,
@@ -396,10 +397,39 @@ class FakeUsageRepository(UsageRepository):
 
     def __init__(self, files: FakeFileRepository) -> None:
         self.files = files
+        self.reservations: dict[str, tuple[Reservation, datetime]] = {}
+        self._reserved = 0
 
     async def stored_by(self, owner: str) -> tuple[int, int]:
         owned = [r for r in self.files.records.values() if r.owner == owner]
         return len(owned), sum(r.size for r in owned)
+
+    async def reserve(
+        self, owner: str, quota: Quota, *, size: int | None, now: datetime, until: datetime
+    ) -> Reservation:
+        stored_files, stored_bytes = await self.stored_by(owner)
+        live = [
+            r for r, expires in self.reservations.values() if r.owner == owner and expires > now
+        ]
+        held_bytes = sum(r.bytes or 0 for r in live)
+        room = quota.room(
+            stored_files=stored_files + len(live), stored_bytes=stored_bytes + held_bytes
+        )
+        amount = size if size is not None else room
+        Quota.check_size(amount or 0, room)
+        self._reserved += 1
+        reservation = Reservation(id=f"r{self._reserved}", owner=owner, bytes=amount)
+        self.reservations[reservation.id] = (reservation, until)
+        return reservation
+
+    async def release(self, reservation: Reservation) -> None:
+        self.reservations.pop(reservation.id, None)
+
+    async def drop_expired_reservations(self, *, now: datetime) -> int:
+        expired = [key for key, (_, expires) in self.reservations.items() if expires <= now]
+        for key in expired:
+            del self.reservations[key]
+        return len(expired)
 
     async def totals(self) -> StorageTotals:
         records = list(self.files.records.values())

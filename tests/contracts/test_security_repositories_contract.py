@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import astuple, dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -31,8 +32,14 @@ from filewallball.adapters.sql import (
     upgrade,
 )
 from filewallball.adapters.sql import engine as sql_engine
-from filewallball.domain.errors import Conflict, DependencyUnavailable, InvalidRequest
+from filewallball.domain.errors import (
+    Conflict,
+    DependencyUnavailable,
+    InvalidRequest,
+    QuotaExceeded,
+)
 from filewallball.domain.models import ByteSize, ContentType, FileId, Filename, FileRecord, Sha256
+from filewallball.domain.policies import Quota, Reservation
 from filewallball.domain.ports import (
     AuditLog,
     Cache,
@@ -615,6 +622,62 @@ async def test_usage_sums_the_files_an_owner_stores_now(stores: Stores) -> None:
 
     await stores.files.remove(big.id)
     assert await stores.usage.stored_by("team-a") == (1, 10)
+
+
+async def _reserve_many(
+    stores: Stores, quota: Quota, sizes: list[int | None]
+) -> list[Reservation | None]:
+    """Reservations made at once; None where the quota refused one."""
+
+    async def one(size: int | None) -> Reservation | None:
+        try:
+            return await stores.usage.reserve(
+                "team-q", quota, size=size, now=T0, until=T0 + timedelta(hours=1)
+            )
+        except QuotaExceeded:
+            return None
+
+    return list(await asyncio.gather(*(one(size) for size in sizes)))
+
+
+async def test_concurrent_reservations_never_pass_a_files_quota(stores: Stores) -> None:
+    async with stores.files.unit_of_work() as work:
+        await work.add(make_file("team-q", 10, Sha256("d" * 64)))
+        await work.commit()
+    made = await _reserve_many(stores, Quota(files=4), [None] * 20)
+    granted = [r for r in made if r is not None]
+    assert len(granted) == 3  # one file stored: room for three more
+    await stores.usage.release(granted[0])
+    assert len([r for r in await _reserve_many(stores, Quota(files=4), [None] * 5) if r]) == 1
+
+
+async def test_concurrent_reservations_never_pass_a_byte_quota(stores: Stores) -> None:
+    mib = 1024 * 1024
+    made = await _reserve_many(stores, Quota(bytes=5 * mib), [mib] * 20)
+    granted = [r for r in made if r is not None]
+    assert len(granted) == 5
+    assert all(r.bytes == mib for r in granted)
+    for reservation in granted:
+        await stores.usage.release(reservation)
+    # An upload of unknown size holds all the room left, until it ends: one beside it gets
+    # none (it may store an empty file, and is refused at its first byte).
+    held = await _reserve_many(stores, Quota(bytes=5 * mib), [None, None])
+    assert sorted(r.bytes or 0 for r in held if r is not None) == [0, 5 * mib]
+
+
+async def test_expired_reservations_stop_counting_and_are_dropped(stores: Stores) -> None:
+    quota = Quota(files=1)
+    await stores.usage.reserve("team-q", quota, size=None, now=T0, until=T0 + timedelta(minutes=1))
+    with pytest.raises(QuotaExceeded):
+        await stores.usage.reserve(
+            "team-q", quota, size=None, now=T0, until=T0 + timedelta(hours=1)
+        )
+    later = T0 + timedelta(minutes=2)  # the first upload's process died: its room came back
+    await stores.usage.reserve(
+        "team-q", quota, size=None, now=later, until=later + timedelta(hours=1)
+    )
+    assert await stores.usage.drop_expired_reservations(now=later) == 1
+    assert await stores.usage.drop_expired_reservations(now=later) == 0
 
 
 # --- SQL only ---------------------------------------------------------------------------------

@@ -43,6 +43,16 @@ class ExpiryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Reservation:
+    """Room an upload in progress holds in its owner's quota: one file, at most `bytes` bytes
+    (None: no byte quota, any size)."""
+
+    id: str
+    owner: str
+    bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Quota:
     """What one owner may keep stored: files and bytes (None: no limit)."""
 

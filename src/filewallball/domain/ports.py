@@ -19,6 +19,7 @@ from filewallball.domain.models import (
     Sha256,
     ThumbnailStatus,
 )
+from filewallball.domain.policies import Quota, Reservation
 from filewallball.domain.rates import RateRule
 from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule
 
@@ -280,6 +281,22 @@ class StorageTotals:
 class UsageRepository(Protocol):
     async def stored_by(self, owner: str) -> tuple[int, int]:
         """(files, logical bytes) that `owner` stores now."""
+        ...
+
+    async def reserve(
+        self, owner: str, quota: Quota, *, size: int | None, now: datetime, until: datetime
+    ) -> Reservation:
+        """Hold room for one upload of `size` bytes (None: unknown, so all the room left) in
+        `owner`'s quota, counting what is stored and every live reservation, in one atomic step:
+        concurrent uploads never pass the quota together. QuotaExceeded when it does not fit."""
+        ...
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give the room back (the upload ended: stored, or failed)."""
+        ...
+
+    async def drop_expired_reservations(self, *, now: datetime) -> int:
+        """Forget reservations whose upload's process died; how many."""
         ...
 
     async def totals(self) -> StorageTotals:

@@ -34,7 +34,7 @@ from filewallball.domain.models import (
     TypePolicy,
     thumbnail_keys,
 )
-from filewallball.domain.policies import ExpiryPolicy, Quota
+from filewallball.domain.policies import ExpiryPolicy, Quota, Reservation
 from filewallball.domain.ports import (
     BlobReader,
     BlobStore,
@@ -64,6 +64,8 @@ class UploadLimits:
     scan_fail_open: bool = False
     trash_retention_seconds: int = 0  # 0: a delete is final
     expiry: ExpiryPolicy = field(default_factory=ExpiryPolicy)
+    # How long an upload's quota reservation lasts if its process dies before releasing it.
+    reservation_seconds: int = 3600
 
 
 class FileService:
@@ -132,11 +134,39 @@ class FileService:
         limit = self._limits.max_upload_bytes
         if request.declared_size is not None and request.declared_size > limit:
             raise FileTooLarge(limit)
-        quota = await self._quota_left(principal)
-        if request.declared_size is not None:
-            Quota.check_size(request.declared_size, quota)
+        reservation = await self._reserve(principal, request.declared_size)
+        try:
+            return await self._store(
+                principal, request, room=None if reservation is None else reservation.bytes
+            )
+        finally:
+            if reservation is not None:
+                await self._release(reservation)
+
+    async def _reserve(self, principal: Principal, size: int | None) -> Reservation | None:
+        """Room in the owner's quota, held before any byte is accepted (None: no quota)."""
+        quota = Quota(files=principal.quota_files, bytes=principal.quota_bytes)
+        if principal.owner is None or not quota.limited:
+            return None
+        now = self._clock.now()
+        until = now + timedelta(seconds=self._limits.reservation_seconds)
+        return await self._usage.reserve(principal.owner, quota, size=size, now=now, until=until)
+
+    async def _release(self, reservation: Reservation) -> None:
+        try:
+            await self._usage.release(reservation)
+        except DependencyUnavailable as error:
+            # It stops counting when it expires; until then the owner has less room, not more.
+            _log.warning(
+                "quota_reservation_kept", extra={"owner": reservation.owner, "reason": error.detail}
+            )
+
+    async def _store(
+        self, principal: Principal, request: UploadRequest, *, room: int | None
+    ) -> FileRecord:
+        limit = self._limits.max_upload_bytes
         scan, scan_status = await self._start_scan()
-        meter = StreamMeter(limit, quota, self._sniffer, self._limits.type_policy, scan)
+        meter = StreamMeter(limit, room, self._sniffer, self._limits.type_policy, scan)
         try:
             staged = await self._blobs.stage(meter.watch(request.chunks))
         except BaseException:
@@ -180,14 +210,6 @@ class FileService:
         finally:
             await staged.discard()
         return record
-
-    async def _quota_left(self, principal: Principal) -> int | None:
-        """Bytes the principal may still store (None: no byte quota); QuotaExceeded when full."""
-        quota = Quota(files=principal.quota_files, bytes=principal.quota_bytes)
-        if principal.owner is None or not quota.limited:
-            return None
-        files, stored = await self._usage.stored_by(principal.owner)
-        return quota.room(stored_files=files, stored_bytes=stored)
 
     async def _start_scan(self) -> tuple[ScanSession | None, ScanStatus]:
         if not self._scanner.enabled:
@@ -379,6 +401,7 @@ class FileService:
     async def recover(self, *, temp_older_than_seconds: float) -> tuple[int, int]:
         """Clean up after a crash: stale temp files and blobs no record uses. Both counts."""
         swept = await self._blobs.sweep(older_than_seconds=temp_older_than_seconds)
+        await self._usage.drop_expired_reservations(now=self._clock.now())
         collected = 0
         for sha256 in await self._files.unreferenced_blobs():
             collected += await self._collect(sha256)

@@ -106,3 +106,17 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_action_id", "action", "id"),
     sa.Index("ix_audit_log_target_id", "target", "id"),
 )
+
+# Room taken by uploads in progress, so concurrent uploads cannot pass a quota together
+# (from 0005_quota_reservations). A reservation past `expires_at` (its upload's process died)
+# no longer counts, and the maintenance job deletes it.
+quota_reservations = sa.Table(
+    "quota_reservations",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("files", sa.Integer, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_quota_reservations_owner_expires_at", "owner", "expires_at"),
+)
