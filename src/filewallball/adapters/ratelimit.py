@@ -26,8 +26,8 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 
 from filewallball.adapters.redis.client import REDIS_FAILURES, create_redis
-from filewallball.domain.ports import RateDecision, RateLimiter
-from filewallball.domain.rates import RateRule
+from filewallball.domain.ports import RateLimiter
+from filewallball.domain.rates import RateDecision, RateRule
 
 # Longer than this and Redis counts as down: the request is decided in process instead.
 _REDIS_TIMEOUT_SECONDS = 0.5

@@ -20,7 +20,7 @@ from filewallball.domain.models import (
     ThumbnailStatus,
 )
 from filewallball.domain.policies import Quota, Reservation
-from filewallball.domain.rates import RateRule
+from filewallball.domain.rates import RateDecision, RateRule
 from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule
 
 
@@ -302,15 +302,6 @@ class UsageRepository(Protocol):
     async def totals(self) -> StorageTotals:
         """Everything stored, counted once per file and once per distinct content."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class RateDecision:
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_after_seconds: int
-    window_seconds: int
 
 
 class RateLimiter(Protocol):

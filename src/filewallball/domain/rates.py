@@ -22,6 +22,17 @@ _SECONDS = {
 
 
 @dataclass(frozen=True, slots=True)
+class RateDecision:
+    """What a rate limiter decided for one request, and what the RateLimit headers say."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after_seconds: int
+    window_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class RateRule:
     """`amount` requests per `multiples` `granularity` (second, minute, ...), as written in `text`."""
 

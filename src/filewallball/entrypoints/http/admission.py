@@ -15,8 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.errors import FileWallBallError, RateLimited, Unauthenticated
-from filewallball.domain.ports import RateDecision, RateLimiter
-from filewallball.domain.rates import RateRule
+from filewallball.domain.ports import RateLimiter
+from filewallball.domain.rates import RateDecision, RateRule
 from filewallball.domain.security import Network, Principal
 from filewallball.entrypoints.http.context import RequestContext, context_of
 from filewallball.entrypoints.http.errors import problem_for
