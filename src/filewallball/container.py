@@ -53,9 +53,10 @@ from filewallball.domain.maintenance import register_maintenance_jobs
 from filewallball.domain.models import TypePolicy
 from filewallball.domain.policies import ExpiryPolicy, Quota
 from filewallball.domain.security import Role
-from filewallball.domain.services import FileService, UploadLimits
+from filewallball.domain.services import FileService
 from filewallball.domain.stats import StatsService
 from filewallball.domain.thumbnails import ThumbnailService, register_thumbnail_job
+from filewallball.domain.uploads import UploadLimits
 from filewallball.secret_file import load_or_create_secret
 from filewallball.settings import Settings
 

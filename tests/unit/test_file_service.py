@@ -32,8 +32,8 @@ from filewallball.domain.models import (
 )
 from filewallball.domain.ports import BlobReader, MalwareScanner, ScanResult, ScanVerdict
 from filewallball.domain.security import Principal, Role
-from filewallball.domain.services import FileService, UploadLimits
-from filewallball.domain.uploads import SNIFF_BYTES, UploadRequest
+from filewallball.domain.services import FileService
+from filewallball.domain.uploads import SNIFF_BYTES, UploadLimits, UploadRequest
 from tests.fakes import (
     FakeAuditLog,
     FakeBlobStore,

@@ -4,37 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import timedelta
 
 from filewallball.domain.access import Auditor
 from filewallball.domain.errors import (
-    DependencyUnavailable,
-    DigestMismatch,
     FileNotFound,
-    FileTooLarge,
-    FileWallBallError,
     InvalidRequest,
-    MalwareDetected,
     NotPreviewable,
 )
 from filewallball.domain.jobs import TaskQueue
 from filewallball.domain.models import (
-    ByteSize,
-    ContentType,
     FileId,
-    Filename,
     FileRecord,
     ListQuery,
     Page,
     Preview,
-    ScanStatus,
     Sha256,
-    ThumbnailStatus,
-    TypePolicy,
     thumbnail_keys,
 )
-from filewallball.domain.policies import ExpiryPolicy, Quota, Reservation
 from filewallball.domain.ports import (
     BlobReader,
     BlobStore,
@@ -42,30 +30,15 @@ from filewallball.domain.ports import (
     Clock,
     FileRepository,
     MalwareScanner,
-    ScanSession,
-    ScanVerdict,
     Sniffer,
     UsageRepository,
 )
 from filewallball.domain.security import Outcome, Permission, Principal
-from filewallball.domain.uploads import StreamMeter, UploadRequest
+from filewallball.domain.uploads import Uploader, UploadLimits, UploadRequest
 
-THUMBNAIL_JOB = "thumbnail"  # handled in domain/thumbnails.py
 # The standard library: the domain depends on no logging framework (entrypoints.logs renders
 # these records, their `extra` fields included, as JSON lines like every other).
 _log = logging.getLogger("filewallball.files")
-
-
-@dataclass(frozen=True, slots=True)
-class UploadLimits:
-    max_upload_bytes: int
-    preview_max_bytes: int
-    type_policy: TypePolicy
-    scan_fail_open: bool = False
-    trash_retention_seconds: int = 0  # 0: a delete is final
-    expiry: ExpiryPolicy = field(default_factory=ExpiryPolicy)
-    # How long an upload's quota reservation lasts if its process dies before releasing it.
-    reservation_seconds: int = 3600
 
 
 class FileService:
@@ -94,7 +67,17 @@ class FileService:
         self._auditor = auditor
         self._limits = limits
         self._charsets = charsets
-        self._jobs = jobs
+        self._uploader = Uploader(
+            files=files,
+            blobs=blobs,
+            sniffer=sniffer,
+            clock=clock,
+            usage=usage,
+            scanner=scanner,
+            auditor=auditor,
+            limits=limits,
+            jobs=jobs,
+        )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -102,143 +85,7 @@ class FileService:
 
     async def upload(self, principal: Principal, request: UploadRequest) -> FileRecord:
         """Stream the file to durable storage, then make it visible; all or nothing."""
-        principal.require(Permission.FILES_WRITE)
-        try:
-            record = await self._upload(principal, request)
-        except FileWallBallError as error:
-            await self._auditor.record(
-                principal,
-                "file.upload",
-                Outcome.FAILED,
-                target=request.filename[:255],
-                detail=error.code,
-            )
-            raise
-        await self._auditor.record(
-            principal, "file.upload", Outcome.SUCCESS, target=record.id, size=record.size
-        )
-        if record.thumbnailable:
-            await self._queue_thumbnails(record)
-        return record
-
-    async def _queue_thumbnails(self, record: FileRecord) -> None:
-        try:
-            await self._jobs.enqueue(THUMBNAIL_JOB, key=record.id, payload={"file_id": record.id})
-        except DependencyUnavailable as error:
-            # The upload stands: thumbnails are rendered on demand until the queue is back.
-            _log.warning(
-                "thumbnail_job_not_queued", extra={"file_id": record.id, "reason": error.detail}
-            )
-
-    async def _upload(self, principal: Principal, request: UploadRequest) -> FileRecord:
-        limit = self._limits.max_upload_bytes
-        if request.declared_size is not None and request.declared_size > limit:
-            raise FileTooLarge(limit)
-        reservation = await self._reserve(principal, request.declared_size)
-        try:
-            return await self._store(
-                principal, request, room=None if reservation is None else reservation.bytes
-            )
-        finally:
-            if reservation is not None:
-                await self._release(reservation)
-
-    async def _reserve(self, principal: Principal, size: int | None) -> Reservation | None:
-        """Room in the owner's quota, held before any byte is accepted (None: no quota)."""
-        quota = Quota(files=principal.quota_files, bytes=principal.quota_bytes)
-        if principal.owner is None or not quota.limited:
-            return None
-        now = self._clock.now()
-        until = now + timedelta(seconds=self._limits.reservation_seconds)
-        return await self._usage.reserve(principal.owner, quota, size=size, now=now, until=until)
-
-    async def _release(self, reservation: Reservation) -> None:
-        try:
-            await self._usage.release(reservation)
-        except DependencyUnavailable as error:
-            # It stops counting when it expires; until then the owner has less room, not more.
-            _log.warning(
-                "quota_reservation_kept", extra={"owner": reservation.owner, "reason": error.detail}
-            )
-
-    async def _store(
-        self, principal: Principal, request: UploadRequest, *, room: int | None
-    ) -> FileRecord:
-        limit = self._limits.max_upload_bytes
-        scan, scan_status = await self._start_scan()
-        meter = StreamMeter(limit, room, self._sniffer, self._limits.type_policy, scan)
-        try:
-            staged = await self._blobs.stage(meter.watch(request.chunks))
-        except BaseException:
-            if scan is not None:
-                await scan.abort()
-            raise
-        try:
-            if scan is not None:
-                scan_status = await self._verdict(principal, scan, request.filename)
-            sha256 = meter.sha256
-            if request.expected_sha256 is not None and request.expected_sha256 != sha256:
-                raise DigestMismatch(
-                    f"the body's SHA-256 is {sha256}, not the {request.expected_sha256} declared"
-                )
-            # Read after the stream: a form may carry its expiry fields after the file.
-            expires_at = self._limits.expiry.expires_at(
-                self._clock.now(), at=request.expires_at, in_seconds=request.expires_in_seconds
-            )
-            content_type = meter.content_type or ContentType.OCTET_STREAM
-            record = FileRecord(
-                id=FileId.new(),
-                filename=Filename.sanitise(request.filename),
-                size=ByteSize(meter.size),
-                content_type=content_type,
-                thumbnail_status=(
-                    ThumbnailStatus.PENDING
-                    if content_type.is_thumbnailable
-                    else ThumbnailStatus.NOT_APPLICABLE
-                ),
-                sha256=sha256,
-                created_at=self._clock.now(),
-                visibility=request.visibility,
-                owner=principal.owner,
-                scan_status=scan_status,
-                expires_at=expires_at,
-            )
-            async with self._files.unit_of_work() as work:
-                await work.add(record)
-                await staged.publish(sha256)
-                await work.commit()
-        finally:
-            await staged.discard()
-        return record
-
-    async def _start_scan(self) -> tuple[ScanSession | None, ScanStatus]:
-        if not self._scanner.enabled:
-            return None, ScanStatus.SKIPPED
-        try:
-            return await self._scanner.start(), ScanStatus.CLEAN
-        except DependencyUnavailable:
-            if self._limits.scan_fail_open:
-                return None, ScanStatus.UNSCANNED
-            raise
-
-    async def _verdict(self, principal: Principal, scan: ScanSession, filename: str) -> ScanStatus:
-        result = await scan.finish()
-        if result.verdict is ScanVerdict.INFECTED:
-            signature = result.signature or "unknown"
-            await self._auditor.record(
-                principal,
-                "malware.detected",
-                Outcome.DENIED,
-                target=filename[:255],
-                detail=signature,
-            )
-            raise MalwareDetected(signature)
-        if result.verdict is ScanVerdict.ERROR:
-            # An errored or over-limit scan never vouches for the bytes.
-            if self._limits.scan_fail_open:
-                return ScanStatus.UNSCANNED
-            raise DependencyUnavailable("clamd", f"the malware scan failed: {result.detail}")
-        return ScanStatus.CLEAN
+        return await self._uploader.upload(principal, request)
 
     async def get(self, principal: Principal, raw_id: str) -> FileRecord:
         """The record, read through the cache; another owner's private file does not exist."""

@@ -22,7 +22,8 @@ from filewallball.domain.ports import (
     ThumbnailRenderer,
 )
 from filewallball.domain.security import Principal
-from filewallball.domain.services import THUMBNAIL_JOB, FileService
+from filewallball.domain.services import FileService
+from filewallball.domain.uploads import THUMBNAIL_JOB
 
 
 @dataclass(frozen=True, slots=True)
