@@ -10,6 +10,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,10 @@ async def terminate_backends(pg_server: str, database: str | None) -> None:
         )
     finally:
         await admin.close()
+
+
+def staged_files(tmp: Path) -> list[Path]:
+    """The temp files under a blob store's `.tmp` (in every process's staging folder)."""
+    if not tmp.exists():
+        return []
+    return sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != ".lock")

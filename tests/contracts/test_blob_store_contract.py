@@ -6,6 +6,9 @@ import asyncio
 import errno
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,6 +19,7 @@ from filewallball.adapters.disk import DiskBlobStore
 from filewallball.domain.errors import DependencyUnavailable, FileTooLarge, StorageFull
 from filewallball.domain.models import Sha256
 from filewallball.domain.ports import BlobStore
+from tests.conftest import staged_files
 from tests.fakes import FakeBlobStore, stream
 
 MiB = 1024 * 1024
@@ -49,7 +53,7 @@ def leftovers(store: BlobStore, root: Path) -> Callable[[], list[object]]:
     def held() -> list[object]:
         if isinstance(store, FakeBlobStore):
             return list(store.staged)
-        return list((root / ".tmp").iterdir()) if (root / ".tmp").exists() else []
+        return list(staged_files(root / ".tmp"))
 
     return held
 
@@ -233,11 +237,11 @@ async def test_disk_layout_temp_then_fan_out(disk: DiskBlobStore, root: Path) ->
     data = b"where do the bytes go?"
     sha = sha_of(data)
     staged = await disk.stage(stream(data, 4))
-    [temp] = list((root / ".tmp").iterdir())
+    [temp] = staged_files(root / ".tmp")
     assert temp.read_bytes() == data
 
     await staged.publish(sha)
-    assert list((root / ".tmp").iterdir()) == []
+    assert staged_files(root / ".tmp") == []
     assert (root / sha[:2] / sha[2:4] / sha).read_bytes() == data
     # Publishing again under the same hash (a retried transaction) changes nothing.
     await staged.publish(sha)
@@ -265,7 +269,7 @@ async def test_disk_short_writes_are_completed(
 async def test_disk_recreates_a_missing_temp_folder(disk: DiskBlobStore, root: Path) -> None:
     data = b"the temp folder went away"
     await (await disk.stage(stream(data))).discard()
-    (root / ".tmp").rmdir()
+    shutil.rmtree(root / ".tmp")
     staged = await disk.stage(stream(data))
     await staged.publish(sha_of(data))
     assert await disk.exists(sha_of(data))
@@ -274,14 +278,14 @@ async def test_disk_recreates_a_missing_temp_folder(disk: DiskBlobStore, root: P
 async def test_disk_sweep_removes_only_old_temp_files(disk: DiskBlobStore, root: Path) -> None:
     assert await disk.sweep(older_than_seconds=60) == 0  # no .tmp folder yet
     old = await disk.stage(stream(b"abandoned by a crash"))
-    [old_path] = list((root / ".tmp").iterdir())
+    [old_path] = staged_files(root / ".tmp")
     hours_ago = time.time() - 7200
     os.utime(old_path, (hours_ago, hours_ago))
     fresh = await disk.stage(stream(b"still uploading"))
 
     assert await disk.sweep(older_than_seconds=3600) == 1
     assert not old_path.exists()
-    assert len(list((root / ".tmp").iterdir())) == 1
+    assert len(staged_files(root / ".tmp")) == 1
     await fresh.publish(sha_of(b"still uploading"))
     assert await read(disk, sha_of(b"still uploading")) == b"still uploading"
     await old.discard()  # its file is already gone: still fine
@@ -322,7 +326,7 @@ async def test_disk_full_is_storage_full(
     with pytest.raises(StorageFull):
         await disk.stage(stream(b"no room for this"))
     monkeypatch.undo()
-    assert list((root / ".tmp").iterdir()) == []
+    assert staged_files(root / ".tmp") == []
 
 
 async def test_disk_refuses_paths_that_are_not_hashes(disk: DiskBlobStore) -> None:
@@ -331,3 +335,52 @@ async def test_disk_refuses_paths_that_are_not_hashes(disk: DiskBlobStore) -> No
             await disk.open(bad)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="SHA-256"):
             await disk.delete(bad)  # type: ignore[arg-type]
+
+
+_STAGER = """
+import sys, time
+from pathlib import Path
+from filewallball.adapters.disk import DiskBlobStore
+
+store = DiskBlobStore(Path(sys.argv[1]))
+folder = store._staging.folder()
+(folder / "half-an-upload").write_bytes(b"x" * 1000)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _stager(root: Path) -> subprocess.Popen[str]:
+    """Another process (a worker, a replica on the volume) with an upload half written."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _STAGER, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+async def test_disk_sweep_removes_what_dead_processes_staged_at_once(
+    disk: DiskBlobStore, root: Path
+) -> None:
+    """A process killed mid-upload: its temp files go at the next sweep, not an hour later;
+    a live process's stay (its lock is held), and so do ours."""
+    dead, alive = _stager(root), _stager(root)
+    try:
+        dead.kill()
+        dead.wait()
+        mine = await disk.stage(stream(b"ours, in progress"))
+        assert len(staged_files(root / ".tmp")) == 3
+        assert await disk.sweep(older_than_seconds=3600) == 1
+        remaining = staged_files(root / ".tmp")
+        assert len(remaining) == 2
+        assert all(
+            str(alive.pid) in path.parent.name or path.parent == disk._staging.current
+            for path in remaining
+        )
+        await mine.publish(sha_of(b"ours, in progress"))
+    finally:
+        alive.kill()
+        alive.wait()
+    assert await disk.sweep(older_than_seconds=3600) == 1  # now that one died too
+    assert staged_files(root / ".tmp") == []

@@ -12,7 +12,7 @@ import pytest
 
 from filewallball.entrypoints.http.app import create_app
 from filewallball.settings import Settings
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, staged_files
 
 AppFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
@@ -77,4 +77,4 @@ def blob_files(data_dir: Path) -> list[Path]:
 
 
 def temp_files(data_dir: Path) -> list[Path]:
-    return [p for p in (data_dir / "blobs" / ".tmp").glob("*") if p.is_file()]
+    return staged_files(data_dir / "blobs" / ".tmp")

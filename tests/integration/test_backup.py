@@ -56,6 +56,7 @@ from filewallball.domain.security import Outcome
 from filewallball.entrypoints.cli import app
 from filewallball.entrypoints.logs import configure_logging
 from filewallball.settings import Settings
+from tests.conftest import staged_files
 from tests.fakes import FakeAuditLog
 from tests.images import png
 from tests.integration.conftest import ADMIN_KEY, GENEROUS, blob_files, serve
@@ -653,7 +654,7 @@ async def test_a_blob_larger_than_the_free_space_is_refused_before_it_is_written
     finally:
         await close_resources(container)
     assert blob_files(settings.data_dir) == []
-    assert [p.name for p in (settings.blob_dir / ".tmp").iterdir()] == []
+    assert staged_files(settings.blob_dir / ".tmp") == []
     rows = await dump(settings.resolved_database_url)
     assert all(rows[table] == [] for table in rows)
 

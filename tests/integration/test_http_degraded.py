@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from filewallball.settings import Settings
@@ -143,9 +144,7 @@ async def test_readiness_and_uploads_with_unwritable_blob_storage(tmp_path: Path
         assert (await client.get("/readyz")).json()["checks"]["blob_storage"]["status"] == "ok"
         # A file where the staging folder should be: every write fails, even as root.
         staging = tmp_path / "blobs" / ".tmp"
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
+        shutil.rmtree(staging)
         staging.write_bytes(b"")
         ready = await client.get("/readyz")
         assert ready.status_code == 503

@@ -16,6 +16,7 @@ import aiofiles.os
 import anyio
 import anyio.to_thread
 
+from filewallball.adapters.staging import LOCK_NAME, ProcessStaging, sweep_dead
 from filewallball.domain.errors import DependencyUnavailable, StorageFull
 from filewallball.domain.models import Sha256
 from filewallball.domain.ports import BlobReader, BlobStore, StagedBlob
@@ -139,16 +140,22 @@ class DiskBlobReader(BlobReader):
 
 
 class DiskBlobStore(BlobStore):
-    """Blobs at `<root>/ab/cd/<sha256>`, staged in `<root>/.tmp` on the same filesystem."""
+    """Blobs at `<root>/ab/cd/<sha256>`, staged in this process's folder under `<root>/.tmp`
+    (adapters/staging.py) on the same filesystem."""
 
     def __init__(self, root: Path) -> None:
         # Absolute, so a reader's path (sent by the server itself) does not depend on the cwd.
         self._root = root.absolute()
         self._tmp = self._root / TEMP_DIR
+        self._staging = ProcessStaging(self._tmp)
 
     async def stage(self, chunks: AsyncIterator[bytes]) -> StagedBlob:
         """Write and fsync a temp file; on any error it is removed and the error re-raised as is."""
-        temp = _TempFile(self._tmp / secrets.token_hex(16))
+        folder = self._staging.current
+        if folder is None:
+            with _storage_errors():
+                folder = await anyio.to_thread.run_sync(self._staging.folder)
+        temp = _TempFile(folder / secrets.token_hex(16))
         try:
             size = await _write_all(temp, chunks)
         except BaseException:
@@ -189,9 +196,22 @@ class DiskBlobStore(BlobStore):
         return True
 
     async def sweep(self, *, older_than_seconds: float) -> int:
-        """Remove temp files not modified for that long; an upload in progress keeps its fresh."""
+        """Remove what dead processes staged, whatever its age, and temp files of live ones not
+        modified for `older_than_seconds` (an upload in progress keeps its file fresh)."""
         with _storage_errors():
-            return await anyio.to_thread.run_sync(_sweep, self._tmp, older_than_seconds)
+            return await anyio.to_thread.run_sync(self._sweep, older_than_seconds)
+
+    def _sweep(self, older_than_seconds: float) -> int:
+        own = self._staging.current
+        removed = sweep_dead(self._tmp, own=own, unlocked_older_than_seconds=older_than_seconds)
+        removed += _sweep(self._tmp, older_than_seconds)
+        try:
+            folders = [Path(e.path) for e in os.scandir(self._tmp) if e.is_dir()]
+        except FileNotFoundError:
+            return removed
+        for folder in folders:  # live processes' folders (ours included): only stale files
+            removed += _sweep(folder, older_than_seconds)
+        return removed
 
     async def free_bytes(self) -> int | None:
         try:
@@ -309,7 +329,8 @@ def _sweep(tmp: Path, older_than_seconds: float) -> int:
     for entry in entries:
         # Vanished meanwhile: its upload finished or was discarded; not ours to count.
         with suppress(FileNotFoundError):
-            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+            stale = entry.stat().st_mtime < cutoff
+            if entry.is_file(follow_symlinks=False) and entry.name != LOCK_NAME and stale:
                 os.unlink(entry.path)
                 removed += 1
     return removed
