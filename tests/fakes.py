@@ -64,6 +64,9 @@ class FakeFileRepository(FileRepository):
                 self.refcounts[record.sha256] -= 1
             return record
 
+    async def expect_blob(self, sha256: Sha256, *, at: datetime) -> None:
+        self.refcounts.setdefault(sha256, 0)
+
     async def unreferenced_blobs(self) -> list[Sha256]:
         return [sha for sha, count in self.refcounts.items() if count == 0]
 

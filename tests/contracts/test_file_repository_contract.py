@@ -181,6 +181,22 @@ async def sql_repo(sql_url: str) -> AsyncIterator[SqlFileRepository]:
 # --- add, get, remove -------------------------------------------------------------------------
 
 
+async def test_an_expected_blob_is_unreferenced_until_a_record_commits(
+    repo: FileRepository,
+) -> None:
+    """The row an upload commits before publishing its bytes: found by recovery if the record
+    never commits, counted once when it does, and harmless for content already stored."""
+    record = make_record()
+    await repo.expect_blob(record.sha256, at=T0)
+    assert await repo.unreferenced_blobs() == [record.sha256]
+    await add(repo, record)
+    assert await repo.unreferenced_blobs() == []
+    await repo.expect_blob(record.sha256, at=T0)  # a second upload of the same content
+    assert await repo.referenced_blobs(after=None, limit=10) == (record.sha256,)
+    assert await repo.remove(record.id) is not None
+    assert await repo.unreferenced_blobs() == [record.sha256]  # one reference, not two
+
+
 async def test_add_then_get_returns_every_field(repo: FileRepository) -> None:
     record = FileRecord(
         id=FileId.new(),

@@ -81,6 +81,9 @@ class CachedFileRepository(FileRepository):
         await self._inner.set_thumbnail_status(file_id, status)
         await self._cache.invalidate(file_id)
 
+    async def expect_blob(self, sha256: Sha256, *, at: datetime) -> None:
+        await self._inner.expect_blob(sha256, at=at)
+
     async def unreferenced_blobs(self) -> list[Sha256]:
         return await self._inner.unreferenced_blobs()
 

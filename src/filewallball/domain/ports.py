@@ -65,8 +65,14 @@ class FileRepository(Protocol):
         """Delete the record and drop its blob reference; the removed record, or None."""
         ...
 
+    async def expect_blob(self, sha256: Sha256, *, at: datetime) -> None:
+        """Make sure the blob has a row (unreferenced if new), committed at once, before its
+        bytes are published: bytes whose record never committed are then found and collected."""
+        ...
+
     async def unreferenced_blobs(self) -> list[Sha256]:
-        """Blobs whose last reference is gone but whose bytes may remain (after a crash)."""
+        """Blobs whose last reference is gone, or never came (a crash or a failed commit after
+        the bytes were published), but whose bytes may remain."""
         ...
 
     async def list(self, query: ListQuery) -> Page[FileRecord]: ...

@@ -252,6 +252,10 @@ class Uploader:
                 scan_status=scan_status,
                 expires_at=expires_at,
             )
+            # Committed before the bytes are renamed into place: if this process dies, or the
+            # commit below fails, after the rename, the blob's row (unreferenced) is what lets
+            # recovery find the bytes and remove them. Without it they would stay forever.
+            await self._files.expect_blob(sha256, at=record.created_at)
             async with self._files.unit_of_work() as work:
                 await work.add(record)
                 await staged.publish(sha256)

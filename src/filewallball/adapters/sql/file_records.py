@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from filewallball.adapters.sql.listing import select_page, sort_value
@@ -58,6 +58,20 @@ class SqlFileRepository(SqlStore, FileRepository):
 
         row = await self._run(work)
         return None if row is None else _to_record(row)
+
+    async def expect_blob(self, sha256: Sha256, *, at: datetime) -> None:
+        values = {"sha256": str(sha256), "refcount": 0, "created_at": utc(at)}
+        if self._postgresql:
+            statement: sa.Executable = (
+                postgresql.insert(blobs).values(values).on_conflict_do_nothing()
+            )
+        else:
+            statement = sqlite.insert(blobs).values(values).on_conflict_do_nothing()
+
+        async def work(tx: Transaction) -> None:
+            await tx.execute(statement)
+
+        await self._run(work)
 
     async def unreferenced_blobs(self) -> list[Sha256]:
         query = sa.select(blobs.c.sha256).where(blobs.c.refcount == 0).order_by(blobs.c.sha256)
