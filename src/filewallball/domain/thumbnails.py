@@ -73,6 +73,8 @@ class ThumbnailService:
         data = await self._read(key, limit=None)
         if data is None:
             data = await self.render(record, size=size, image_format=image_format)
+            # A render takes a while: a file deleted meanwhile is not answered with a 200.
+            record = await self._files.get(principal, raw_id)
         return Thumbnail(record=record, data=data, format=image_format, size=size)
 
     async def render(
@@ -98,6 +100,11 @@ class ThumbnailService:
             await staged.publish(key)
         finally:
             await staged.discard()
+        if not await self._blobs.exists(record.sha256):
+            # The file was deleted, and its blob collected (renditions included), while this
+            # rendered: this rendition would be left for ever.
+            await self._blobs.delete(key)
+            raise FileNotFound(f"no file {record.id!r}")
         await self._mark(record, ThumbnailStatus.READY)
         return data
 
