@@ -55,6 +55,14 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Connections (seconds): a request's headers must arrive within this of the connection
+    # opening or of the previous response; idle and keep-alive connections are closed after it.
+    header_read_timeout: float = Field(default=10.0, gt=0, le=60)
+    # An upload's body: never more than this without new bytes, and at least body_min_rate
+    # bytes a second over each such span of waiting (0: no minimum rate, the timeout only).
+    body_read_timeout: float = Field(default=30.0, gt=0, le=3600)
+    body_min_rate: int = Field(default=1024, ge=0, le=1024**3)
+
     # Lifecycle: durations as seconds or with a unit ("90s", "15m", "12h", "7d", "2w")
     trash_retention: int = 0  # 0: DELETE is final
     default_expires_in: int | None = None

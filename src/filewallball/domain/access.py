@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Mapping
@@ -9,6 +11,7 @@ from datetime import datetime, timedelta
 
 from filewallball.domain.errors import (
     AccessDenied,
+    Conflict,
     InvalidRequest,
     ResourceNotFound,
     Unauthenticated,
@@ -16,6 +19,7 @@ from filewallball.domain.errors import (
 from filewallball.domain.policies import Quota
 from filewallball.domain.ports import AuditLog, Clock, IpRuleRepository, KeyRepository
 from filewallball.domain.security import (
+    KEY_PREFIX,
     ApiKey,
     AuditEntry,
     AuditQuery,
@@ -213,8 +217,7 @@ class AccessService:
         """
         if await self._keys.count() > 0:
             return None
-        issued = IssuedKey.generate()
-        secret = preset or issued.secret
+        secret = preset or self._bootstrap_secret()
         key_id = IssuedKey.key_id_of(secret)
         if key_id is None:
             raise InvalidRequest(
@@ -229,11 +232,27 @@ class AccessService:
             secret_hash=hash_secret(secret, self._secret),
             created_at=self._clock.now(),
         )
-        await self._keys.add(key)
+        try:
+            await self._keys.add(key)
+        except Conflict:
+            return None  # another worker or replica, starting alongside, made it first
         await self._auditor.record(
             Principal.system(), "key.bootstrap", Outcome.SUCCESS, target=key.id
         )
         return secret
+
+    def _bootstrap_secret(self) -> str:
+        """A new admin key whose id is the same in every process of this installation.
+
+        Workers and replicas that start together each find no key: they all try to insert the
+        same id, so the primary key lets exactly one of them win. The id is derived from the
+        server secret (which they share), so it is not guessable; the rest is random.
+        """
+        issued = IssuedKey.generate()
+        digest = hmac.new(self._secret, b"filewallball bootstrap admin key", hashlib.sha256)
+        key_id = digest.hexdigest()[: len(issued.key_id)]
+        random_part = issued.secret.removeprefix(f"{KEY_PREFIX}{issued.key_id}_")
+        return f"{KEY_PREFIX}{key_id}_{random_part}"
 
     async def add_ip_rule(
         self, principal: Principal, *, cidr: str, action: RuleAction, note: str | None

@@ -4,6 +4,9 @@ Our own events go straight from structlog to stdout (orjson, one write a line): 
 access line costs a few microseconds, where the standard library's handlers cost ~150 µs.
 Other libraries' records (the server's, alembic's) take the standard library's path to the
 same JSON shape.
+
+Logging never breaks a request: a line that cannot be written (a full or closed log volume)
+is dropped and counted (`filewallball_log_lines_dropped_total`), and the request goes on.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, BinaryIO
 
 import orjson
 import structlog
+from prometheus_client import Counter
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 
@@ -40,12 +44,54 @@ def _dumps(event: EventDict, **_: Any) -> bytes:
     return orjson.dumps(event, default=str)
 
 
+# OSError: the volume is full (ENOSPC) or gone (EIO, EPIPE); ValueError: the file was closed.
+_WRITE_ERRORS = (OSError, ValueError)
+LOG_LINES_DROPPED = Counter(
+    "filewallball_log_lines_dropped_total",
+    "Log lines lost because stdout could not be written (a full or closed log volume)",
+)
+_dropped = 0
+
+
+def _drop() -> None:
+    global _dropped
+    _dropped += 1
+    LOG_LINES_DROPPED.inc()
+
+
+def dropped_lines() -> int:
+    """How many log lines this process could not write."""
+    return _dropped
+
+
 class NamedBytesLogger(structlog.BytesLogger):
-    """structlog's byte logger plus a name, for `add_logger_name` (it reads `logger.name`)."""
+    """structlog's byte logger plus a name, for `add_logger_name` (it reads `logger.name`);
+    a line it cannot write is dropped, never raised into the request that logged it."""
 
     def __init__(self, file: BinaryIO | None = None, *, name: str = "") -> None:
         super().__init__(file)
         self.name = name
+
+    def msg(self, message: bytes) -> None:
+        try:
+            super().msg(message)
+        except _WRITE_ERRORS:
+            _drop()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class DroppingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The standard library's stream handler, dropping (and counting) what it cannot write
+    instead of printing a traceback to stderr, which is most often on the same full volume."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) or getattr(self.stream, "closed", False):
+            _drop()
+            return
+        super().handleError(record)  # a bug in a log call (a bad format): say so on stderr
 
 
 class _LoggerFactory:
@@ -82,7 +128,7 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None) -> N
         # Not cached: tests (and a reconfigured app) must see the current configuration.
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = DroppingStreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers = [handler]
@@ -104,7 +150,7 @@ def server_log_config(level: str = "info") -> dict[str, Any]:
         "formatters": {"json": {"()": "filewallball.entrypoints.logs.JsonFormatter"}},
         "handlers": {
             "stdout": {
-                "class": "logging.StreamHandler",
+                "class": "filewallball.entrypoints.logs.DroppingStreamHandler",
                 "formatter": "json",
                 "stream": "ext://sys.stdout",
             }

@@ -52,7 +52,8 @@ def serve(
     log_config = server_log_config(settings.log_level)
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     if server is ServerKind.GRANIAN:
-        from granian.constants import Interfaces, Loops, SSLProtocols
+        from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
+        from granian.http import HTTP1Settings
         from granian.server import Server
 
         Server(
@@ -61,6 +62,14 @@ def serve(
             address=host,
             port=port,
             interface=Interfaces.ASGI,
+            # HTTP/1.1 only: in "auto" mode granian waits without a deadline for the bytes that
+            # tell HTTP/1 from HTTP/2, so a connection that sends nothing is held forever.
+            http=HTTPModes.http1,
+            # One limit from the connection's opening (or the previous response) to the end of
+            # the next request's headers: idle, keep-alive and slow-header connections alike.
+            http1_settings=HTTP1Settings(
+                header_read_timeout=max(1, round(settings.header_read_timeout * 1000))
+            ),
             workers=workers,
             loop=Loops.uvloop if has_uvloop else Loops.asyncio,
             log_dictconfig=log_config,
@@ -82,7 +91,9 @@ def serve(
         port=port,
         workers=workers,
         loop="uvloop" if has_uvloop else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_uvicorn_protocol(),
+        # The keep-alive timeout is also the header deadline of HeaderDeadlineProtocol.
+        timeout_keep_alive=max(1, round(settings.header_read_timeout)),
         log_config=log_config,
         access_log=False,
         server_header=False,
@@ -92,6 +103,15 @@ def serve(
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
     )
+
+
+def _uvicorn_protocol() -> str | type[asyncio.Protocol]:
+    """httptools with a header deadline; uvicorn's h11 (keep-alive timeout only) without it."""
+    if importlib.util.find_spec("httptools") is None:
+        return "h11"
+    from filewallball.entrypoints.cli.uvicorn_http import HeaderDeadlineProtocol
+
+    return HeaderDeadlineProtocol
 
 
 def migrate() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -18,6 +19,8 @@ from starlette.requests import ClientDisconnect, Request
 from filewallball.domain.errors import DigestMismatch, FileTooLarge, InvalidRequest
 from filewallball.domain.models import Sha256, Visibility
 from filewallball.domain.uploads import UploadRequest
+from filewallball.entrypoints.http.deps import container
+from filewallball.entrypoints.http.errors import HttpProblem
 from filewallball.settings import parse_duration
 
 if TYPE_CHECKING:
@@ -86,9 +89,59 @@ def parse_expiry(fields: Mapping[str, str | None]) -> tuple[datetime | None, int
     return expires_at, expires_in
 
 
+@dataclass(slots=True)
+class BodyDeadline:
+    """How long an upload's body may keep the server waiting (FWB_BODY_READ_TIMEOUT and
+    FWB_BODY_MIN_RATE): never `timeout` seconds without new bytes, and at least
+    `min_rate * timeout` bytes in each `timeout` seconds spent waiting for them.
+
+    Only time spent waiting for the client counts: a slow disk or object store between two
+    reads is not the client's fault.
+    """
+
+    timeout: float
+    min_rate: int
+    _waited: float = 0.0
+    _received: int = 0
+
+    def next_wait(self) -> float:
+        """The longest wait for the next bytes."""
+        if self._received >= self.min_rate * self.timeout:
+            return self.timeout
+        return self.timeout - self._waited
+
+    def arrived(self, size: int, *, waited: float) -> None:
+        self._waited += waited
+        if self._waited >= self.timeout:
+            # A span is over, and it brought enough (else the wait would have timed out).
+            self._waited -= self.timeout
+            self._received = 0
+        self._received += size
+
+
 async def _body(request: Request) -> AsyncIterator[bytes]:
+    settings = container(request).settings()
+    deadline = BodyDeadline(timeout=settings.body_read_timeout, min_rate=settings.body_min_rate)
+    loop = asyncio.get_running_loop()
+    stream = request.stream()
     try:
-        async for chunk in request.stream():
+        while True:
+            started = loop.time()
+            try:
+                async with asyncio.timeout(deadline.next_wait()):
+                    chunk = await anext(stream, None)
+            except TimeoutError:
+                # A trickling client holds a connection and a staged file: answer and hang up.
+                raise HttpProblem(
+                    408,
+                    "request_timeout",
+                    f"the body arrived too slowly (at least {settings.body_min_rate} bytes a "
+                    f"second, never {settings.body_read_timeout:g} s without any)",
+                    headers={"Connection": "close"},
+                ) from None
+            if chunk is None:
+                return
+            deadline.arrived(len(chunk), waited=loop.time() - started)
             yield chunk
     except ClientDisconnect as error:
         raise InvalidRequest(
