@@ -215,6 +215,7 @@ FRONT_CONF = """
     upstream filewallball {{
         server {upstream};
         keepalive 32;
+        keepalive_timeout 5s;
     }}
 
     server {{
