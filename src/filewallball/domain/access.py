@@ -13,6 +13,7 @@ from filewallball.domain.errors import (
     ResourceNotFound,
     Unauthenticated,
 )
+from filewallball.domain.models import utc_instant
 from filewallball.domain.policies import Quota
 from filewallball.domain.ports import AuditLog, Clock, IpRuleRepository, KeyRepository
 from filewallball.domain.security import (
@@ -170,8 +171,13 @@ class AccessService:
                 f"a key name has 1 to {MAX_NAME_LENGTH} characters", code="invalid_name"
             )
         now = self._clock.now()
-        if expires_at is not None and expires_at <= now:
-            raise InvalidRequest("expires_at is in the past", code="invalid_expiry")
+        if expires_at is not None:
+            try:
+                utc_instant(expires_at)
+            except ValueError as error:
+                raise InvalidRequest(f"expires_at {error}", code="invalid_expiry") from error
+            if expires_at <= now:
+                raise InvalidRequest("expires_at is in the past", code="invalid_expiry")
         cidrs = tuple(str(parse_network(c)) for c in allowed_cidrs)
         issued = IssuedKey.generate()
         key = ApiKey(

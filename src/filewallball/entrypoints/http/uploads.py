@@ -16,7 +16,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from filewallball.domain.errors import DigestMismatch, FileTooLarge, InvalidRequest
-from filewallball.domain.models import Sha256, Visibility
+from filewallball.domain.models import MAX_STORED_INT, Sha256, Visibility, utc_instant
 from filewallball.domain.uploads import UploadRequest
 from filewallball.settings import parse_duration
 
@@ -28,6 +28,7 @@ FILE_FIELD = "file"
 # must fit in this; a body of junk fields cannot grow without bound.
 FORM_OVERHEAD_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 8 * 1024
+_LENGTH_DIGITS = len(str(MAX_STORED_INT))
 
 _DIGEST_MEMBER = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*$")
 
@@ -76,8 +77,10 @@ def parse_expiry(fields: Mapping[str, str | None]) -> tuple[datetime | None, int
             raise InvalidRequest(
                 "expires_at is not an ISO 8601 date-time", code="invalid_expiry"
             ) from error
-        if expires_at.tzinfo is None:
-            raise InvalidRequest("expires_at needs a time zone (e.g. Z)", code="invalid_expiry")
+        try:
+            utc_instant(expires_at)
+        except ValueError as error:
+            raise InvalidRequest(f"expires_at {error}", code="invalid_expiry") from error
     if raw_in:
         try:
             expires_in = parse_duration(raw_in)
@@ -100,9 +103,15 @@ def _declared_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
+    # ASCII digits only: str.isdigit() also takes "\u00b2", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()):
         raise InvalidRequest("Content-Length is not a number", code="invalid_content_length")
-    return int(raw)
+    length = int(raw) if len(raw) <= _LENGTH_DIGITS else MAX_STORED_INT + 1
+    if length > MAX_STORED_INT:
+        raise InvalidRequest(
+            f"Content-Length is over {MAX_STORED_INT}", code="invalid_content_length"
+        )
+    return length
 
 
 def raw_upload(request: Request, *, filename: str, visibility: str | None) -> UploadRequest:
