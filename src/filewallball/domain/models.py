@@ -106,7 +106,7 @@ class Filename(str):
         for char in text:
             if char in "/\\":
                 kept.append("_")
-            elif char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            elif _hidden(char):
                 continue
             else:
                 kept.append(char)
@@ -120,6 +120,16 @@ class Filename(str):
     def extension(self) -> str:
         stem, dot, ext = self.rpartition(".")
         return ext.lower() if dot and stem else ""
+
+
+def _hidden(char: str) -> bool:
+    """NUL and the other controls, line separators, bidi overrides: not shown as themselves."""
+    return char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp")
+
+
+def has_control_characters(text: str, *, allowed: str = "") -> bool:
+    """Whether `text` holds a character that is not shown as itself (other than `allowed`)."""
+    return any(_hidden(char) and char not in allowed for char in text)
 
 
 def _truncate_utf8(name: str, limit: int) -> str:
