@@ -17,17 +17,22 @@ GiB = 1024**3
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# 100 years: longer than anything a duration is for, short enough that no date computed from
+# it overflows.
+MAX_DURATION_SECONDS = 3_155_760_000
 
 
 def parse_duration(text: str) -> int:
-    """Seconds in "3600", "90s", "15m", "12h", "7d" or "2w"."""
+    """Seconds in "3600", "90s", "15m", "12h", "7d" or "2w"; at most MAX_DURATION_SECONDS."""
     cleaned = text.strip().lower()
-    if cleaned.isdigit():
-        return int(cleaned)
-    number, unit = cleaned[:-1].strip(), cleaned[-1:]
-    if unit not in _UNITS or not number.isdigit():
-        raise ValueError(f"not a duration: {text!r} (try 3600, 90s, 15m, 12h, 7d or 2w)")
-    return int(number) * _UNITS[unit]
+    number, unit = (cleaned, "s") if cleaned.isdigit() else (cleaned[:-1].strip(), cleaned[-1:])
+    if unit not in _UNITS or not (number.isascii() and number.isdigit()):
+        raise ValueError(f"not a duration: {text[:40]!r} (try 3600, 90s, 15m, 12h, 7d or 2w)")
+    # The digits are counted first: int() of thousands of them costs, and past 4300 it raises.
+    seconds = int(number) * _UNITS[unit] if len(number) <= 12 else MAX_DURATION_SECONDS + 1
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"a duration is at most 100 years ({MAX_DURATION_SECONDS} seconds)")
+    return seconds
 
 
 class Settings(BaseSettings):

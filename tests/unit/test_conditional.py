@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from filewallball.domain.errors import InvalidRequest
 from filewallball.domain.models import ByteRange
 from filewallball.entrypoints.http.conditional import (
     MAX_RANGE_SPECS,
@@ -121,3 +122,18 @@ def test_many_ranges_are_ignored_cheaply() -> None:
     # Many far-apart ranges are more parts than we send: the whole file instead.
     spread = "bytes=" + ",".join(f"{i * 1000}-{i * 1000}" for i in range(50))
     assert parse_ranges(spread, 10**6) is None
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bytes=9223372036854775808-", "bytes=0-99999999999999999999", f"bytes=-{'9' * 5000}"],
+)
+def test_positions_past_any_file_size_are_invalid(header: str) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        parse_ranges(header, 10)
+    assert raised.value.code == "invalid_range"
+
+
+def test_the_largest_position_is_a_range() -> None:
+    assert parse_ranges("bytes=0-9223372036854775807", 10) == [ByteRange(0, 9)]
+    assert parse_ranges("bytes=\u0661-", 10) is None  # digits are ASCII digits

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from filewallball.domain.errors import InvalidRequest, TypeNotAllowed
 from filewallball.domain.models import (
+    LATEST_INSTANT,
     ByteRange,
     ByteSize,
     ContentType,
@@ -18,6 +19,7 @@ from filewallball.domain.models import (
     SortKey,
     TypePolicy,
     Visibility,
+    utc_instant,
 )
 from filewallball.entrypoints.http.conditional import Validators
 
@@ -128,6 +130,35 @@ def test_cursor_round_trip_and_tampering() -> None:
     for bad in ("", "!!!", "bm90IGpzb24", cursor.encode()[:-3]):
         with pytest.raises(InvalidRequest):
             Cursor.decode(bad)
+
+
+@pytest.mark.parametrize(
+    ("sort", "value"),
+    [
+        (SortKey.CREATED_AT, "9999-12-31T23:59:59-23:59"),  # past datetime.max in UTC
+        (SortKey.CREATED_AT, "0001-01-01T00:00:00+23:59"),  # before datetime.min in UTC
+        (SortKey.CREATED_AT, "9999-06-01T00:00:00Z"),  # past LATEST_INSTANT
+        (SortKey.CREATED_AT, "2026-01-01T00:00:00"),  # no time zone
+        (SortKey.CREATED_AT, 5),
+        (SortKey.SIZE, 2**63),
+        (SortKey.SIZE, -1),
+        (SortKey.SIZE, True),
+        (SortKey.FILENAME, 5),
+    ],
+)
+def test_a_cursor_value_out_of_its_column_range_is_invalid(sort: SortKey, value: str | int) -> None:
+    token = Cursor(sort, value, FileId.new()).encode()
+    with pytest.raises(InvalidRequest):
+        Cursor.decode(token)
+
+
+def test_instants_of_requests_lie_before_9999() -> None:
+    assert utc_instant(datetime(2026, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))) == datetime(
+        2026, 1, 1, tzinfo=UTC
+    )
+    for moment in (LATEST_INSTANT, datetime(2026, 1, 1), datetime.max.replace(tzinfo=UTC)):
+        with pytest.raises(ValueError, match=r"time zone|between"):
+            utc_instant(moment)
 
 
 def test_list_query_checks_limit_and_cursor_sort() -> None:

@@ -16,6 +16,7 @@ from filewallball.domain.errors import (
     ResourceNotFound,
     Unauthenticated,
 )
+from filewallball.domain.models import has_control_characters, utc_instant
 from filewallball.domain.policies import Quota
 from filewallball.domain.ports import AuditLog, Clock, IpRuleRepository, KeyRepository
 from filewallball.domain.security import (
@@ -40,6 +41,8 @@ from filewallball.domain.security import (
 _TOUCH_INTERVAL = timedelta(minutes=1)
 _MAX_TOUCHED = 10_000
 MAX_NAME_LENGTH = 128
+MAX_NOTE_LENGTH = 500
+_NOT_VALID = "the API key is not valid, revoked or expired"
 
 
 class Auditor:
@@ -121,11 +124,12 @@ class AccessService:
         key = await self._keys.get(key_id) if key_id else None
         now = self._clock.now()
         # Hash even when the id is unknown, so timing does not tell which ids exist.
+        # One detail for every refusal: it must not tell which key ids exist.
         if key is None:
             hash_secret(presented, self._secret)
-            raise Unauthenticated("the API key is not valid")
+            raise Unauthenticated(_NOT_VALID)
         if not key.matches(presented, self._secret) or not key.is_active(now):
-            raise Unauthenticated("the API key is not valid, revoked or expired")
+            raise Unauthenticated(_NOT_VALID)
         if not key.allows(parse_address(client_ip or "")):
             raise AccessDenied("this API key may not be used from this address")
         last_used = max(filter(None, (key.last_used_at, self._touched.get(key.id))), default=None)
@@ -168,14 +172,26 @@ class AccessService:
     ) -> tuple[ApiKey, str]:
         """A new key and its secret, which is shown this once and never stored."""
         principal.require(Permission.ADMIN_KEYS)
+        # Names and owners are shown in logs, listings and the audit trail, and PostgreSQL
+        # cannot store NUL: refused, not cleaned, so what is stored is what the admin typed.
+        for field, text in (("name", name), ("owner", owner or "")):
+            if has_control_characters(text):
+                raise InvalidRequest(
+                    f"a key {field} cannot hold control characters", code=f"invalid_{field}"
+                )
         name = name.strip()
         if not name or len(name) > MAX_NAME_LENGTH:
             raise InvalidRequest(
                 f"a key name has 1 to {MAX_NAME_LENGTH} characters", code="invalid_name"
             )
         now = self._clock.now()
-        if expires_at is not None and expires_at <= now:
-            raise InvalidRequest("expires_at is in the past", code="invalid_expiry")
+        if expires_at is not None:
+            try:
+                utc_instant(expires_at)
+            except ValueError as error:
+                raise InvalidRequest(f"expires_at {error}", code="invalid_expiry") from error
+            if expires_at <= now:
+                raise InvalidRequest("expires_at is in the past", code="invalid_expiry")
         cidrs = tuple(str(parse_network(c)) for c in allowed_cidrs)
         issued = IssuedKey.generate()
         key = ApiKey(
@@ -258,11 +274,16 @@ class AccessService:
         self, principal: Principal, *, cidr: str, action: RuleAction, note: str | None
     ) -> IpRule:
         principal.require(Permission.ADMIN_IP_RULES)
+        if note and has_control_characters(note, allowed="\t\n"):
+            raise InvalidRequest(
+                "a note cannot hold control characters other than tabs and newlines",
+                code="invalid_note",
+            )
         rule = IpRule(
             id=secrets.token_urlsafe(12),
             cidr=str(parse_network(cidr)),
             action=action,
-            note=(note or None) and note[:500],
+            note=(note or None) and note[:MAX_NOTE_LENGTH],
             created_at=self._clock.now(),
         )
         await self._rules.add(rule)

@@ -10,7 +10,7 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 # Content types live in their own module; named here too, with the records that carry them.
@@ -29,6 +29,25 @@ _BIDI_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
 MAX_FILENAME_BYTES = 255
+# The largest size or count a backend stores (a signed 64-bit BIGINT): every number a request
+# carries for one (a byte position, a quota, an id) is refused past it, never handed to a driver.
+MAX_STORED_INT = 2**63 - 1
+# The latest instant a request may name: a year short of datetime.max, so nothing derived from a
+# stored instant (a time zone applied, a retention added) can overflow.
+LATEST_INSTANT = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def utc_instant(moment: datetime) -> datetime:
+    """`moment` in UTC; ValueError without a time zone or outside 0001-01-01..LATEST_INSTANT."""
+    if moment.tzinfo is None:
+        raise ValueError("needs a time zone (e.g. Z)")
+    try:
+        instant = moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59-23:59 is past datetime.max in UTC
+        instant = None
+    if instant is None or instant >= LATEST_INSTANT:
+        raise ValueError("must lie between 0001-01-01 and 9999-01-01 (UTC)")
+    return instant
 
 
 class FileId(str):
@@ -87,7 +106,7 @@ class Filename(str):
         for char in text:
             if char in "/\\":
                 kept.append("_")
-            elif char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            elif _hidden(char):
                 continue
             else:
                 kept.append(char)
@@ -101,6 +120,16 @@ class Filename(str):
     def extension(self) -> str:
         stem, dot, ext = self.rpartition(".")
         return ext.lower() if dot and stem else ""
+
+
+def _hidden(char: str) -> bool:
+    """NUL and the other controls, line separators, bidi overrides: not shown as themselves."""
+    return char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp")
+
+
+def has_control_characters(text: str, *, allowed: str = "") -> bool:
+    """Whether `text` holds a character that is not shown as itself (other than `allowed`)."""
+    return any(_hidden(char) and char not in allowed for char in text)
 
 
 def _truncate_utf8(name: str, limit: int) -> str:
@@ -230,11 +259,22 @@ class Cursor:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             sort, value, last_id = json.loads(raw)
             file_id = FileId.parse(last_id) if isinstance(last_id, str) else None
-            if file_id is None or not isinstance(value, (str, int)) or isinstance(value, bool):
+            if file_id is None or not _sort_value_fits(SortKey(sort), value):
                 raise ValueError("bad cursor contents")
             return cls(SortKey(sort), value, file_id)
         except (ValueError, TypeError) as error:
             raise InvalidRequest("the cursor is not valid", code="invalid_cursor") from error
+
+
+def _sort_value_fits(sort: SortKey, value: object) -> bool:
+    """Whether `value` can be where a listing sorted by `sort` stopped (a cursor can be forged)."""
+    if sort.column == "size":
+        return type(value) is int and 0 <= value <= MAX_STORED_INT
+    if not isinstance(value, str):
+        return False
+    if sort.column == "created_at":
+        utc_instant(datetime.fromisoformat(value))  # ValueError when it is no instant of ours
+    return True
 
 
 @dataclass(frozen=True, slots=True)

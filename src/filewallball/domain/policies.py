@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from filewallball.domain.errors import InvalidRequest, QuotaExceeded
+from filewallball.domain.models import LATEST_INSTANT
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +23,15 @@ class ExpiryPolicy:
         never past the maximum. InvalidRequest for an impossible ask."""
         if at is not None and in_seconds is not None:
             raise InvalidRequest("give expires_at or expires_in, not both", code="invalid_expiry")
+        if at is not None and at >= LATEST_INSTANT:
+            raise InvalidRequest("expires_at must be before 9999-01-01", code="invalid_expiry")
         expires_at = at
         if in_seconds is not None:
             if in_seconds < 1:
                 raise InvalidRequest("expires_in must be at least 1 second", code="invalid_expiry")
+            # Compared before adding: now + a huge timedelta overflows.
+            if in_seconds >= (LATEST_INSTANT - now).total_seconds():
+                raise InvalidRequest("expires_in reaches past 9999-01-01", code="invalid_expiry")
             expires_at = now + timedelta(seconds=in_seconds)
         explicit = expires_at is not None
         if not explicit and self.default_seconds is not None:

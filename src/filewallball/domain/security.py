@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from filewallball.domain.errors import AccessDenied, InvalidRequest
-from filewallball.domain.models import FileRecord, Visibility
+from filewallball.domain.models import FileRecord, Visibility, utc_instant
 
 KEY_PREFIX = "fwb_"
 _KEY_ID_BYTES = 6  # 12 hex characters (no "_", the separator): the public, indexed part
@@ -289,3 +289,11 @@ class AuditQuery:
     target: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name, moment in (("since", self.since), ("until", self.until)):
+            if moment is not None:
+                try:
+                    utc_instant(moment)
+                except ValueError as error:
+                    raise InvalidRequest(f"{name} {error}", code="invalid_datetime") from error

@@ -16,6 +16,7 @@ from filewallball.adapters.sql.store import (
     Transaction,
     row_limit,
     storable,
+    storable_text,
     utc,
 )
 from filewallball.adapters.sql.tables import audit_log
@@ -23,6 +24,9 @@ from filewallball.domain.ports import AuditLog
 from filewallball.domain.security import AuditEntry, AuditQuery, Outcome
 
 _AUDIT_FIELDS = tuple(field.name for field in dataclasses.fields(AuditEntry))
+# What a client can put in an entry: a target is the request's path, which it can fill with NUL
+# ("/files/%00"); one entry PostgreSQL refuses would hold back its batch and every one after it.
+_CLIENT_TEXT = ("actor", "client_ip", "target", "detail")
 
 
 class SqlAuditLog(SqlStore, AuditLog):
@@ -105,6 +109,9 @@ def _fields(entry: AuditEntry) -> dict[str, Any]:
 def _audit_row(entry: AuditEntry) -> dict[str, Any]:
     row = {**_fields(entry), "at": utc(entry.at), "outcome": entry.outcome.value}
     del row["id"]  # the database numbers the entries
+    for name in _CLIENT_TEXT:
+        if (value := row[name]) is not None:
+            row[name] = storable_text(value)
     return row
 
 

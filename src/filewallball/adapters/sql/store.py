@@ -188,6 +188,13 @@ def storable(text: str) -> bool:
     return "\x00" not in text
 
 
+def storable_text(text: str) -> str:
+    """`text` as every database takes it: NUL and unpaired surrogates become U+FFFD."""
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def row_limit(limit: int) -> int:
     """A row limit every database takes: none below zero, none beyond BIGINT."""
     return max(0, min(limit, MAX_BIGINT))

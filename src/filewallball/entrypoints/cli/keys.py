@@ -11,6 +11,7 @@ import typer
 
 from filewallball.domain.access import AccessService
 from filewallball.domain.errors import FileWallBallError
+from filewallball.domain.models import MAX_STORED_INT
 from filewallball.domain.security import ApiKey, Principal, Role
 from filewallball.settings import Settings
 
@@ -64,8 +65,8 @@ def keys_create(
         datetime | None, typer.Option(help="ISO date-time (UTC if no zone)")
     ] = None,
     cidr: Annotated[list[str] | None, typer.Option(help="Allowed network; repeat for more")] = None,
-    quota_bytes: Annotated[int | None, typer.Option(min=0)] = None,
-    quota_files: Annotated[int | None, typer.Option(min=0)] = None,
+    quota_bytes: Annotated[int | None, typer.Option(min=0, max=MAX_STORED_INT)] = None,
+    quota_files: Annotated[int | None, typer.Option(min=0, max=MAX_STORED_INT)] = None,
 ) -> None:
     """Create a key and print its secret (shown this once)."""
     expiry = (

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
-from filewallball.domain.models import ByteRange, FileRecord
+from filewallball.domain.errors import InvalidRequest
+from filewallball.domain.models import MAX_STORED_INT, ByteRange, FileRecord
 
 # Past these, a Range header is ignored and the whole file is sent (RFC 9110 §14.2 lets a
 # server ignore ranges): parsing and coalescing stay cheap whatever a client sends.
@@ -18,7 +19,8 @@ MAX_RANGE_PARTS = 16
 _COALESCE_GAP = 80
 
 _ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
-_RANGE_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+_RANGE_SPEC = re.compile(r"^\s*([0-9]*)\s*-\s*([0-9]*)\s*$")
+_POSITION_DIGITS = len(str(MAX_STORED_INT))
 
 
 class Precondition(enum.Enum):
@@ -113,7 +115,8 @@ class Unsatisfiable(Exception):
 def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
     """The ranges to send, sorted and coalesced; None to send the whole representation.
 
-    Raises Unsatisfiable when the header is valid but no range lies inside `size` bytes.
+    Raises Unsatisfiable when the header is valid but no range lies inside `size` bytes, and
+    InvalidRequest for a position past any file's size (int() of 5000 digits would raise).
     """
     if header is None:
         return None
@@ -130,20 +133,29 @@ def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
             return None
         first, last = match.groups()
         if first:
-            start = int(first)
-            end = int(last) if last else size - 1
+            start = _position(first)
+            end = _position(last) if last else size - 1
             if last and end < start:
                 return None  # syntactically invalid: ignore the whole header
             if start < size:
                 ranges.append(ByteRange(start, min(end, size - 1)))
         else:
-            suffix = int(last)
+            suffix = _position(last)
             if suffix > 0 and size > 0:
                 ranges.append(ByteRange(max(0, size - suffix), size - 1))
     if not ranges:
         raise Unsatisfiable
     merged = _coalesce(ranges)
     return merged if len(merged) <= MAX_RANGE_PARTS else None
+
+
+def _position(digits: str) -> int:
+    position = int(digits) if len(digits) <= _POSITION_DIGITS else MAX_STORED_INT + 1
+    if position > MAX_STORED_INT:
+        raise InvalidRequest(
+            f"a byte position in Range is at most {MAX_STORED_INT}", code="invalid_range"
+        )
+    return position
 
 
 def _coalesce(ranges: list[ByteRange]) -> list[ByteRange]:

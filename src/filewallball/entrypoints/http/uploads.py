@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from filewallball.domain.errors import DigestMismatch, FileTooLarge, InvalidRequest
-from filewallball.domain.models import Sha256, Visibility
+from filewallball.domain.models import MAX_STORED_INT, Sha256, Visibility, utc_instant
 from filewallball.domain.uploads import UploadRequest
 from filewallball.entrypoints.http.deps import container
 from filewallball.entrypoints.http.errors import HttpProblem
@@ -27,10 +27,15 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 FILE_FIELD = "file"
-# Everything in a multipart body that is not the file (boundaries, part headers, small fields)
-# must fit in this; a body of junk fields cannot grow without bound.
+# Everything in a multipart body that is not the file (delimiters, part headers, small fields,
+# a preamble before the first part and an epilogue after the last) must fit in this; a body of
+# junk cannot grow without bound.
 FORM_OVERHEAD_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 8 * 1024
+# Parts cost CPU even when empty (2,000,000 of them took 15 s): a form is a file and a few
+# fields, so this many parts is already far more than any client sends.
+MAX_FORM_PARTS = 100
+_LENGTH_DIGITS = len(str(MAX_STORED_INT))
 
 _DIGEST_MEMBER = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*$")
 
@@ -79,8 +84,10 @@ def parse_expiry(fields: Mapping[str, str | None]) -> tuple[datetime | None, int
             raise InvalidRequest(
                 "expires_at is not an ISO 8601 date-time", code="invalid_expiry"
             ) from error
-        if expires_at.tzinfo is None:
-            raise InvalidRequest("expires_at needs a time zone (e.g. Z)", code="invalid_expiry")
+        try:
+            utc_instant(expires_at)
+        except ValueError as error:
+            raise InvalidRequest(f"expires_at {error}", code="invalid_expiry") from error
     if raw_in:
         try:
             expires_in = parse_duration(raw_in)
@@ -153,9 +160,15 @@ def _declared_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
+    # ASCII digits only: str.isdigit() also takes "\u00b2", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()):
         raise InvalidRequest("Content-Length is not a number", code="invalid_content_length")
-    return int(raw)
+    length = int(raw) if len(raw) <= _LENGTH_DIGITS else MAX_STORED_INT + 1
+    if length > MAX_STORED_INT:
+        raise InvalidRequest(
+            f"Content-Length is over {MAX_STORED_INT}", code="invalid_content_length"
+        )
+    return length
 
 
 def raw_upload(request: Request, *, filename: str, visibility: str | None) -> UploadRequest:
@@ -197,6 +210,7 @@ class _FormState:
     filename: str | None = None
     ended: bool = False
     overhead: int = 0
+    parts: int = 0
 
 
 class MultipartUpload:
@@ -219,6 +233,7 @@ class MultipartUpload:
         self._body_digest = parse_content_digest(request.headers.get("content-digest"))
         self._body_hasher = hashlib.sha256() if self._body_digest is not None else None
         self._query: dict[str, str | None] = dict(request.query_params)
+        self._delimiter_bytes = len(boundary) + 6  # CRLF "--" boundary CRLF
         try:
             self._parser = MultipartParser(boundary, self._callbacks())
         except Exception as error:  # python-multipart rejects absurd boundaries with a bare error
@@ -277,12 +292,17 @@ class MultipartUpload:
     def _feed(self, chunk: bytes) -> None:
         if self._body_hasher is not None:
             self._body_hasher.update(chunk)
+        in_epilogue = self._state.ended
         try:
             self._parser.write(chunk)
         except MultipartParseError as error:
             raise InvalidRequest(
                 f"malformed multipart body: {error}", code="invalid_multipart"
             ) from error
+        # The parser skips a preamble and an epilogue without a callback: a chunk that is all
+        # preamble (no part began) or all epilogue counts whole, so neither is read forever.
+        if in_epilogue or not self._state.parts:
+            self._charge(len(chunk))
 
     def _finish(self) -> None:
         self._parser.finalize()
@@ -298,6 +318,12 @@ class MultipartUpload:
 
         def on_part_begin() -> None:
             state.part = _Part()
+            state.parts += 1
+            if state.parts > MAX_FORM_PARTS:
+                raise InvalidRequest(
+                    f"the form has more than {MAX_FORM_PARTS} parts", code="form_too_large"
+                )
+            self._charge(self._delimiter_bytes)
 
         def on_header_field(data: bytes, start: int, end: int) -> None:
             state.header_name += data[start:end]
@@ -308,6 +334,7 @@ class MultipartUpload:
             self._charge(end - start)
 
         def on_header_end() -> None:
+            self._charge(4)  # ": " and CRLF
             name = state.header_name.decode("latin-1").strip().lower()
             # latin-1 keeps the raw bytes: parse_options_header re-encodes to latin-1, and the
             # parameters (a UTF-8 filename, as browsers send it) are decoded from those bytes.

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
+from filewallball.domain.models import MAX_STORED_INT
 from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule, Role, RuleAction
 from filewallball.entrypoints.http.deps import Access, Audit, Caller
 from filewallball.entrypoints.http.errors import PROBLEM_JSON
@@ -29,8 +30,12 @@ class KeyIn(BaseModel):
     )
     expires_at: AwareDatetime | None = None
     allowed_cidrs: list[str] = Field(default=[], max_length=100)
-    quota_bytes: int | None = Field(default=None, ge=0, description="Overrides the role default")
-    quota_files: int | None = Field(default=None, ge=0, description="Overrides the role default")
+    quota_bytes: int | None = Field(
+        default=None, ge=0, le=MAX_STORED_INT, description="Overrides the role default"
+    )
+    quota_files: int | None = Field(
+        default=None, ge=0, le=MAX_STORED_INT, description="Overrides the role default"
+    )
 
 
 class KeyOut(BaseModel):
@@ -197,7 +202,7 @@ async def audit_log(
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_STORED_INT)] = None,
 ) -> AuditList:
     query = AuditQuery(
         limit=limit + 1,
