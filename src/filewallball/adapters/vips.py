@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pyvips  # type: ignore[import-untyped]
 
-from filewallball.domain.errors import ThumbnailFailed
+from filewallball.domain.errors import ThumbnailFailed, ThumbnailTimedOut
 from filewallball.domain.models import ImageFormat
 from filewallball.domain.ports import ThumbnailRenderer
 
@@ -135,8 +135,8 @@ class VipsThumbnailRenderer(ThumbnailRenderer):
                 f" is more than {self._max_pixels}"
             )
 
-    def _too_slow(self) -> ThumbnailFailed:
-        return ThumbnailFailed(f"rendering took longer than {self._timeout_seconds} seconds")
+    def _too_slow(self) -> ThumbnailTimedOut:
+        return ThumbnailTimedOut(f"rendering took longer than {self._timeout_seconds} seconds")
 
 
 def _thumbnail(source: Any, longest_side: int, format: ImageFormat, deadline: _Deadline) -> bytes:

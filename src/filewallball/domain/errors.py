@@ -131,3 +131,8 @@ class ThumbnailFailed(FileWallBallError):
     """The image could not be rendered (corrupt, too many pixels, too slow)."""
 
     code = "thumbnail_failed"
+
+
+class ThumbnailTimedOut(ThumbnailFailed):
+    """This rendering took too long; the image is not broken for it (another size, or a later
+    try on a quieter machine, may succeed), so the file is not marked failed."""

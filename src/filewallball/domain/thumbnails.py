@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from filewallball.domain.errors import FileNotFound, NotAnImage, ThumbnailFailed
+from filewallball.domain.errors import (
+    FileNotFound,
+    NotAnImage,
+    ThumbnailFailed,
+    ThumbnailTimedOut,
+)
 from filewallball.domain.jobs import JobPayload, JobRegistry
 from filewallball.domain.models import (
     FileId,
@@ -91,6 +96,8 @@ class ThumbnailService:
             data = await self._renderer.render(
                 source, longest_side=size.longest_side, format=image_format
             )
+        except ThumbnailTimedOut:
+            raise  # one slow rendition: every size of the file is not failed for it
         except ThumbnailFailed:
             await self._mark(record, ThumbnailStatus.FAILED)
             raise
