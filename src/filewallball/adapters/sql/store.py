@@ -37,26 +37,12 @@ class SqlStore:
     async def _run(
         self, work: Callable[[Transaction], Awaitable[_T]], *, conflict: str | None = None
     ) -> _T:
-        """`work` in one committed transaction; driver failures become DependencyUnavailable,
-        and an integrity error Conflict(`conflict`) when given.
-
-        When the first statement finds its pooled connection dead (the database restarted or
-        dropped it, and the pool could not tell), nothing was done yet: `work` runs once more,
-        on a fresh connection.
-        """
-        for attempt in (1, 2):
-            tx: Transaction | None = None
-            try:
-                async with self._engine.begin() as connection:
-                    tx = Transaction(connection)
-                    return await work(tx)
-            except DRIVER_ERRORS as error:
-                if attempt == 1 and tx is not None and error is tx.stale_error:
-                    continue
-                if conflict is not None and isinstance(error, IntegrityError):
-                    raise Conflict(conflict) from error
-                raise DependencyUnavailable("database") from error
-        raise AssertionError("unreachable")  # pragma: no cover
+        """`work` in one committed transaction: a unit of work of a single step, so every
+        repository shares its error mapping and its one retry (SqlUnitOfWork)."""
+        async with SqlUnitOfWork(self._engine, conflict=conflict) as unit:
+            result = await unit._run(work)
+            await unit.commit()
+        return result
 
     def _bytewise(self, column: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
         """`column` compared like Python strings, whatever the PostgreSQL database's locale."""
@@ -66,7 +52,7 @@ class SqlStore:
 
 @dataclass
 class Transaction:
-    """One transaction's connection, noting which failures `SqlStore._run` may retry."""
+    """One transaction's connection, noting which failures SqlUnitOfWork may retry."""
 
     connection: AsyncConnection
     # The error of the first statement when it found the connection dead: safe to retry.
@@ -106,13 +92,15 @@ class SqlUnitOfWork:
     """One transaction held open across the caller's steps: `async with` it, run its statements
     and the caller's own work, then `commit()`; leaving without committing rolls back.
 
-    Driver failures are DependencyUnavailable; whatever the caller's steps raise passes through
-    unchanged (and rolls back). When the first statement finds its pooled connection dead,
-    nothing was done yet: it runs once more, on a fresh connection.
+    Driver failures are DependencyUnavailable, an integrity error Conflict(`conflict`) when
+    given; whatever the caller's steps raise passes through unchanged (and rolls back). When the
+    first statement finds its pooled connection dead (the database restarted or dropped it, and
+    the pool could not tell), nothing was done yet: it runs once more, on a fresh connection.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, conflict: str | None = None) -> None:
         self._engine = engine
+        self._conflict = conflict
         self._connection: AsyncConnection | None = None
         self._tx: Transaction | None = None
 
@@ -133,7 +121,7 @@ class SqlUnitOfWork:
         try:
             await self._connection.commit()
         except DRIVER_ERRORS as error:
-            raise DependencyUnavailable("database") from error
+            raise self._wrapped(error) from error
 
     async def _run(self, work: Callable[[Transaction], Awaitable[_T]]) -> _T:
         """A statement (or a few) of this unit of work."""
@@ -144,14 +132,19 @@ class SqlUnitOfWork:
             return await work(tx)
         except DRIVER_ERRORS as error:
             if not (first and error is tx.stale_error):
-                raise DependencyUnavailable("database") from error
+                raise self._wrapped(error) from error
         await self._close()
         await self._open()
         assert self._tx is not None
         try:
             return await work(self._tx)
         except DRIVER_ERRORS as error:
-            raise DependencyUnavailable("database") from error
+            raise self._wrapped(error) from error
+
+    def _wrapped(self, error: BaseException) -> Exception:
+        if self._conflict is not None and isinstance(error, IntegrityError):
+            return Conflict(self._conflict)
+        return DependencyUnavailable("database")
 
     async def _open(self) -> None:
         try:
