@@ -56,7 +56,7 @@ from filewallball.domain.security import Role
 from filewallball.domain.services import FileService
 from filewallball.domain.stats import StatsService
 from filewallball.domain.thumbnails import ThumbnailService, register_thumbnail_job
-from filewallball.domain.uploads import UploadLimits
+from filewallball.domain.uploads import Uploader, UploadLimits
 from filewallball.secret_file import load_or_create_secret
 from filewallball.settings import Settings
 
@@ -249,8 +249,8 @@ class Container(containers.DeclarativeContainer):
             max_seconds=settings.provided.max_expires_in,
         ),
     )
-    file_service = providers.Singleton(
-        FileService,
+    uploader = providers.Singleton(
+        Uploader,
         files=files,
         blobs=blobs,
         sniffer=sniffer,
@@ -259,8 +259,18 @@ class Container(containers.DeclarativeContainer):
         scanner=scanner,
         auditor=auditor,
         limits=upload_limits,
-        charsets=charsets,
         jobs=task_queue,
+    )
+    file_service = providers.Singleton(
+        FileService,
+        files=files,
+        blobs=blobs,
+        clock=clock,
+        usage=usage,
+        auditor=auditor,
+        limits=upload_limits,
+        charsets=charsets,
+        uploader=uploader,
     )
     stats_service = providers.Singleton(
         StatsService, stats=stats, usage=usage, cache=cache, audit=audit_log, clock=clock

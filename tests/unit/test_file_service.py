@@ -33,7 +33,7 @@ from filewallball.domain.models import (
 from filewallball.domain.ports import BlobReader, MalwareScanner, ScanResult, ScanVerdict
 from filewallball.domain.security import Principal, Role
 from filewallball.domain.services import FileService
-from filewallball.domain.uploads import SNIFF_BYTES, UploadLimits, UploadRequest
+from filewallball.domain.uploads import SNIFF_BYTES, Uploader, UploadLimits, UploadRequest
 from tests.fakes import (
     FakeAuditLog,
     FakeBlobStore,
@@ -100,22 +100,35 @@ def make_service(
     jobs: FakeTaskQueue | None = None,
 ) -> FileService:
     clock = FakeClock()
-    return FileService(
-        files=files if cache is None else CachedFileRepository(files, cache=cache),
+    repository = files if cache is None else CachedFileRepository(files, cache=cache)
+    usage = FakeUsageRepository(files)
+    auditor = Auditor(log=audit or FakeAuditLog(), clock=clock)
+    limits = UploadLimits(
+        max_upload_bytes=max_upload_bytes,
+        preview_max_bytes=preview_max_bytes,
+        type_policy=policy or TypePolicy(),
+        scan_fail_open=fail_open,
+    )
+    uploader = Uploader(
+        files=repository,
         blobs=blobs,
         sniffer=FakeSniffer(),
         clock=clock,
-        usage=FakeUsageRepository(files),
+        usage=usage,
         scanner=scanner or NoScanner(),
-        auditor=Auditor(log=audit or FakeAuditLog(), clock=clock),
-        limits=UploadLimits(
-            max_upload_bytes=max_upload_bytes,
-            preview_max_bytes=preview_max_bytes,
-            type_policy=policy or TypePolicy(),
-            scan_fail_open=fail_open,
-        ),
-        charsets=NormalizerCharsetDecoder(),
+        auditor=auditor,
+        limits=limits,
         jobs=jobs or FakeTaskQueue(),
+    )
+    return FileService(
+        files=repository,
+        blobs=blobs,
+        clock=clock,
+        usage=usage,
+        auditor=auditor,
+        limits=limits,
+        charsets=NormalizerCharsetDecoder(),
+        uploader=uploader,
     )
 
 

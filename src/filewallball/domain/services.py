@@ -13,7 +13,6 @@ from filewallball.domain.errors import (
     InvalidRequest,
     NotPreviewable,
 )
-from filewallball.domain.jobs import TaskQueue
 from filewallball.domain.models import (
     FileId,
     FileRecord,
@@ -29,8 +28,6 @@ from filewallball.domain.ports import (
     CharsetDecoder,
     Clock,
     FileRepository,
-    MalwareScanner,
-    Sniffer,
     UsageRepository,
 )
 from filewallball.domain.security import Outcome, Permission, Principal
@@ -49,35 +46,21 @@ class FileService:
         *,
         files: FileRepository,
         blobs: BlobStore,
-        sniffer: Sniffer,
         clock: Clock,
         usage: UsageRepository,
-        scanner: MalwareScanner,
         auditor: Auditor,
         limits: UploadLimits,
         charsets: CharsetDecoder,
-        jobs: TaskQueue,
+        uploader: Uploader,
     ) -> None:
         self._files = files
         self._blobs = blobs
-        self._sniffer = sniffer
         self._clock = clock
         self._usage = usage
-        self._scanner = scanner
         self._auditor = auditor
         self._limits = limits
         self._charsets = charsets
-        self._uploader = Uploader(
-            files=files,
-            blobs=blobs,
-            sniffer=sniffer,
-            clock=clock,
-            usage=usage,
-            scanner=scanner,
-            auditor=auditor,
-            limits=limits,
-            jobs=jobs,
-        )
+        self._uploader = uploader
 
     @property
     def max_upload_bytes(self) -> int:
