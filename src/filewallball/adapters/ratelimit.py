@@ -1,6 +1,6 @@
 """Rate limits on the `limits` library: one budget in Redis, or in process; never an error.
 
-`limits` parses the rules, names the keys and keeps the in-process windows. For Redis, one
+`limits` names the keys and keeps the in-process windows (rules come parsed, as RateRule). For Redis, one
 Lua script does what its fixed-window strategy does in three round trips (count the hit, read
 the count, read the expiry): the same keys and the same counting.
 
@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 import redis.asyncio
 import structlog
-from limits import RateLimitItem, parse
+from limits import (
+    RateLimitItem,
+    RateLimitItemPerDay,
+    RateLimitItemPerHour,
+    RateLimitItemPerMinute,
+    RateLimitItemPerMonth,
+    RateLimitItemPerSecond,
+    RateLimitItemPerYear,
+)
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 
@@ -37,6 +45,16 @@ _log = structlog.get_logger()
 _LEASE_SHARE = 64
 _MAX_LEASE = 100
 _MAX_LEASES = 10_000
+
+
+_GRANULARITIES: dict[str, type[RateLimitItem]] = {
+    "second": RateLimitItemPerSecond,
+    "minute": RateLimitItemPerMinute,
+    "hour": RateLimitItemPerHour,
+    "day": RateLimitItemPerDay,
+    "month": RateLimitItemPerMonth,
+    "year": RateLimitItemPerYear,
+}
 
 
 class _RedisSkipped(Exception):
@@ -68,8 +86,8 @@ return {count, left}
 
 @functools.lru_cache(maxsize=256)
 def _item(rule: RateRule) -> RateLimitItem:
-    """The `limits` item of a rule (the rule's own notation is `limits`')."""
-    return parse(f"{rule.amount}/{rule.multiples} {rule.granularity}")
+    """The `limits` item of a rule: the same amount, window and key names as `limits.parse`."""
+    return _GRANULARITIES[rule.granularity](rule.amount, rule.multiples)
 
 
 class LimitsRateLimiter(RateLimiter):

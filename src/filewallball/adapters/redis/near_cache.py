@@ -36,7 +36,6 @@ import time
 from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import redis.asyncio
 import structlog
@@ -93,28 +92,18 @@ _synced: ContextVar[tuple[RequestToken, NearCache, float] | None] = ContextVar(
 )
 
 
-@dataclass(frozen=True, slots=True)
 class Keyspace:
-    """The Redis names every process using `prefix` agrees on."""
+    """The Redis names every process using `prefix` agrees on (made once: they are read on
+    every lookup)."""
 
-    prefix: str
+    __slots__ = ("entries", "epoch", "log", "sequence")
 
-    @property
-    def epoch(self) -> str:
-        return f"{self.prefix}cache:epoch"
-
-    @property
-    def sequence(self) -> str:
-        return f"{self.prefix}cache:seq"
-
-    @property
-    def log(self) -> str:
-        return f"{self.prefix}cache:log"
-
-    @property
-    def entries(self) -> str:
-        """What entry names start with; the epoch and the entry's own name follow."""
-        return f"{self.prefix}cache:e:"
+    def __init__(self, prefix: str) -> None:
+        self.epoch = f"{prefix}cache:epoch"
+        self.sequence = f"{prefix}cache:seq"
+        self.log = f"{prefix}cache:log"
+        # What entry names start with; the epoch and the entry's own name follow.
+        self.entries = f"{prefix}cache:e:"
 
     def entry(self, epoch: str, suffix: str) -> str:
         return f"{self.entries}{epoch}:{suffix}"
