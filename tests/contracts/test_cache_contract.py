@@ -190,6 +190,15 @@ async def test_an_outage_is_a_quick_miss_and_an_invalidation_waits_out_the_lease
         await client.aclose()
 
 
+async def _fail_a_fill(cache: RedisCache) -> None:
+    """A real failure with a healthy server: Redis rejects a fill with a zero expiry."""
+    cache._ttl = 0
+    found = await cache.lookup("other")
+    assert found.fence is not None
+    await cache.fill("other", b"v", fence=found.fence)
+    cache._ttl = 60
+
+
 async def test_the_breaker_closes_after_its_cooldown(redis_server: str, redis_prefix: str) -> None:
     client = create_redis(redis_server)
     cache = RedisCache(
@@ -197,12 +206,7 @@ async def test_the_breaker_closes_after_its_cooldown(redis_server: str, redis_pr
     )
     try:
         await _filled(cache, "k", b"v")
-        # Redis rejects a fill of a non-number expiry: a real failure, with a healthy server.
-        cache._ttl = 0
-        found = await cache.lookup("other")
-        assert found.fence is not None
-        await cache.fill("other", b"v", fence=found.fence)
-        cache._ttl = 60
+        await _fail_a_fill(cache)
         assert (await cache.lookup("k")).value is None  # skipped during the cooldown
         assert cache.bypassed == 2
         await asyncio.sleep(0.15)
@@ -219,11 +223,7 @@ async def test_a_successful_ping_closes_the_breaker(redis_server: str, redis_pre
     )
     try:
         await _filled(cache, "k", b"v")
-        cache._ttl = 0
-        found = await cache.lookup("other")
-        assert found.fence is not None
-        await cache.fill("other", b"v", fence=found.fence)
-        cache._ttl = 60
+        await _fail_a_fill(cache)
         assert (await cache.lookup("k")).value is None
         await cache.ping()
         assert (await cache.lookup("k")).value == b"v"

@@ -261,15 +261,26 @@ async def test_closed_port_falls_back_quickly_and_logs_once() -> None:
     assert logs[0]["error_type"] == "ConnectionError"
 
 
-async def test_a_silent_redis_costs_at_most_the_timeout() -> None:
+@pytest.fixture
+async def silent_redis_url() -> AsyncIterator[str]:
+    """A port that accepts connections and never answers: Redis stalled, not down."""
     connections: list[asyncio.StreamWriter] = []
 
     async def accept_and_say_nothing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(writer)
 
     server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    limiter = LimitsRateLimiter(storage_uri=f"redis://127.0.0.1:{port}/0")
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_silent_redis_costs_at_most_the_timeout(silent_redis_url: str) -> None:
+    limiter = LimitsRateLimiter(storage_uri=silent_redis_url)
     try:
         started = time.monotonic()
         decisions = [await limiter.hit("client", rule=RateRule.parse("1/minute")) for _ in range(3)]
@@ -277,24 +288,15 @@ async def test_a_silent_redis_costs_at_most_the_timeout() -> None:
         assert time.monotonic() - started < 1.5
     finally:
         await limiter.aclose()
-        for writer in connections:
-            writer.close()
-        server.close()
-        await server.wait_closed()
     assert [d.allowed for d in decisions] == [True, False, False]
     assert limiter.fallbacks == 3
 
 
-async def test_concurrent_hits_on_a_silent_redis_wait_out_one_timeout() -> None:
+async def test_concurrent_hits_on_a_silent_redis_wait_out_one_timeout(
+    silent_redis_url: str,
+) -> None:
     """Requests queued behind the one that found Redis silent fall back at once, not in turn."""
-    connections: list[asyncio.StreamWriter] = []
-
-    async def accept_and_say_nothing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(writer)
-
-    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    limiter = LimitsRateLimiter(storage_uri=f"redis://127.0.0.1:{port}/0")
+    limiter = LimitsRateLimiter(storage_uri=silent_redis_url)
     rule = RateRule.parse("5/minute")
     try:
         started = time.monotonic()
@@ -302,10 +304,6 @@ async def test_concurrent_hits_on_a_silent_redis_wait_out_one_timeout() -> None:
         assert time.monotonic() - started < 1.5
     finally:
         await limiter.aclose()
-        for writer in connections:
-            writer.close()
-        server.close()
-        await server.wait_closed()
     assert sum(d.allowed for d in decisions) == 5  # the process's own budget while Redis is out
     assert limiter.fallbacks == 20
 
