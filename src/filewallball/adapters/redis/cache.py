@@ -203,8 +203,11 @@ class RedisCache(Cache):
             entries = 0
             if isinstance(epoch, bytes):
                 pattern = _glob_escape(self._keys.entry(epoch.decode(), self._suffix(""))) + "*"
-                async for raw in self._client.scan_iter(match=pattern, count=1000):
-                    entries += await self._client.get(raw) not in (None, TOMBSTONE)
+                names = [raw async for raw in self._client.scan_iter(match=pattern, count=1000)]
+                # One round trip per thousand names, not one per name.
+                for start in range(0, len(names), 1000):
+                    values = await self._client.mget(names[start : start + 1000])
+                    entries += sum(value not in (None, TOMBSTONE) for value in values)
         except REDIS_FAILURES as error:
             raise DependencyUnavailable("redis", f"redis is unavailable: {error}") from error
         since = counts.get(b"since")
