@@ -39,7 +39,7 @@ async def test_download_headers(client: httpx.AsyncClient, record: dict[str, str
     assert headers["repr-digest"] == f"sha-256=:{digest}:"
     assert parsedate_to_datetime(headers["last-modified"]).tzinfo is not None
     assert headers["content-disposition"] == (
-        "attachment; filename=\"donn_es.bin\"; filename*=UTF-8''donn%C3%A9es.bin"
+        "attachment; filename=\"donnees.bin\"; filename*=UTF-8''donn%C3%A9es.bin"
     )
     assert unquote(headers["content-disposition"].split("''")[1]) == "données.bin"
 

@@ -29,6 +29,7 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     assert body["status"] == status
     assert body["code"] == code
     assert body["request_id"] == response.headers["x-request-id"]
+    assert body["instance"] == response.request.url.path
     assert body["detail"]
     return body
 

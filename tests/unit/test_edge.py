@@ -100,6 +100,7 @@ async def test_a_crash_is_a_500_problem_with_the_request_id_and_every_header(
     assert response.json() == {
         "type": "about:blank",
         "title": "Internal Server Error",
+        "instance": "/crash",
         "status": 500,
         "detail": "an internal error occurred; the request_id identifies it in the logs",
         "code": "internal_error",

@@ -121,6 +121,12 @@ class Conflict(FileWallBallError):
     code = "conflict"
 
 
+class PreconditionFailed(FileWallBallError):
+    """The record is no longer the version the caller made its change for (If-Match)."""
+
+    code = "precondition_failed"
+
+
 class NotAnImage(FileWallBallError):
     """The file is not an image, so it has no thumbnail."""
 

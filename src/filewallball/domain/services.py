@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from filewallball.domain.errors import (
     FileNotFound,
     InvalidRequest,
     NotPreviewable,
+    PreconditionFailed,
 )
 from filewallball.domain.models import (
     FileId,
@@ -36,6 +38,16 @@ from filewallball.domain.uploads import Uploader, UploadLimits, UploadRequest
 # The standard library: the domain depends on no logging framework (entrypoints.logs renders
 # these records, their `extra` fields included, as JSON lines like every other).
 _log = logging.getLogger("filewallball.files")
+
+# A caller's condition on a record's current version, for a change made only if it holds.
+Expectation = Callable[[FileRecord], bool]
+
+
+def _require(expected: Expectation | None, record: FileRecord) -> None:
+    if expected is not None and not expected(record):
+        raise PreconditionFailed(
+            f"file {record.id!r} has changed: its current version fails the request's precondition"
+        )
 
 
 class FileService:
@@ -146,12 +158,19 @@ class FileService:
             query = replace(query, visible_to=principal.owner or "")
         return await self._files.list(query)
 
-    async def delete(self, principal: Principal, raw_id: str) -> FileRecord:
-        """Remove the record at once; remove the bytes when no other record uses them."""
+    async def delete(
+        self, principal: Principal, raw_id: str, *, expected: Expectation | None = None
+    ) -> FileRecord:
+        """Remove the record at once; remove the bytes when no other record uses them.
+
+        `expected` is the caller's condition on the record as it is now (HTTP's If-Match):
+        checked once the caller may delete it, PreconditionFailed when it does not hold.
+        """
         record = await self.get(principal, raw_id)
         if not principal.can_delete(record):
             # A public file of someone else: visible, so the refusal is honest about it.
             principal.require(Permission.FILES_DELETE_ALL)
+        _require(expected, record)
         if self._limits.trash_retention_seconds:
             trashed = await self._files.trash(record.id, at=self._clock.now())
             if trashed is None:
@@ -165,8 +184,11 @@ class FileService:
         await self._collect(record.sha256)
         return removed
 
-    async def restore(self, principal: Principal, raw_id: str) -> FileRecord:
-        """Bring a file back from the trash (FWB_TRASH_RETENTION set), as its owner or an admin."""
+    async def restore(
+        self, principal: Principal, raw_id: str, *, expected: Expectation | None = None
+    ) -> FileRecord:
+        """Bring a file back from the trash (FWB_TRASH_RETENTION set), as its owner or an admin;
+        `expected` as for delete."""
         if not self._limits.trash_retention_seconds:
             raise InvalidRequest(
                 "the trash is not enabled (FWB_TRASH_RETENTION)", code="trash_disabled"
@@ -176,6 +198,7 @@ class FileService:
         # The trash is its owner's and the admins': for anyone else the file is not there.
         if record is None or record.deleted_at is None or not principal.can_delete(record):
             raise FileNotFound(f"no file {raw_id!r} in the trash")
+        _require(expected, record)
         restored = await self._files.restore(record.id)
         if restored is None:
             raise FileNotFound(f"no file {raw_id!r} in the trash")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
@@ -39,6 +40,18 @@ class Validators:
         """A file's: the content hash as a strong tag, and its creation in whole seconds (the
         precision HTTP dates carry)."""
         return cls(f'"{record.sha256}"', record.created_at.replace(microsecond=0))
+
+    @classmethod
+    def of_record(cls, record: FileRecord) -> Validators:
+        """A file's record (GET /files/{id}): a strong tag of every field the record shows, so
+        it changes with its scan or thumbnail status, visibility, expiry or trash; the date is
+        the upload's, the only one a record has (the bytes never change)."""
+        fields = "\x1f".join(
+            value.isoformat() if isinstance(value, datetime) else str(value)
+            for value in astuple(record)
+        )
+        tag = hashlib.blake2b(fields.encode(), digest_size=16).hexdigest()
+        return cls(f'"r{tag}"', record.created_at.replace(microsecond=0))
 
 
 def _entity_tags(header: str) -> list[tuple[bool, str]] | None:

@@ -78,6 +78,7 @@ class Edge:
         status = sent = 0
         hsts = self._hsts or scope.get("scheme") == "https"
         csp = DOCS_CSP if scope["path"] in DOCS_PATHS else API_CSP
+        head = scope["method"] == "HEAD"
 
         async def send_edged(message: Message) -> None:
             nonlocal status, sent
@@ -95,6 +96,9 @@ class Edge:
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             elif message["type"] == "http.response.body":
+                if head and message.get("body"):
+                    # A GET route answering HEAD: its headers (Content-Length included), no body.
+                    message = {**message, "body": b""}
                 sent += len(message.get("body", b""))
             await send(message)
 

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Scope
 
 from filewallball.domain import errors
@@ -33,6 +34,7 @@ _STATUS: dict[type[errors.FileWallBallError], int] = {
     errors.FileNotFound: 404,
     errors.ResourceNotFound: 404,
     errors.Conflict: 409,
+    errors.PreconditionFailed: 412,
     errors.FileTooLarge: 413,
     errors.QuotaExceeded: 413,
     errors.TypeNotAllowed: 415,
@@ -77,17 +79,20 @@ def problem(
     code: str,
     detail: str,
     *,
-    request_id: str | None,
+    scope: Scope,
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
+    """The problem+json answer to the request of `scope`: `instance` is its path, and
+    `request_id` finds its log lines."""
     body = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
+        "instance": scope.get("path"),
         "code": code,
-        "request_id": request_id,
+        "request_id": _request_id(scope),
         **extra,
     }
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
@@ -105,7 +110,6 @@ async def problem_for(
 ) -> JSONResponse:
     """The answer to a domain error, from a route or from admission; a refusal audited first."""
     status = status_for(error)
-    context = context_of(scope)
     if status in _DENIALS:
         await _audit_denial(auditor(), error, scope)
     if isinstance(error, errors.Unauthenticated):
@@ -114,7 +118,7 @@ async def problem_for(
         headers = {"Retry-After": str(error.retry_after_seconds)}
     else:
         headers = _RETRY_SOON if status == 503 else None
-    return problem(status, error.code, error.detail, request_id=context.request_id, headers=headers)
+    return problem(status, error.code, error.detail, scope=scope, headers=headers)
 
 
 async def _audit_denial(auditor: Auditor, error: errors.FileWallBallError, scope: Scope) -> None:
@@ -135,16 +139,16 @@ async def _audit_denial(auditor: Auditor, error: errors.FileWallBallError, scope
         log.warning("audit_unavailable", reason=audit_error.detail)
 
 
-def not_ready(readiness: dict[str, Any], *, request_id: str | None) -> JSONResponse:
-    """/readyz's 503: the readiness report (its `status` and `checks`) as a problem."""
-    body = readiness | {
-        "type": "about:blank",
-        "title": HTTPStatus.SERVICE_UNAVAILABLE.phrase,
-        "detail": "a required dependency is failing",
-        "code": "not_ready",
-        "request_id": request_id,
-    }
-    return JSONResponse(body, status_code=503, media_type=PROBLEM_JSON)
+def not_ready(checks: dict[str, Any], *, scope: Scope) -> JSONResponse:
+    """/readyz's 503: a problem (numeric `status`, as RFC 9457 has it) with every check."""
+    failing = sorted(name for name, check in checks.items() if check["status"] != "ok")
+    return problem(
+        503,
+        "not_ready",
+        f"a required dependency is failing: {', '.join(failing)}",
+        scope=scope,
+        checks=checks,
+    )
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -154,7 +158,7 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         500,
         "internal_error",
         "an internal error occurred; the request_id identifies it in the logs",
-        request_id=_request_id(request.scope),
+        scope=request.scope,
     )
 
 
@@ -166,9 +170,7 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HttpProblem)
-    return problem(
-        exc.status, exc.code, exc.detail, request_id=_request_id(request.scope), headers=exc.headers
-    )
+    return problem(exc.status, exc.code, exc.detail, scope=request.scope, headers=exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -179,7 +181,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         400,
         "invalid_request",
         f"invalid request parameters: {fields}",
-        request_id=_request_id(request.scope),
+        scope=request.scope,
         errors=invalid,
     )
 
@@ -190,13 +192,33 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, HTTPStatus(exc.status_code).phrase.lower())
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path only.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     return problem(
         exc.status_code,
         code.replace(" ", "_"),
         str(exc.detail),
-        request_id=_request_id(request.scope),
-        headers=dict(exc.headers or {}),
+        scope=request.scope,
+        headers=headers,
     )
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on the request's path (RFC 9110 §15.5.6): asked of the
+    routes themselves, method by method (FastAPI nests included routers)."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.routes
+        )
+    ]
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from filewallball.domain.models import FileRecord
+from filewallball.entrypoints.http.conditional import Validators
 
 
 class FileUrls(BaseModel):
@@ -29,6 +30,10 @@ class FileOut(BaseModel):
     thumbnail_status: str
     expires_at: datetime | None = Field(description="When the file goes; null: never")
     deleted_at: datetime | None = Field(description="In the trash since; null for live files")
+    etag: str = Field(
+        description="The record's entity tag (its ETag header): send it as If-Match to delete"
+        " or restore only this version"
+    )
     urls: FileUrls
 
     @classmethod
@@ -46,6 +51,7 @@ class FileOut(BaseModel):
             thumbnail_status=record.thumbnail_status.value,
             expires_at=record.expires_at,
             deleted_at=record.deleted_at,
+            etag=Validators.of_record(record).etag,
             urls=FileUrls(
                 self=f"{base_url}/files/{record.id}",
                 download=f"{base_url}/download/{record.id}",

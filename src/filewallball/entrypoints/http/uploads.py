@@ -172,7 +172,17 @@ def _declared_length(request: Request) -> int | None:
 
 
 def raw_upload(request: Request, *, filename: str, visibility: str | None) -> UploadRequest:
-    """The request body is the file (PUT /upload/{filename}, curl --upload-file)."""
+    """The request body is the file (PUT /upload/{filename}, curl --upload-file).
+
+    A PUT with Content-Range is a partial update (RFC 9110 §14.5): storing its bytes as the
+    whole file would keep a fragment under the file's name, so it is refused.
+    """
+    if "content-range" in request.headers:
+        raise InvalidRequest(
+            "PUT /upload takes a whole file; Content-Range is not accepted"
+            " (send the whole file in one request)",
+            code="content_range_not_allowed",
+        )
     digest = parse_content_digest(request.headers.get("content-digest"))
     expires_at, expires_in = parse_expiry(request.query_params)
     return UploadRequest(

@@ -5,19 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import Query, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from filewallball.domain.models import MAX_STORED_INT
 from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule, Role, RuleAction
 from filewallball.entrypoints.http.deps import Access, Audit, Caller
 from filewallball.entrypoints.http.errors import PROBLEM_JSON
+from filewallball.entrypoints.http.routes import Router
 from filewallball.entrypoints.http.schemas import Problem
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     s: {"model": Problem, "content": {PROBLEM_JSON: {}}} for s in (400, 401, 403, 404)
 }
-router = APIRouter(prefix="/admin", tags=["admin"], responses=_PROBLEMS)
+router = Router(prefix="/admin", tags=["admin"], responses=_PROBLEMS)
 
 
 class KeyIn(BaseModel):

@@ -7,7 +7,8 @@ from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, Response
+from anyascii import anyascii
+from fastapi import Query, Request, Response
 
 from filewallball.domain.models import ByteRange, FileRecord, ImageFormat, ThumbnailSize
 from filewallball.entrypoints.http.conditional import (
@@ -22,9 +23,10 @@ from filewallball.entrypoints.http.context import context_of
 from filewallball.entrypoints.http.deps import Caller, FileRequest, Files, Thumbnails
 from filewallball.entrypoints.http.errors import PROBLEM_JSON, HttpProblem
 from filewallball.entrypoints.http.responses import BlobResponse, Segment, byteranges
+from filewallball.entrypoints.http.routes import Router
 from filewallball.entrypoints.http.schemas import Problem
 
-router = APIRouter(tags=["content"])
+router = Router(tags=["content"])
 
 # Uploaded bytes are never run by a browser: no sniffing, and a sandbox for whatever renders.
 _CONTENT_SAFETY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
@@ -39,9 +41,18 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Quoting troubles in the header, and what a saved name cannot hold on Windows.
+_UNSAFE_IN_FALLBACK = frozenset('"\\%/:*?<>|')
+
+
 def content_disposition(disposition: str, filename: str) -> str:
-    """RFC 6266: an ASCII fallback plus the exact name as RFC 8187 `filename*`."""
-    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%' else "_" for c in filename)
+    """RFC 6266: the exact name as RFC 8187 `filename*`, and an ASCII fallback for clients
+    that save `filename` (curl -OJ, httpie): a transliteration (`résumé.pdf` -> `resume.pdf`,
+    `данные.txt` -> `dannye.txt`), `_` only for what has none."""
+    fallback = "".join(
+        c if 0x20 <= ord(c) < 0x7F and c not in _UNSAFE_IN_FALLBACK else "_"
+        for c in anyascii(filename)
+    )
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
-from filewallball.domain.errors import InvalidRequest
+from filewallball.domain.errors import InvalidRequest, PreconditionFailed
 from filewallball.domain.models import (
     MAX_PAGE_SIZE,
     Cursor,
+    FileRecord,
     ListQuery,
     SortKey,
     validate_type_pattern,
 )
+from filewallball.domain.services import Expectation
+from filewallball.entrypoints.http.conditional import Precondition, Validators, evaluate
 from filewallball.entrypoints.http.deps import FileRequest
 from filewallball.entrypoints.http.errors import PROBLEM_JSON
+from filewallball.entrypoints.http.routes import Router
 from filewallball.entrypoints.http.schemas import FileList, FileOut, Problem
 from filewallball.entrypoints.http.telemetry import UPLOADED_BYTES
 from filewallball.entrypoints.http.uploads import MultipartUpload, raw_upload
 
-router = APIRouter(tags=["files"])
+router = Router(tags=["files"])
 
 
 class _AnyNameConvertor(StringConvertor):
@@ -107,9 +111,16 @@ async def upload_raw(
     return _created(FileOut.of(record, call.base))
 
 
-@router.get("/files/{file_id}", response_model=FileOut, responses=_problems(404, 503))
-async def get_file(file_id: str, call: FileRequest) -> FileOut:
-    return FileOut.of(await call.files.get(call.caller, file_id), call.base)
+@router.get("/files/{file_id}", response_model=FileOut, responses=_problems(404, 412, 503))
+async def get_file(file_id: str, request: Request, call: FileRequest) -> Response:
+    record = await call.files.get(call.caller, file_id)
+    etag = Validators.of_record(record).etag
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if (outcome := _precondition(request, record)) is Precondition.NOT_MODIFIED:
+        return Response(status_code=304, headers=headers)
+    if outcome is Precondition.FAILED:
+        raise PreconditionFailed(f"file {record.id!r} does not match If-Match")
+    return JSONResponse(FileOut.of(record, call.base).model_dump(mode="json"), headers=headers)
 
 
 @router.get("/files", response_model=FileList, responses=_problems(400, 503))
@@ -145,15 +156,37 @@ async def list_files(
     )
 
 
-@router.delete("/files/{file_id}", status_code=204, responses=_problems(404, 503))
-async def delete_file(file_id: str, call: FileRequest) -> Response:
-    await call.files.delete(call.caller, file_id)
+@router.delete("/files/{file_id}", status_code=204, responses=_problems(404, 412, 503))
+async def delete_file(file_id: str, request: Request, call: FileRequest) -> Response:
+    await call.files.delete(call.caller, file_id, expected=_expectation(request))
     return Response(status_code=204)
 
 
 @router.post(
-    "/files/{file_id}/restore", response_model=FileOut, responses=_problems(400, 403, 404, 503)
+    "/files/{file_id}/restore",
+    response_model=FileOut,
+    responses=_problems(400, 403, 404, 412, 503),
 )
-async def restore_file(file_id: str, call: FileRequest) -> FileOut:
+async def restore_file(file_id: str, request: Request, call: FileRequest) -> FileOut:
     """Bring a file back from the trash (with FWB_TRASH_RETENTION set)."""
-    return FileOut.of(await call.files.restore(call.caller, file_id), call.base)
+    record = await call.files.restore(call.caller, file_id, expected=_expectation(request))
+    return FileOut.of(record, call.base)
+
+
+def _precondition(request: Request, record: FileRecord) -> Precondition:
+    headers = request.headers
+    return evaluate(
+        method=request.method,
+        validators=Validators.of_record(record),
+        if_match=headers.get("if-match"),
+        if_none_match=headers.get("if-none-match"),
+        if_modified_since=None,  # a record's status changes keep its date: the tag decides
+        if_unmodified_since=headers.get("if-unmodified-since"),
+    )
+
+
+def _expectation(request: Request) -> Expectation | None:
+    """The request's If-Match / If-Unmodified-Since as a condition on the record, if any."""
+    if "if-match" not in request.headers and "if-unmodified-since" not in request.headers:
+        return None
+    return lambda record: _precondition(request, record) is Precondition.PROCEED

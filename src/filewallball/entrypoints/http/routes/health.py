@@ -6,16 +6,16 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from filewallball.domain.errors import DependencyUnavailable, FileWallBallError
-from filewallball.entrypoints.http.context import context_of
 from filewallball.entrypoints.http.deps import container
 from filewallball.entrypoints.http.errors import not_ready
+from filewallball.entrypoints.http.routes import Router
 from filewallball.entrypoints.http.schemas import Check, Health, Readiness
 
-router = APIRouter(tags=["health"])
+router = Router(tags=["health"])
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -67,8 +67,7 @@ async def readyz(request: Request) -> JSONResponse:
         root.observe_dependency()(name, check.status == "ok")
     failing_required = any(c.status != "ok" and c.required for c in checks.values())
     degraded = any(c.status != "ok" for c in checks.values())
-    status = "unavailable" if failing_required else "degraded" if degraded else "ok"
-    body = Readiness(status=status, checks=checks).model_dump(mode="json")
+    body = Readiness(status="degraded" if degraded else "ok", checks=checks).model_dump(mode="json")
     if failing_required:
-        return not_ready(body, request_id=context_of(request.scope).request_id)
+        return not_ready(body["checks"], scope=request.scope)
     return JSONResponse(body)

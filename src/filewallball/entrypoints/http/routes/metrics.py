@@ -6,7 +6,7 @@ import os
 import shutil
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -19,8 +19,9 @@ from filewallball.domain.errors import FileWallBallError
 from filewallball.domain.security import Permission
 from filewallball.entrypoints.http.context import context_of
 from filewallball.entrypoints.http.deps import container
+from filewallball.entrypoints.http.routes import Router
 
-router = APIRouter(tags=["health"])
+router = Router(tags=["health"])
 
 
 def _registry() -> CollectorRegistry:

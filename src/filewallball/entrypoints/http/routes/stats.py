@@ -5,20 +5,21 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel
 
 from filewallball.domain.errors import InvalidRequest
 from filewallball.domain.stats import StatsService
 from filewallball.entrypoints.http.deps import Caller, container
 from filewallball.entrypoints.http.errors import PROBLEM_JSON
+from filewallball.entrypoints.http.routes import Router
 from filewallball.entrypoints.http.schemas import Problem
 from filewallball.settings import parse_duration
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     s: {"model": Problem, "content": {PROBLEM_JSON: {}}} for s in (400, 401, 403, 503)
 }
-router = APIRouter(prefix="/stats", tags=["stats"], responses=_PROBLEMS)
+router = Router(prefix="/stats", tags=["stats"], responses=_PROBLEMS)
 MAX_WINDOW = timedelta(days=366)
 
 
