@@ -26,6 +26,7 @@ from filewallball.entrypoints.http.admission import Admission, AdmissionRules
 from filewallball.entrypoints.http.edge import Edge
 from filewallball.entrypoints.http.errors import install_error_handlers
 from filewallball.entrypoints.http.routes import admin, content, files, health, metrics, stats
+from filewallball.entrypoints.http.routes.docs import install_docs
 from filewallball.entrypoints.logs import configure_logging
 from filewallball.settings import Settings
 
@@ -139,6 +140,8 @@ def create_app(
         version=__version__,
         summary="Upload files, get URLs back; download, preview, list and delete them.",
         lifespan=lifespan,
+        docs_url=None,  # routes/docs.py serves the docs, assets included
+        redoc_url=None,
     )
     app.state.container = root
     install_error_handlers(app)
@@ -191,6 +194,7 @@ def create_app(
     app.add_middleware(Edge, hsts=settings.hsts, trusted_proxies=trusted_proxies, cors=cors)
     for module in (files, content, admin, stats, health, metrics):
         app.include_router(module.router)
+    install_docs(app)
     return app
 
 

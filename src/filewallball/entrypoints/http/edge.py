@@ -20,20 +20,30 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from filewallball.domain.security import Network
 from filewallball.entrypoints.http.context import RequestContext, open_context
 from filewallball.entrypoints.http.errors import internal_error
-from filewallball.entrypoints.http.routes.paths import DOCS_PATHS
+from filewallball.entrypoints.http.routes.paths import is_docs
 from filewallball.entrypoints.http.telemetry import RequestMetrics
 from filewallball.request_scope import begin_request
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 API_CSP = b"default-src 'none'; frame-ancestors 'none'"
-# The interactive docs load FastAPI's Swagger UI / ReDoc assets from their CDN.
-DOCS_CSP = (
-    b"default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    b"font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com; "
-    b"connect-src 'self'; worker-src blob:; frame-ancestors 'none'"
-)
+
+
+def docs_csp(script_nonce: str | None = None) -> bytes:
+    """The interactive docs' policy: everything from this origin, nothing from anywhere else.
+
+    Swagger UI's page starts it with an inline script, let in by the page's nonce alone;
+    ReDoc and Swagger UI style elements inline (styled-components, React), ReDoc searches in a
+    blob: worker and draws icons as data: images.
+    """
+    nonce = f" 'nonce-{script_nonce}'" if script_nonce else ""
+    return (
+        f"default-src 'none'; script-src 'self'{nonce}; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; worker-src blob:; frame-ancestors 'none'"
+    ).encode()
+
+
+DOCS_CSP = docs_csp()
 _SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -77,7 +87,7 @@ class Edge:
         context = open_context(scope, request_id=request_id, trusted_proxies=self._trusted_proxies)
         status = sent = 0
         hsts = self._hsts or scope.get("scheme") == "https"
-        csp = DOCS_CSP if scope["path"] in DOCS_PATHS else API_CSP
+        csp = DOCS_CSP if is_docs(scope["path"]) else API_CSP
         head = scope["method"] == "HEAD"
 
         async def send_edged(message: Message) -> None:

@@ -12,8 +12,10 @@ from filewallball.domain.security import Network, in_any, parse_address
 
 # Kubernetes probes come from the node, without a key.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-# FastAPI's interactive docs and the description they load: open with FWB_PUBLIC_DOCS.
+# The interactive docs (routes/docs.py), the description they load and, under DOCS_ASSETS,
+# their scripts and styles: open with FWB_PUBLIC_DOCS.
 DOCS_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+DOCS_ASSETS = "/docs/assets/"
 METRICS_PATH = "/metrics"
 
 
@@ -23,7 +25,12 @@ def open_without_key(
     """The probes, the docs when public, and /metrics for a scraper from an allowed network."""
     if path == METRICS_PATH:
         return in_any(parse_address(client_ip or ""), metrics_cidrs)
-    return path in OPEN_PATHS or (public_docs and path in DOCS_PATHS)
+    return path in OPEN_PATHS or (public_docs and is_docs(path))
+
+
+def is_docs(path: str) -> bool:
+    """A page of the interactive docs, their description or one of their assets."""
+    return path in DOCS_PATHS or path.startswith(DOCS_ASSETS)
 
 
 def is_upload(scope: Scope) -> bool:
