@@ -25,6 +25,7 @@ from filewallball.domain.security import parse_network
 from filewallball.entrypoints.http.admission import Admission, AdmissionRules
 from filewallball.entrypoints.http.edge import Edge
 from filewallball.entrypoints.http.errors import install_error_handlers
+from filewallball.entrypoints.http.openapi import describe_api, operation_id
 from filewallball.entrypoints.http.routes import admin, content, files, health, metrics, stats
 from filewallball.entrypoints.http.routes.docs import install_docs
 from filewallball.entrypoints.logs import configure_logging
@@ -142,6 +143,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # routes/docs.py serves the docs, assets included
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.container = root
     install_error_handlers(app)
@@ -195,6 +197,7 @@ def create_app(
     for module in (files, content, admin, stats, health, metrics):
         app.include_router(module.router)
     install_docs(app)
+    describe_api(app)
     return app
 
 

@@ -68,17 +68,6 @@ class FileList(BaseModel):
     )
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details, as every error is answered."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    code: str = Field(description="Stable, snake_case")
-    request_id: str | None
-
-
 class Health(BaseModel):
     status: str
 
@@ -93,3 +82,26 @@ class Check(BaseModel):
 class Readiness(BaseModel):
     status: str
     checks: dict[str, Check]
+
+
+class InvalidParameter(BaseModel):
+    loc: list[str | int] = Field(description="Where: `query`, `body`, ... then the name")
+    msg: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error is answered."""
+
+    type: str = "about:blank"
+    title: str = Field(description="The status's phrase")
+    status: int
+    detail: str = Field(description="What went wrong, for a person")
+    instance: str = Field(description="The request's path")
+    code: str = Field(description="Stable, snake_case: what a program checks")
+    request_id: str | None = Field(description="The X-Request-ID: finds the log lines")
+    errors: list[InvalidParameter] | None = Field(
+        default=None, description="The invalid parameters (`invalid_request`)"
+    )
+    checks: dict[str, Check] | None = Field(
+        default=None, description="Every dependency's check (/readyz's `not_ready`)"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Query, Response
 from pydantic import AwareDatetime, BaseModel, Field
@@ -11,13 +11,10 @@ from pydantic import AwareDatetime, BaseModel, Field
 from filewallball.domain.models import MAX_STORED_INT
 from filewallball.domain.security import ApiKey, AuditEntry, AuditQuery, IpRule, Role, RuleAction
 from filewallball.entrypoints.http.deps import Access, Audit, Caller
-from filewallball.entrypoints.http.errors import PROBLEM_JSON
+from filewallball.entrypoints.http.openapi import problems
 from filewallball.entrypoints.http.routes import Router
-from filewallball.entrypoints.http.schemas import Problem
 
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    s: {"model": Problem, "content": {PROBLEM_JSON: {}}} for s in (400, 401, 403, 404)
-}
+_PROBLEMS = problems(400, 401, 403, 404)
 router = Router(prefix="/admin", tags=["admin"], responses=_PROBLEMS)
 
 
@@ -194,7 +191,7 @@ async def remove_ip_rule(rule_id: str, access: Access, caller: Caller) -> Respon
 
 
 @router.get("/audit", response_model=AuditList)
-async def audit_log(
+async def list_audit_entries(
     audit: Audit,
     caller: Caller,
     actor: Annotated[str | None, Query(max_length=128)] = None,

@@ -21,10 +21,10 @@ from filewallball.entrypoints.http.conditional import (
 )
 from filewallball.entrypoints.http.context import context_of
 from filewallball.entrypoints.http.deps import Caller, FileRequest, Files, Thumbnails
-from filewallball.entrypoints.http.errors import PROBLEM_JSON, HttpProblem
+from filewallball.entrypoints.http.errors import HttpProblem
+from filewallball.entrypoints.http.openapi import problems, request_headers
 from filewallball.entrypoints.http.responses import BlobResponse, Segment, byteranges
 from filewallball.entrypoints.http.routes import Router
-from filewallball.entrypoints.http.schemas import Problem
 
 router = Router(tags=["content"])
 
@@ -35,10 +35,11 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {}}, "description": "The whole file"},
     206: {"description": "One range, or multipart/byteranges for several"},
     304: {"description": "Not modified (If-None-Match / If-Modified-Since)"},
-    412: {"model": Problem, "content": {PROBLEM_JSON: {}}},
-    416: {"model": Problem, "content": {PROBLEM_JSON: {}}},
-    404: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+    **problems(404, 412, 416, 503),
 }
+_DOWNLOAD_HEADERS = request_headers(
+    "Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"
+)
 
 
 # Quoting troubles in the header, and what a saved name cannot hold on Windows.
@@ -101,6 +102,7 @@ def _ranges(request: Request, record: FileRecord) -> list[ByteRange] | None:
     "/download/{file_id}",
     operation_id="download_head",
     responses=_DOWNLOAD_RESPONSES,
+    openapi_extra=_DOWNLOAD_HEADERS,
     response_class=Response,
     summary="A download's headers, without the bytes",
 )
@@ -108,6 +110,7 @@ def _ranges(request: Request, record: FileRecord) -> list[ByteRange] | None:
     "/download/{file_id}",
     operation_id="download",
     responses=_DOWNLOAD_RESPONSES,
+    openapi_extra=_DOWNLOAD_HEADERS,
     response_class=Response,
     summary="Download a file's bytes",
 )
@@ -172,12 +175,11 @@ def accel_redirect(request: Request, path: str | None) -> str | None:
     response_class=Response,
     responses={
         200: {"content": {"text/plain": {}}, "description": "The start of the file as UTF-8 text"},
-        404: {"model": Problem, "content": {PROBLEM_JSON: {}}},
-        415: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+        **problems(404, 415, 503),
     },
     summary="Preview a text file",
 )
-async def view(
+async def preview(
     file_id: str,
     service: Files,
     caller: Caller,
@@ -234,16 +236,15 @@ def negotiate_image_format(accept: str | None) -> ImageFormat:
     responses={
         200: {
             "content": {"image/webp": {}, "image/avif": {}, "image/jpeg": {}},
-            "description": "The thumbnail",
+            "description": "The thumbnail, in the format Accept prefers",
         },
         304: {"description": "Not modified"},
-        404: {"model": Problem, "content": {PROBLEM_JSON: {}}},
-        415: {"model": Problem, "content": {PROBLEM_JSON: {}}},
-        422: {"model": Problem, "content": {PROBLEM_JSON: {}}},
+        **problems(404, 415, 422, 503),
     },
     summary="A thumbnail of an image (WebP, AVIF or JPEG by Accept)",
+    openapi_extra=request_headers("If-None-Match"),
 )
-async def thumbnail(
+async def get_thumbnail(
     file_id: str,
     request: Request,
     thumbnails: Thumbnails,

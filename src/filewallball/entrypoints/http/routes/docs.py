@@ -3,7 +3,7 @@
 Their scripts and styles are the fastapi-offline package's copies (pinned in uv.lock), served
 under DOCS_ASSETS with the package's version in the path: browsers may keep them for a year, and
 an upgrade changes the address. Nothing is loaded from a CDN, so the docs work on an air-gapped
-install. The description the docs load declares the bearer scheme, for Swagger UI's Authorize.
+install. The description they load (openapi.py) declares the bearer scheme, for Authorize.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import secrets
 from collections.abc import Awaitable, Callable
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import (
@@ -23,7 +22,7 @@ from fastapi.openapi.docs import (
 from fastapi.responses import FileResponse, HTMLResponse
 
 from filewallball.entrypoints.http.edge import docs_csp
-from filewallball.entrypoints.http.routes.paths import DOCS_ASSETS, OPEN_PATHS
+from filewallball.entrypoints.http.routes.paths import DOCS_ASSETS
 
 ASSETS_PACKAGE = "fastapi_offline"
 _ASSET_TYPES = {
@@ -35,18 +34,11 @@ _ASSET_TYPES = {
 # The address names the package version, so a cached copy is never stale.
 _CACHE_FOREVER = {"cache-control": "public, max-age=31536000, immutable"}
 OAUTH2_REDIRECT = "/docs/oauth2-redirect"
-BEARER_SCHEME = {
-    "type": "http",
-    "scheme": "bearer",
-    "description": "An API key: `Authorization: Bearer fwb_<id>_<secret>`.",
-}
-_METHODS = ("get", "head", "post", "put", "patch", "delete", "options", "trace")
 
 
 def install_docs(app: FastAPI) -> None:
-    """Serve /docs, /redoc and their assets, and declare the bearer scheme in /openapi.json."""
+    """Serve /docs, /redoc and their assets (the description they load: openapi.py)."""
     app.include_router(_router())
-    _declare_bearer(app)
 
 
 def _router() -> APIRouter:
@@ -118,23 +110,3 @@ def _with_nonce(page: HTMLResponse) -> HTMLResponse:
     nonce = secrets.token_urlsafe(16)
     body = bytes(page.body).replace(b"<script>", f'<script nonce="{nonce}">'.encode())
     return HTMLResponse(body, headers={"content-security-policy": docs_csp(nonce).decode()})
-
-
-def _declare_bearer(app: FastAPI) -> None:
-    """Every operation takes `Authorization: Bearer <key>`, except the probes' (OPEN_PATHS)."""
-    describe = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        # FastAPI caches the description and returns that dict: marking it again is a no-op.
-        description = describe()
-        components = description.setdefault("components", {})
-        components.setdefault("securitySchemes", {})["bearerAuth"] = BEARER_SCHEME
-        description["security"] = [{"bearerAuth": []}]
-        for path in OPEN_PATHS:
-            item = description.get("paths", {}).get(path, {})
-            for method in _METHODS:
-                if method in item:
-                    item[method]["security"] = []
-        return description
-
-    app.openapi = openapi  # type: ignore[method-assign]

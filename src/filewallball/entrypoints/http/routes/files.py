@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -20,9 +20,9 @@ from filewallball.domain.models import (
 from filewallball.domain.services import Expectation
 from filewallball.entrypoints.http.conditional import Precondition, Validators, evaluate
 from filewallball.entrypoints.http.deps import FileRequest
-from filewallball.entrypoints.http.errors import PROBLEM_JSON
+from filewallball.entrypoints.http.openapi import problems, request_headers
 from filewallball.entrypoints.http.routes import Router
-from filewallball.entrypoints.http.schemas import FileList, FileOut, Problem
+from filewallball.entrypoints.http.schemas import FileList, FileOut
 from filewallball.entrypoints.http.telemetry import UPLOADED_BYTES
 from filewallball.entrypoints.http.uploads import MultipartUpload, raw_upload
 
@@ -36,10 +36,6 @@ class _AnyNameConvertor(StringConvertor):
 
 
 register_url_convertor("anyname", _AnyNameConvertor())
-
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": Problem, "content": {PROBLEM_JSON: {}}} for s in statuses}
 
 
 _MULTIPART_BODY = {
@@ -83,7 +79,7 @@ def _created(record_out: FileOut) -> JSONResponse:
     status_code=201,
     response_model=FileOut,
     openapi_extra=_MULTIPART_BODY,
-    responses=_problems(400, 413, 415, 503, 507),
+    responses=problems(400, 408, 413, 415, 422, 503, 507),
     summary="Upload a file (multipart/form-data, field `file`)",
 )
 async def upload(request: Request, call: FileRequest) -> JSONResponse:
@@ -96,8 +92,8 @@ async def upload(request: Request, call: FileRequest) -> JSONResponse:
     "/upload/{filename:anyname}",
     status_code=201,
     response_model=FileOut,
-    openapi_extra=_RAW_BODY,
-    responses=_problems(400, 413, 415, 503, 507),
+    openapi_extra=_RAW_BODY | request_headers("Content-Digest"),
+    responses=problems(400, 408, 413, 415, 422, 503, 507),
     summary="Upload the raw request body as a file (curl --upload-file)",
 )
 async def upload_raw(
@@ -111,7 +107,12 @@ async def upload_raw(
     return _created(FileOut.of(record, call.base))
 
 
-@router.get("/files/{file_id}", response_model=FileOut, responses=_problems(404, 412, 503))
+@router.get(
+    "/files/{file_id}",
+    response_model=FileOut,
+    responses={304: {"description": "Not modified (If-None-Match)"}, **problems(404, 412, 503)},
+    openapi_extra=request_headers("If-None-Match", "If-Match"),
+)
 async def get_file(file_id: str, request: Request, call: FileRequest) -> Response:
     record = await call.files.get(call.caller, file_id)
     etag = Validators.of_record(record).etag
@@ -123,7 +124,7 @@ async def get_file(file_id: str, request: Request, call: FileRequest) -> Respons
     return JSONResponse(FileOut.of(record, call.base).model_dump(mode="json"), headers=headers)
 
 
-@router.get("/files", response_model=FileList, responses=_problems(400, 503))
+@router.get("/files", response_model=FileList, responses=problems(400, 503))
 async def list_files(
     call: FileRequest,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
@@ -156,7 +157,12 @@ async def list_files(
     )
 
 
-@router.delete("/files/{file_id}", status_code=204, responses=_problems(404, 412, 503))
+@router.delete(
+    "/files/{file_id}",
+    status_code=204,
+    responses=problems(404, 412, 503),
+    openapi_extra=request_headers("If-Match", "If-Unmodified-Since"),
+)
 async def delete_file(file_id: str, request: Request, call: FileRequest) -> Response:
     await call.files.delete(call.caller, file_id, expected=_expectation(request))
     return Response(status_code=204)
@@ -165,7 +171,8 @@ async def delete_file(file_id: str, request: Request, call: FileRequest) -> Resp
 @router.post(
     "/files/{file_id}/restore",
     response_model=FileOut,
-    responses=_problems(400, 403, 404, 412, 503),
+    responses=problems(400, 403, 404, 412, 503),
+    openapi_extra=request_headers("If-Match", "If-Unmodified-Since"),
 )
 async def restore_file(file_id: str, request: Request, call: FileRequest) -> FileOut:
     """Bring a file back from the trash (with FWB_TRASH_RETENTION set)."""

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from filewallball.domain.errors import DependencyUnavailable, FileWallBallError
 from filewallball.entrypoints.http.deps import container
 from filewallball.entrypoints.http.errors import not_ready
+from filewallball.entrypoints.http.openapi import problems
 from filewallball.entrypoints.http.routes import Router
 from filewallball.entrypoints.http.schemas import Check, Health, Readiness
 
@@ -36,7 +37,7 @@ async def _check(probe: Callable[[], Awaitable[None]], *, required: bool) -> Che
     return Check(status=status, required=required, latency_ms=latency, detail=detail)
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+@router.get("/readyz", response_model=Readiness, responses=problems(503))
 async def readyz(request: Request) -> JSONResponse:
     root = container(request)
     settings = root.settings()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, Query, Request
 from pydantic import BaseModel
@@ -11,14 +11,11 @@ from pydantic import BaseModel
 from filewallball.domain.errors import InvalidRequest
 from filewallball.domain.stats import StatsService
 from filewallball.entrypoints.http.deps import Caller, container
-from filewallball.entrypoints.http.errors import PROBLEM_JSON
+from filewallball.entrypoints.http.openapi import problems
 from filewallball.entrypoints.http.routes import Router
-from filewallball.entrypoints.http.schemas import Problem
 from filewallball.settings import parse_duration
 
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    s: {"model": Problem, "content": {PROBLEM_JSON: {}}} for s in (400, 401, 403, 503)
-}
+_PROBLEMS = problems(400, 401, 403, 503)
 router = Router(prefix="/stats", tags=["stats"], responses=_PROBLEMS)
 MAX_WINDOW = timedelta(days=366)
 
@@ -89,7 +86,7 @@ class CacheStatsOut(BaseModel):
 
 
 @router.get("/errors", response_model=ErrorStats)
-async def errors(stats: Stats, caller: Caller, window: WindowParam = "24h") -> ErrorStats:
+async def errors_stats(stats: Stats, caller: Caller, window: WindowParam = "24h") -> ErrorStats:
     result = await stats.uploads(caller, window=_window(window))
     return ErrorStats(
         window=window,
@@ -102,7 +99,7 @@ async def errors(stats: Stats, caller: Caller, window: WindowParam = "24h") -> E
 
 
 @router.get("/usage", response_model=UsageStats)
-async def usage(
+async def usage_stats(
     stats: Stats,
     caller: Caller,
     window: WindowParam = "24h",
@@ -129,7 +126,7 @@ async def usage(
 
 
 @router.get("/storage", response_model=StorageStats)
-async def storage(stats: Stats, caller: Caller) -> StorageStats:
+async def storage_stats(stats: Stats, caller: Caller) -> StorageStats:
     totals = await stats.storage(caller)
     return StorageStats(
         files=totals.files,
@@ -149,7 +146,7 @@ async def storage(stats: Stats, caller: Caller) -> StorageStats:
         " cache of its own, and these are that process's figures (`shared: false`)."
     ),
 )
-async def cache(stats: Stats, caller: Caller) -> CacheStatsOut:
+async def cache_stats(stats: Stats, caller: Caller) -> CacheStatsOut:
     result = await stats.cache(caller)
     return CacheStatsOut(
         cache="records",
