@@ -16,6 +16,7 @@ Importing this module loads no libvips: the parent takes the protocol from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import resource
 import signal
 import struct
 import sys
+from pathlib import Path
 from typing import BinaryIO
 
 from filewallball.domain.models import ImageFormat
@@ -62,6 +64,10 @@ def _limit_memory(max_bytes: int) -> None:
     # not the shared libraries it maps or address space reserved and never touched, so the
     # limit is about the memory an image makes libvips allocate.
     resource.setrlimit(resource.RLIMIT_DATA, (max_bytes, max_bytes))
+    # Should a container's memory limit (a cgroup) run out first, the kernel kills the child,
+    # not the server: the parent then reports the image failed and starts another child.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
