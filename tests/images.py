@@ -130,3 +130,20 @@ def random_bytes(size: int = 4096) -> bytes:
 def text_named_png() -> bytes:
     """What `notes.txt` renamed `notes.png` holds."""
     return b"These are my notes, not a picture.\n" * 50
+
+
+@functools.cache
+def webp_noise(side: int = 6000) -> bytes:
+    """A grey-noise WebP whose single decode call takes over a second (about 16 MB).
+
+    Noise is what makes a WebP slow to decode, and slow to make: about five seconds, hence
+    the cache.
+    """
+    noise = pyvips.Image.gaussnoise(side, side, sigma=60, mean=128).cast("uchar")
+    return bytes(noise.copy(interpretation="b-w").webpsave_buffer(Q=60, effort=0))
+
+
+@functools.cache
+def webp_large(side: int = 7000) -> bytes:
+    """A smooth WebP of a few hundred KB that decodes into side x side x 4 bytes (190 MB)."""
+    return bytes(picture(side, side).webpsave_buffer(Q=50, effort=0))

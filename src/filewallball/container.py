@@ -46,7 +46,7 @@ from filewallball.adapters.sql import (
     SqlUsageRepository,
     create_engine,
 )
-from filewallball.adapters.vips import VipsThumbnailRenderer
+from filewallball.adapters.thumbnail_pool import SubprocessThumbnailRenderer
 from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.jobs import JobRegistry
 from filewallball.domain.maintenance import register_maintenance_jobs
@@ -183,11 +183,13 @@ class Container(containers.DeclarativeContainer):
     )
     sniffer = providers.Singleton(default_sniffer)
     charsets = providers.Singleton(NormalizerCharsetDecoder)
+    # libvips in child processes (started on the first render) that time and memory bound.
     renderer = providers.Singleton(
-        VipsThumbnailRenderer,
+        SubprocessThumbnailRenderer,
         max_pixels=settings.provided.max_image_pixels,
         timeout_seconds=settings.provided.thumbnail_timeout_seconds,
         max_source_bytes=settings.provided.thumbnail_max_source_bytes,
+        max_memory_bytes=settings.provided.thumbnail_max_memory_bytes,
     )
     clock = providers.Singleton(SystemClock)
     # Filled by build_container() once the services exist (jobs call services, services queue jobs).
@@ -289,8 +291,13 @@ class Container(containers.DeclarativeContainer):
     redis_closing = providers.Resource(_closed_at_shutdown, redis)
     # Its backlog is written to the database; in-process jobs use the database too.
     audit_closing = providers.Resource(_closed_at_shutdown, audit_store, before=engine_closing)
+    # Its children exit with this process anyway; closing them here reaps them. Jobs render
+    # thumbnails: the queue closes first.
+    renderer_closing = providers.Resource(_closed_at_shutdown, renderer)
     queue_closing = providers.Resource(
-        _closed_at_shutdown, task_queue, before=providers.List(engine_closing, redis_closing)
+        _closed_at_shutdown,
+        task_queue,
+        before=providers.List(engine_closing, redis_closing, renderer_closing),
     )
     limiter_closing = providers.Resource(_closed_at_shutdown, rate_limiter)
 

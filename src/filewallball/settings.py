@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     thumbnail_timeout_seconds: float = Field(default=10.0, gt=0)
     thumbnail_max_source_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    # What a render's child process may allocate, the source included (RLIMIT_DATA); Python
+    # and libvips take about 100 MiB of it after a first render.
+    thumbnail_max_memory_bytes: int = Field(default=GiB, ge=128 * 1024**2)
 
     # Security (docs/security.md)
     secret_key: str | None = Field(default=None, min_length=32)

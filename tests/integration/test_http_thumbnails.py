@@ -7,8 +7,10 @@ import pytest
 import pyvips  # type: ignore[import-untyped]
 
 from filewallball.entrypoints.http.routes.content import negotiate_image_format
+from tests import images
 from tests.integration.conftest import AppFactory
 from tests.integration.test_http_files import assert_problem, post
+from tests.integration.test_vips_renderer import children as renderer_children
 
 
 def png(width: int, height: int) -> bytes:
@@ -87,3 +89,20 @@ async def test_thumbnails_follow_access_rules(make_client: AppFactory) -> None:
             f"/thumbnails/{record['id']}", headers={"authorization": f"Bearer {key}"}
         )
         assert_problem(response, 404, "file_not_found")
+
+
+async def test_an_image_over_the_memory_bound_fails_and_leaves_no_renderer(
+    make_client: AppFactory,
+) -> None:
+    """FWB_THUMBNAIL_MAX_MEMORY_BYTES reaches the renderer; shutdown stops its children."""
+    bound = 128 * 1024**2
+    async with make_client(thumbnail_max_memory_bytes=bound) as client:
+        record = (await post(client, images.webp_large(), "large.webp")).json()
+        response = await client.get(f"/thumbnails/{record['id']}")
+        assert_problem(response, 422, "thumbnail_failed")
+        assert f"more memory than {bound} bytes" in response.json()["detail"]
+        assert (await client.get(f"/files/{record['id']}")).json()["thumbnail_status"] == "failed"
+        small = (await post(client, png(300, 200), "small.png")).json()
+        assert (await client.get(f"/thumbnails/{small['id']}")).status_code == 200
+        assert renderer_children()
+    assert renderer_children() == []

@@ -1,4 +1,4 @@
-"""Thumbnails of untrusted images with libvips (pyvips), off the event loop and within limits.
+"""Thumbnails of untrusted images with libvips (pyvips): the engine inside the renderer's children.
 
 Written against pyvips 3.2 with the pyvips-binary libvips 8.18, whose behaviour shapes it:
 
@@ -9,7 +9,8 @@ Written against pyvips 3.2 with the pyvips-binary libvips 8.18, whose behaviour 
   to libvips through a reader that gives nothing more once the time is up: the streaming
   decoders (JPEG, PNG, TIFF) stop at their next read.
 - WebP and HEIF/AVIF read the whole source first, then decode a frame in one call that
-  neither stops: the pixel limit bounds them (36 Mpx of noise: WebP 1.4 s, AVIF 2.5 s).
+  neither stops (36 Mpx of noise: WebP 1.4 s, AVIF 2.5 s): the pool's parent kills the
+  child process that runs them once the time is up.
 """
 
 from __future__ import annotations
@@ -17,16 +18,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import anyio
 import pyvips  # type: ignore[import-untyped]
 
 from filewallball.domain.errors import ThumbnailFailed, ThumbnailTimedOut
 from filewallball.domain.models import ImageFormat
-from filewallball.domain.ports import ThumbnailRenderer
 
-# Thumbnails rendered at once; libvips spreads each one over its own threads, and more at
-# once would only queue for the same cores while uploads and downloads wait.
-CONCURRENCY = 2
 # Loaders for the raster formats people upload. block_untrusted already keeps out the
 # risky ones (ImageMagick, matio, ...); this also keeps out SVG, a document, not a picture.
 LOADERS = ("jpegload", "uhdrload", "pngload", "webpload", "gifload", "heifload", "tiffload")
@@ -77,36 +73,23 @@ class _DeadlineSource:
         return position
 
 
-class VipsThumbnailRenderer(ThumbnailRenderer):
-    """Shrink-on-load thumbnails: upright, 8-bit sRGB, first frame, no metadata, bounded."""
+class VipsThumbnailer:
+    """Shrink-on-load thumbnails: upright, 8-bit sRGB, first frame, no metadata, bounded.
 
-    def __init__(
-        self,
-        *,
-        max_pixels: int = 100_000_000,
-        timeout_seconds: float = 10.0,
-        max_source_bytes: int = 256 * 1024 * 1024,
-    ) -> None:
+    Synchronous, and it trusts its process to libvips: it runs inside the renderer's child
+    processes (adapters/thumbnail_pool.py), which bound its time and memory from outside.
+    """
+
+    def __init__(self, *, max_pixels: int, timeout_seconds: float) -> None:
         self._max_pixels = max_pixels
         self._timeout_seconds = timeout_seconds
-        self._max_source_bytes = max_source_bytes
-        self._limiter = anyio.CapacityLimiter(CONCURRENCY)
-        # Process-wide, and this adapter is libvips' only user. The operation cache would
-        # keep untrusted sources alive for repeats that never come (thumbnails are stored).
+        # Process-wide, and this is libvips' only user in its process. The operation cache
+        # would keep untrusted sources alive for repeats that never come (thumbnails are stored).
         pyvips.block_untrusted_set(True)
         pyvips.cache_set_max(0)
 
-    async def render(self, source: bytes, *, longest_side: int, format: ImageFormat) -> bytes:
+    def render(self, source: bytes, *, longest_side: int, format: ImageFormat) -> bytes:
         """The thumbnail, or ThumbnailFailed (not an image, too many pixels, corrupt, too slow)."""
-        if longest_side < 1:
-            raise ValueError(f"longest_side must be positive, not {longest_side}")
-        if len(source) > self._max_source_bytes:
-            raise ThumbnailFailed(f"the image is larger than {self._max_source_bytes} bytes")
-        return await anyio.to_thread.run_sync(
-            self._render, source, longest_side, format, limiter=self._limiter
-        )
-
-    def _render(self, source: bytes, longest_side: int, format: ImageFormat) -> bytes:
         deadline = _Deadline(self._timeout_seconds)
         try:
             self._check_header(source)
@@ -174,3 +157,9 @@ def _reason(error: pyvips.Error) -> str:
     """libvips' first complaint, which names the problem (`premature end of JPEG image`)."""
     lines = [line.strip() for line in str(error.detail or "").splitlines() if line.strip()]
     return lines[0] if lines else str(error.message)
+
+
+def is_out_of_memory(error: ThumbnailFailed) -> bool:
+    """Whether libvips gave up for want of memory (`vips_malloc: out of memory`, ...)."""
+    detail = error.detail.lower()
+    return "out of memory" in detail or "memory allocation" in detail
