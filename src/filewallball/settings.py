@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from filewallball.domain.errors import InvalidRequest
 from filewallball.domain.models import validate_type_pattern
 from filewallball.domain.rates import RateRule
-from filewallball.domain.security import parse_network
+from filewallball.domain.security import IssuedKey, parse_network
 
 GiB = 1024**3
 
@@ -35,11 +36,48 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
+ENV_PREFIX = "FWB_"
+# The well-formed stand-ins of infra/kustomize/base (so the dev overlay starts as it is).
+PLACEHOLDER_MARK = "PLACEHOLDER-change-me"
+# Settings whose values are never echoed in an error message.
+_SECRET_FIELDS = frozenset({"secret_key", "bootstrap_admin_key", "database_url", "redis_url"})
+
+
+class SettingsError(Exception):
+    """The environment's settings are invalid: one line per problem, naming its variable."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment, or SettingsError saying which FWB_* variable is wrong
+    and why (what the CLI prints before it exits 2)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError("\n".join(_problem_line(e) for e in error.errors())) from None
+
+
+def _problem_line(problem: object) -> str:
+    assert isinstance(problem, dict)
+    location = problem.get("loc") or ()
+    message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+    if not location:
+        return message  # a check across settings names its variables itself
+    field = str(location[0])
+    variable = f"{ENV_PREFIX}{field.upper()}"
+    raw = os.environ.get(variable)
+    if raw is None or field in _SECRET_FIELDS:
+        return f"{variable}: {message}"
+    shown = raw if len(raw) <= 60 else raw[:57] + "..."
+    return f"{variable}={shown!r}: {message}"
+
+
 class Settings(BaseSettings):
     """Every knob of the service; see the configuration table in the README."""
 
-    model_config = SettingsConfigDict(env_prefix="FWB_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
+    # dev accepts the repository's placeholder secrets; staging and prod refuse them.
+    environment: Literal["dev", "staging", "prod"] = "dev"
     data_dir: Path = Path("./var")
     database_url: str | None = None
     database_pool_size: int = Field(default=10, ge=1, le=1000)
@@ -59,6 +97,8 @@ class Settings(BaseSettings):
     min_free_bytes: int = Field(default=1024**3, ge=0)  # /readyz fails below this
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # JSON lines (for Loki and friends), or readable lines (console); auto: console on a terminal
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     # Connections (seconds): a request's headers must arrive within this of the connection
     # opening or of the previous response; idle and keep-alive connections are closed after it.
@@ -147,6 +187,26 @@ class Settings(BaseSettings):
     def _check_rate(cls, value: str) -> str:
         RateRule.parse(value)
         return value
+
+    @field_validator("bootstrap_admin_key")
+    @classmethod
+    def _check_bootstrap_key(cls, value: str | None) -> str | None:
+        if value is not None and IssuedKey.key_id_of(value) is None:
+            raise ValueError("must look like fwb_<12 characters>_<43 or more characters>")
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> Self:
+        if self.environment == "dev":
+            return self
+        for field in sorted(_SECRET_FIELDS):
+            value = getattr(self, field)
+            if value and PLACEHOLDER_MARK.lower() in value.lower():
+                raise ValueError(
+                    f"{ENV_PREFIX}{field.upper()} is the repository's placeholder: set a real"
+                    f" secret (FWB_ENVIRONMENT={self.environment} refuses placeholders)"
+                )
+        return self
 
     @field_validator("public_base_url")
     @classmethod

@@ -22,6 +22,7 @@ from filewallball.adapters.sql import (
     head_revision,
     ip_rules,
 )
+from filewallball.adapters.sql.store import database_address, driver_reason
 from filewallball.backup.format import TABLES, BackupError
 from filewallball.backup.rows import BATCH_ROWS, SQL_TABLES, encode_row
 
@@ -81,8 +82,13 @@ async def read_snapshot(engine: AsyncEngine, spool: Path) -> Snapshot:
                 )
             await connection.rollback()
     except DRIVER_ERRORS as error:
-        raise BackupError(f"reading the database failed: {error}") from error
+        raise _unreadable(engine, error) from error
     return snapshot
+
+
+def _unreadable(engine: AsyncEngine, error: BaseException) -> BackupError:
+    where = database_address(engine.url)
+    return BackupError(f"reading the database failed: database at {where}: {driver_reason(error)}")
 
 
 async def _revision(connection: AsyncConnection) -> str:
@@ -145,4 +151,4 @@ async def references(engine: AsyncEngine, sha256: str) -> int:
         async with engine.connect() as connection:
             return int((await connection.execute(statement)).scalar_one())
     except DRIVER_ERRORS as error:
-        raise BackupError(f"reading the database failed: {error}") from error
+        raise _unreadable(engine, error) from error

@@ -72,9 +72,14 @@ class DependencyUnavailable(FileWallBallError):
 
     code = "dependency_unavailable"
 
-    def __init__(self, dependency: str, detail: str | None = None) -> None:
+    def __init__(
+        self, dependency: str, detail: str | None = None, *, diagnosis: str | None = None
+    ) -> None:
         super().__init__(detail or f"{dependency} is unavailable")
         self.dependency = dependency
+        # For operators (logs, /readyz, the CLI), not clients: where it was sought and why it
+        # failed, e.g. "database at db:5432: connection refused".
+        self.diagnosis = diagnosis or self.detail
 
 
 class Unauthenticated(FileWallBallError):

@@ -119,17 +119,47 @@ class JsonFormatter(structlog.stdlib.ProcessorFormatter):
         )
 
 
-def configure_logging(level: str = "info", *, file: BinaryIO | None = None) -> None:
-    """structlog straight to stdout as JSON; the standard library through the same shape."""
+class ConsoleFormatter(structlog.stdlib.ProcessorFormatter):
+    """Renders stdlib records and structlog events as readable lines, for a terminal."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+            foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *_shared_processors()],
+        )
+
+
+def console_wanted(log_format: str) -> bool:
+    """FWB_LOG_FORMAT: `console` always, `json` never, `auto` when stdout is a terminal."""
+    return log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
+
+
+def _encoded(_: WrappedLogger, __: str, line: str) -> bytes:
+    return line.encode("utf-8", "replace")
+
+
+def configure_logging(
+    level: str = "info", *, console: bool = False, file: BinaryIO | None = None
+) -> None:
+    """structlog straight to stdout as JSON (readable lines with `console`, for a terminal);
+    the standard library through the same shape."""
+    renderer: list[Processor] = (
+        [structlog.dev.ConsoleRenderer(colors=False), _encoded]  # type: ignore[list-item]
+        if console
+        else [structlog.processors.JSONRenderer(serializer=_dumps)]
+    )
     structlog.configure(
-        processors=[*_shared_processors(), structlog.processors.JSONRenderer(serializer=_dumps)],
+        processors=[*_shared_processors(), *renderer],
         logger_factory=_LoggerFactory(file),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         # Not cached: tests (and a reconfigured app) must see the current configuration.
         cache_logger_on_first_use=False,
     )
     handler = DroppingStreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(ConsoleFormatter() if console else JsonFormatter())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
@@ -142,12 +172,13 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None) -> N
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def server_log_config(level: str = "info") -> dict[str, Any]:
+def server_log_config(level: str = "info", *, console: bool = False) -> dict[str, Any]:
     """A dictConfig for uvicorn or granian, applied in every worker before the app is built."""
+    formatter = "ConsoleFormatter" if console else "JsonFormatter"
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "filewallball.entrypoints.logs.JsonFormatter"}},
+        "formatters": {"json": {"()": f"filewallball.entrypoints.logs.{formatter}"}},
         "handlers": {
             "stdout": {
                 "class": "filewallball.entrypoints.logs.DroppingStreamHandler",

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,21 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from filewallball.adapters.sql.engine import sqlite_path
+from filewallball.adapters.sql.store import database_address, driver_reason
+from filewallball.domain.errors import DependencyUnavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Alembic keeps the running migration's context in module globals: one upgrade per process.
 _UPGRADE_IN_PROCESS = threading.Lock()
+# What a database that is not there raises: refused, unknown host, timed out, or its driver
+# saying so (a migration's own mistakes are not among them).
+_UNREACHABLE = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+)
 
 
 @functools.cache
@@ -49,12 +61,21 @@ def older_revisions() -> frozenset[str]:
 
 
 def upgrade(url: str) -> None:
-    """Migrate the database at `url` to the latest schema. Blocking: run it off the event loop."""
+    """Migrate the database at `url` to the latest schema. Blocking: run it off the event loop.
+
+    A database that cannot be reached is DependencyUnavailable (where, and the driver's reason).
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["url"] = url  # not a main option: ConfigParser would mangle "%" in it
-    with _UPGRADE_IN_PROCESS, _migration_lock(url):
-        command.upgrade(config, "head")
+    try:
+        with _UPGRADE_IN_PROCESS, _migration_lock(url):
+            command.upgrade(config, "head")
+    except _UNREACHABLE as error:
+        where = database_address(sa.make_url(url))
+        raise DependencyUnavailable(
+            "database", diagnosis=f"database at {where}: {driver_reason(error)}"
+        ) from error
 
 
 @contextlib.contextmanager

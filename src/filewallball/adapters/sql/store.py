@@ -25,6 +25,34 @@ _T = TypeVar("_T")
 _Result = sa.CursorResult[*tuple[Any, ...]]
 
 
+def database_unavailable(engine: AsyncEngine, error: BaseException) -> DependencyUnavailable:
+    """The database is unreachable: clients hear only that; operators where and why."""
+    return DependencyUnavailable(
+        "database", diagnosis=f"database at {database_address(engine.url)}: {driver_reason(error)}"
+    )
+
+
+def database_address(url: sa.URL) -> str:
+    """host:port of a server's URL, the file of SQLite's; never the password."""
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return f"{url.host or 'localhost'}:{url.port or 5432}"  # PostgreSQL: the only other one
+
+
+def driver_reason(error: BaseException) -> str:
+    """The innermost cause's message, on one line: what the driver or the OS said."""
+    causes = [error]
+    while (cause := causes[-1].__cause__ or causes[-1].__context__) is not None and len(
+        causes
+    ) < 10:
+        causes.append(cause)
+    for candidate in reversed(causes):
+        text = " ".join(str(candidate).split())
+        if text:
+            return text[:300]
+    return type(error).__name__
+
+
 class SqlStore:
     """The engine and its dialect; `_run` does a repository's work in one transaction."""
 
@@ -144,7 +172,7 @@ class SqlUnitOfWork:
     def _wrapped(self, error: BaseException) -> Exception:
         if self._conflict is not None and isinstance(error, IntegrityError):
             return Conflict(self._conflict)
-        return DependencyUnavailable("database")
+        return database_unavailable(self._engine, error)
 
     async def _open(self) -> None:
         try:
@@ -152,7 +180,7 @@ class SqlUnitOfWork:
             await self._connection.begin()
         except DRIVER_ERRORS as error:
             await self._close()
-            raise DependencyUnavailable("database") from error
+            raise database_unavailable(self._engine, error) from error
         self._tx = Transaction(self._connection)
 
     async def _close(self) -> None:

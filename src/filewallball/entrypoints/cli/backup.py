@@ -7,15 +7,14 @@ go to stderr when it is a terminal; results to stdout; failures are `error: ...`
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from filewallball.domain.errors import FileWallBallError
+from filewallball.entrypoints.cli.startup import guarded, settings_or_exit
 from filewallball.settings import Settings
 
 if TYPE_CHECKING:
@@ -137,7 +136,7 @@ def verify(
         with RichProgress(quiet=quiet) as progress:
             return await verify_backup(archive, progress=progress)
 
-    manifest = _guarded(lambda: asyncio.run(work()))
+    manifest = guarded(lambda: asyncio.run(work()))
     typer.echo(f"{archive} is a sound FileWallBall backup: {_summary(manifest)}")
 
 
@@ -216,45 +215,11 @@ def _run(settings: Settings, work: Callable[[Instance], Awaitable[T]]) -> T:
             # Only the engine was opened: no Redis, no queue (a backup pod may not reach them).
             await container.engine().dispose()
 
-    return _guarded(lambda: asyncio.run(run()))
+    return guarded(lambda: asyncio.run(run()), settings=settings)
 
 
 def _settings() -> Settings:
-    """The settings from the environment; an invalid one is `error: ...`, exit 1."""
-    from pydantic import ValidationError
-
-    try:
-        return Settings()
-    except ValidationError as error:
-        problems = "; ".join(
-            f"FWB_{'_'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']}"
-            for problem in error.errors()
-        )
-        _fail(f"invalid settings: {problems}")
-
-
-def _guarded(call: Callable[[], T]) -> T:
-    """Run `call`; an expected failure is one line `error: ...` on stderr and exit 1.
-
-    Expected: what the backup code reports (FileWallBallError), and what the disk, the database
-    or the migrations raise where it does not wrap it. Anything else is a bug: a traceback.
-    """
-    from alembic.util import CommandError
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        return call()
-    except FileWallBallError as error:
-        _fail(error.detail)
-    except (OSError, sqlite3.Error, SQLAlchemyError, CommandError) as error:
-        _fail(str(error) or type(error).__name__)
-
-
-def _fail(message: str) -> NoReturn:
-    """Print `error: <message>` on one line to stderr, and exit 1."""
-    line = " ".join(message.split())
-    typer.echo(f"error: {line}", err=True)
-    raise typer.Exit(code=1)
+    return settings_or_exit()
 
 
 def _summary(manifest: Manifest) -> str:

@@ -10,10 +10,9 @@ from typing import Annotated, TypeVar
 import typer
 
 from filewallball.domain.access import AccessService
-from filewallball.domain.errors import FileWallBallError
 from filewallball.domain.models import MAX_STORED_INT
 from filewallball.domain.security import ApiKey, Principal, Role
-from filewallball.settings import Settings
+from filewallball.entrypoints.cli.startup import guarded, settings_or_exit
 
 T = TypeVar("T")
 
@@ -27,10 +26,8 @@ def _run_with_access(work: Callable[[AccessService], Awaitable[T]]) -> T:
     from filewallball.container import build_container, close_resources, open_resources
     from filewallball.entrypoints.logs import configure_logging
 
-    settings = Settings()
+    settings = settings_or_exit()
     configure_logging("warning")
-    if settings.migrate_at_start:
-        upgrade(settings.resolved_database_url)
 
     async def run() -> T:
         container = build_container(settings)
@@ -40,11 +37,12 @@ def _run_with_access(work: Callable[[AccessService], Awaitable[T]]) -> T:
         finally:
             await close_resources(container)
 
-    try:
+    def migrate_and_run() -> T:
+        if settings.migrate_at_start:
+            upgrade(settings.resolved_database_url)
         return asyncio.run(run())
-    except FileWallBallError as error:
-        typer.echo(f"error: {error.detail}", err=True)
-        raise typer.Exit(code=1) from error
+
+    return guarded(migrate_and_run, settings=settings)
 
 
 def _key_line(key: ApiKey) -> str:
@@ -65,8 +63,18 @@ def keys_create(
         datetime | None, typer.Option(help="ISO date-time (UTC if no zone)")
     ] = None,
     cidr: Annotated[list[str] | None, typer.Option(help="Allowed network; repeat for more")] = None,
-    quota_bytes: Annotated[int | None, typer.Option(min=0, max=MAX_STORED_INT)] = None,
-    quota_files: Annotated[int | None, typer.Option(min=0, max=MAX_STORED_INT)] = None,
+    quota_bytes: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=MAX_STORED_INT, help="Bytes its owner may store; default: the role's"
+        ),
+    ] = None,
+    quota_files: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=MAX_STORED_INT, help="Files its owner may store; default: the role's"
+        ),
+    ] = None,
 ) -> None:
     """Create a key and print its secret (shown this once)."""
     expiry = (

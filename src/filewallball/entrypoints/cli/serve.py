@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import importlib.util
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 
+from filewallball.entrypoints.cli.startup import USAGE_ERROR, fail, guarded, settings_or_exit
 from filewallball.settings import Settings
 
 T = TypeVar("T")
@@ -42,14 +45,20 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the HTTP API (granian by default, or uvicorn), in the foreground until SIGTERM."""
-    from filewallball.entrypoints.logs import configure_logging, server_log_config
+    from filewallball.entrypoints.logs import (
+        configure_logging,
+        console_wanted,
+        server_log_config,
+    )
 
-    settings = Settings()
-    configure_logging(settings.log_level)
+    settings = settings_or_exit()
+    _check_data_dir(settings)
+    _check_port_free(host, port)
+    configure_logging(settings.log_level, console=console_wanted(settings.log_format))
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its metrics here; /metrics adds them up (prometheus_client).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fwb-metrics-")
-    log_config = server_log_config(settings.log_level)
+    log_config = server_log_config(settings.log_level, console=console_wanted(settings.log_format))
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     if server is ServerKind.GRANIAN:
         from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
@@ -105,6 +114,37 @@ def serve(
     )
 
 
+def _check_data_dir(settings: Settings) -> None:
+    """FWB_DATA_DIR must be a folder this user can write: said once here, rather than by every
+    worker's crash (and respawn) at start."""
+    folder = settings.data_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        fail(
+            f"FWB_DATA_DIR={str(folder)!r} is not a folder this user (uid {os.getuid()}) can"
+            f" write: {error.strerror or error}",
+            code=USAGE_ERROR,
+        )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another server listens on: granian binds with SO_REUSEPORT, so a second
+    server would silently share it, each answering some of the requests."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                fail(f"cannot serve on {host}:{port}: address in use (another server listens)")
+            fail(f"cannot serve on {host}:{port}: {error.strerror or error}")
+
+
 def _uvicorn_protocol() -> str | type[asyncio.Protocol]:
     """httptools with a header deadline; uvicorn's h11 (keep-alive timeout only) without it."""
     if importlib.util.find_spec("httptools") is None:
@@ -117,11 +157,11 @@ def _uvicorn_protocol() -> str | type[asyncio.Protocol]:
 def migrate() -> None:
     """Bring the database schema to the latest version (Alembic upgrade head)."""
     from filewallball.adapters.sql import upgrade
-    from filewallball.entrypoints.logs import configure_logging
+    from filewallball.entrypoints.logs import configure_logging, console_wanted
 
-    settings = Settings()
-    configure_logging(settings.log_level)
-    upgrade(settings.resolved_database_url)
+    settings = settings_or_exit()
+    configure_logging(settings.log_level, console=console_wanted(settings.log_format))
+    guarded(lambda: upgrade(settings.resolved_database_url), settings=settings)
     typer.echo("database schema is up to date")
 
 
@@ -131,10 +171,10 @@ def worker(
     """Run background jobs (thumbnails, ...) from the Redis queue until SIGTERM."""
     from filewallball.adapters.jobs import run_worker
     from filewallball.container import build_container, close_resources, open_resources
-    from filewallball.entrypoints.logs import configure_logging
+    from filewallball.entrypoints.logs import configure_logging, console_wanted
 
-    settings = Settings()
-    configure_logging(settings.log_level)
+    settings = settings_or_exit()
+    configure_logging(settings.log_level, console=console_wanted(settings.log_format))
     if not settings.redis_url:
         typer.echo(
             "error: the worker needs FWB_REDIS_URL; without Redis, jobs run inside `serve`",

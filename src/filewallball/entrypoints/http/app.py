@@ -28,36 +28,48 @@ from filewallball.entrypoints.http.errors import install_error_handlers
 from filewallball.entrypoints.http.openapi import describe_api, operation_id
 from filewallball.entrypoints.http.routes import admin, content, files, health, metrics, stats
 from filewallball.entrypoints.http.routes.docs import install_docs
-from filewallball.entrypoints.logs import configure_logging
+from filewallball.entrypoints.logs import configure_logging, console_wanted
 from filewallball.settings import Settings
 
 log = structlog.get_logger("filewallball")
 
 
-async def _start(root: Container) -> None:
+# While the database cannot be reached at start, its preparation is tried again this often.
+START_RETRY_SECONDS = 5.0
+
+
+async def _start(root: Container) -> bool:
+    """Prepare the database: the migration (when it is ours to run), the first admin key, the
+    recovery after a crash. False when the database could not be reached: the server serves
+    anyway (503s, not ready, with where and why), and _start_when_reachable tries again."""
     settings: Settings = root.settings()
     await anyio.Path(settings.blob_dir).mkdir(parents=True, exist_ok=True)
-    if settings.migrate_at_start:
-        await anyio.to_thread.run_sync(upgrade, settings.resolved_database_url)
-    await _bootstrap(root)
     try:
+        if settings.migrate_at_start:
+            await anyio.to_thread.run_sync(upgrade, settings.resolved_database_url)
+        await _bootstrap(root)
         swept, collected = await root.file_service().recover(
             temp_older_than_seconds=settings.temp_max_age_seconds
         )
-        log.info("recovered", temp_files_removed=swept, orphan_blobs_removed=collected)
     except DependencyUnavailable as error:
-        # Start anyway: requests answer 503 until the database is back.
-        log.warning("recovery_skipped", reason=error.detail)
+        log.warning("start_deferred", reason=error.diagnosis, retry_in_seconds=START_RETRY_SECONDS)
+        return False
+    log.info("recovered", temp_files_removed=swept, orphan_blobs_removed=collected)
+    return True
+
+
+async def _start_when_reachable(root: Container) -> None:
+    while True:
+        await asyncio.sleep(START_RETRY_SECONDS)
+        if await _start(root):
+            break
+    log.info("database_reachable", database=_redact(root.settings().resolved_database_url))
 
 
 async def _bootstrap(root: Container) -> None:
     """The first admin key, when there is no key at all (DESIGN.md §2)."""
     settings: Settings = root.settings()
-    try:
-        secret = await root.access_service().bootstrap(preset=settings.bootstrap_admin_key)
-    except DependencyUnavailable as error:
-        log.warning("bootstrap_skipped", reason=error.detail)
-        return
+    secret = await root.access_service().bootstrap(preset=settings.bootstrap_admin_key)
     if secret is None or settings.bootstrap_admin_key:
         return
     await anyio.to_thread.run_sync(write_private_file, settings.admin_key_file, secret + "\n")
@@ -108,7 +120,7 @@ async def _schedule_maintenance(root: Container) -> None:
                 await queue.enqueue(SCRUB_JOB, key=str(day), payload={})
                 scrubbed_day = day
         except DependencyUnavailable as error:
-            log.warning("maintenance_not_queued", reason=error.detail)
+            log.warning("maintenance_not_queued", reason=error.diagnosis)
 
 
 def create_app(
@@ -119,21 +131,23 @@ def create_app(
 ) -> FastAPI:
     """The app for `settings` (from the environment when None) or a prepared container."""
     root = container or build_container(settings or Settings())
-    configure_logging(root.settings().log_level)
+    configure_logging(root.settings().log_level, console=console_wanted(root.settings().log_format))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await open_resources(root)
-        await _start(root)
+        background = [asyncio.create_task(_schedule_maintenance(root))]
+        if not await _start(root):
+            background.append(asyncio.create_task(_start_when_reachable(root)))
         log.info("started", database=_redact(root.settings().resolved_database_url))
-        scheduler = asyncio.create_task(_schedule_maintenance(root))
         if tune_gc:
             _tune_gc()
         try:
             yield
         finally:
-            scheduler.cancel()
-            await asyncio.gather(scheduler, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await close_resources(root)
 
     app = FastAPI(

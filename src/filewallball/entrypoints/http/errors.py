@@ -164,7 +164,8 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.FileWallBallError)
-    log.info("request_failed", code=exc.code, status=status_for(exc), detail=exc.detail)
+    detail = exc.diagnosis if isinstance(exc, errors.DependencyUnavailable) else exc.detail
+    log.info("request_failed", code=exc.code, status=status_for(exc), detail=detail)
     return await problem_for(exc, request.scope, request.app.state.container.auditor)
 
 

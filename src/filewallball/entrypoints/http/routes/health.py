@@ -31,6 +31,8 @@ async def _check(probe: Callable[[], Awaitable[None]], *, required: bool) -> Che
     status, detail = "ok", None
     try:
         await asyncio.wait_for(probe(), CHECK_TIMEOUT_SECONDS)
+    except DependencyUnavailable as error:
+        status, detail = "failing", error.diagnosis  # where it was sought, and why it failed
     except (FileWallBallError, TimeoutError, OSError) as error:
         status, detail = "failing", str(error) or type(error).__name__
     latency = round((time.perf_counter() - started) * 1000, 3)
