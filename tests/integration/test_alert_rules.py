@@ -25,6 +25,7 @@ RULE = INFRA / "kustomize" / "base" / "prometheusrule.yaml"
 PLAIN = INFRA / "prometheus" / "filewallball-rules.yml"
 PROMTOOL_TESTS = sorted((INFRA / "prometheus" / "tests").glob("*.yml"))
 DASHBOARD = INFRA / "grafana" / "filewallball-dashboard.json"
+MONITORING_DOC = INFRA.parent / "docs" / "monitoring.md"
 _OURS = re.compile(r"\b((?:filewallball|http)_[a-z_]+)\b")
 _SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -146,6 +147,22 @@ def test_promtool_checks_both_rule_files(promtool: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("suite", PROMTOOL_TESTS, ids=lambda path: path.stem)
 def test_promtool_rule_tests_pass(promtool: str, suite: Path) -> None:
     _promtool(promtool, "test", "rules", str(suite))
+
+
+def test_the_documented_scrape_config_is_valid_and_names_the_api_job(
+    promtool: str, tmp_path: Path
+) -> None:
+    """docs/monitoring.md's prometheus.yml, next to the rules and a key file, as a user has it."""
+    block = re.search(r"```yaml\n(# prometheus.yml\n.*?)```", MONITORING_DOC.read_text(), re.S)
+    assert block, "docs/monitoring.md has no prometheus.yml example"
+    config = tmp_path / "prometheus.yml"
+    config.write_text(block[1])
+    shutil.copy(PLAIN, tmp_path / "filewallball-rules.yml")
+    (tmp_path / "filewallball-metrics.key").write_text("fwb_example0000_" + "A" * 43)
+    _promtool(promtool, "check", "config", str(config))
+    api = re.compile(API_JOB.removeprefix('job=~"').removesuffix('"'))
+    jobs = [job["job_name"] for job in yaml.safe_load(block[1])["scrape_configs"]]
+    assert jobs and all(api.fullmatch(job) for job in jobs), jobs
 
 
 async def _exported_after_use(make_client: AppFactory) -> set[str]:
