@@ -93,8 +93,9 @@ def test_rules_select_by_metric_name_and_job_not_by_the_operators_labels() -> No
             assert matcher in (API_JOB, ANY_JOB), (rule["alert"], matcher)
         if re.search(r"\b(?:up|http_[a-z_]+)\{", expr):  # generic names: also the scrape job
             assert API_JOB in expr, rule["alert"]
-        for grouping in re.findall(r"\bby \(([^)]*)\)", expr):
-            assert "namespace" in grouping.split(", "), (rule["alert"], grouping)
+        for grouping in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            labels = [label.strip() for label in grouping.split(",")]
+            assert "namespace" in labels, (rule["alert"], grouping)
 
 
 def test_job_metrics_are_read_by_their_task_label() -> None:
