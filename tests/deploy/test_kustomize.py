@@ -326,7 +326,7 @@ def test_ingress_is_tls_and_fit_for_large_uploads(
 def test_settings_are_ones_the_service_accepts(
     rendered: dict[str, list[Obj]], overlay: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from filewallball.settings import Settings
+    from filewallball.settings import PLACEHOLDER_MARK, Settings, SettingsError, load_settings
 
     config = _one(rendered[overlay], "ConfigMap", "filewallball-config")["data"]
     secret = _one(rendered[overlay], "Secret", "filewallball-secrets")["data"]
@@ -347,7 +347,14 @@ def test_settings_are_ones_the_service_accepts(
         assert key in env, key
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    settings = Settings()
+    assert env["FWB_ENVIRONMENT"] == overlay
+    if overlay != "dev":
+        # Rendered with the placeholders (the secrets step skipped), the pods refuse to start.
+        with pytest.raises(SettingsError, match="placeholder"):
+            load_settings()
+        for key, value in env.items():
+            monkeypatch.setenv(key, value.replace(PLACEHOLDER_MARK, "a-real-secret-from-outside"))
+    settings = load_settings()
     assert settings.database_url and settings.database_url.startswith("postgresql+asyncpg://")
     assert settings.migrate_at_start is False
     assert settings.trusted_proxies
