@@ -17,17 +17,15 @@ import httpx
 import pytest
 
 from tests.integration.conftest import ADMIN_KEY
-from tests.integration.test_server import Server, start_server
+from tests.integration.test_server import Server
 
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 CONFIG = "package_name_override: fwb_sdk\nproject_name_override: fwb-sdk\npost_hooks: []\n"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    started = start_server(tmp_path_factory.mktemp("sdk"), log_name="sdk.log")
-    yield started
-    started.stop()
+def server(api_server: Server) -> Server:
+    return api_server
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,13 @@ and body are the ones the description gives for that operation, and none is a 5x
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis import checks
 
 from tests.integration.conftest import ADMIN_KEY
-from tests.integration.test_server import Server, start_server
+from tests.integration.test_server import Server
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # Bounded: about 20 requests per operation, valid and invalid, in well under a minute.
@@ -33,15 +31,8 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def conformance_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    started = start_server(tmp_path_factory.mktemp("conformance"), log_name="conformance.log")
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def api_schema(conformance_server: Server) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(f"{conformance_server.url}/openapi.json", headers=AUTH)
+def api_schema(api_server: Server) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{api_server.url}/openapi.json", headers=AUTH)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")

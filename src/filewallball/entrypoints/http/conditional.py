@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import astuple, dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -108,6 +109,21 @@ def evaluate(
         if date is not None and validators.last_modified <= date:
             return Precondition.NOT_MODIFIED
     return Precondition.PROCEED
+
+
+def evaluate_headers(
+    method: str, headers: Mapping[str, str], validators: Validators, *, dated: bool = True
+) -> Precondition:
+    """`evaluate` over a request's headers; `dated=False` for a representation whose date does
+    not follow its changes (a record: its tag decides), so If-Modified-Since is not honoured."""
+    return evaluate(
+        method=method,
+        validators=validators,
+        if_match=headers.get("if-match"),
+        if_none_match=headers.get("if-none-match"),
+        if_modified_since=headers.get("if-modified-since") if dated else None,
+        if_unmodified_since=headers.get("if-unmodified-since"),
+    )
 
 
 def if_range_allows(if_range: str | None, validators: Validators) -> bool:

@@ -15,7 +15,7 @@ from filewallball.entrypoints.http.conditional import (
     Precondition,
     Unsatisfiable,
     Validators,
-    evaluate,
+    evaluate_headers,
     if_range_allows,
     parse_ranges,
 )
@@ -71,15 +71,7 @@ def _representation_headers(record: FileRecord) -> dict[str, str]:
 
 
 def _precondition(request: Request, record: FileRecord) -> Precondition:
-    headers = request.headers
-    return evaluate(
-        method=request.method,
-        validators=Validators.of(record),
-        if_match=headers.get("if-match"),
-        if_none_match=headers.get("if-none-match"),
-        if_modified_since=headers.get("if-modified-since"),
-        if_unmodified_since=headers.get("if-unmodified-since"),
-    )
+    return evaluate_headers(request.method, request.headers, Validators.of(record))
 
 
 def _ranges(request: Request, record: FileRecord) -> list[ByteRange] | None:

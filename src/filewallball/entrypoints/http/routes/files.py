@@ -18,7 +18,7 @@ from filewallball.domain.models import (
     validate_type_pattern,
 )
 from filewallball.domain.services import Expectation
-from filewallball.entrypoints.http.conditional import Precondition, Validators, evaluate
+from filewallball.entrypoints.http.conditional import Precondition, Validators, evaluate_headers
 from filewallball.entrypoints.http.deps import FileRequest
 from filewallball.entrypoints.http.openapi import problems, request_headers
 from filewallball.entrypoints.http.routes import Router
@@ -181,14 +181,9 @@ async def restore_file(file_id: str, request: Request, call: FileRequest) -> Fil
 
 
 def _precondition(request: Request, record: FileRecord) -> Precondition:
-    headers = request.headers
-    return evaluate(
-        method=request.method,
-        validators=Validators.of_record(record),
-        if_match=headers.get("if-match"),
-        if_none_match=headers.get("if-none-match"),
-        if_modified_since=None,  # a record's status changes keep its date: the tag decides
-        if_unmodified_since=headers.get("if-unmodified-since"),
+    # A record's status changes keep its date: its tag decides.
+    return evaluate_headers(
+        request.method, request.headers, Validators.of_record(record), dated=False
     )
 
 
