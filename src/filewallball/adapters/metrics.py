@@ -2,9 +2,8 @@
 
 Counters come from what the service already records: every audit entry, every job run (cache
 lookups are counted by the cache itself, adapters.redis.cache). Gauges that need a query are
-refreshed when /metrics is scraped. With several uvicorn workers, prometheus_client's
-multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `filewallball serve --workers N`) adds the
-processes' values up.
+refreshed when /metrics is scraped. With several workers, prometheus_client's multiprocess
+mode (entrypoints/metrics_folder.py) adds the processes' values up.
 """
 
 from __future__ import annotations

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -42,13 +40,14 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the HTTP API (granian by default, or uvicorn), in the foreground until SIGTERM."""
+    from filewallball.entrypoints import metrics_folder
+
+    # First: the logging module imports prometheus_client, which must find the folder set.
+    metrics_folder.prepare(workers)
     from filewallball.entrypoints.logs import configure_logging, server_log_config
 
     settings = Settings()
     configure_logging(settings.log_level)
-    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        # Each worker writes its metrics here; /metrics adds them up (prometheus_client).
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fwb-metrics-")
     log_config = server_log_config(settings.log_level)
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     if server is ServerKind.GRANIAN:

@@ -1,0 +1,117 @@
+"""/metrics of a real `filewallball serve`: every server and worker count, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.test_server import AUTH, SERVERS, Server, start_server
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    response = httpx.get(f"{url}/metrics", headers={**AUTH, "connection": "close"}, timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples that carry `labels` (whatever their other labels)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def requests_counted_per_process(folder: Path, handler: str) -> dict[int, float]:
+    """`http_requests_total{handler}` as each process wrote it to its own metrics file."""
+    counts: dict[int, float] = {}
+    for path in folder.glob("counter_*.db"):
+        values = MmapedDict(str(path), read_mode=True)
+        try:
+            for key, value, _ in values.read_all_values():
+                _name, sample, labels, _help = json.loads(key)
+                if sample == "http_requests_total" and labels.get("handler") == handler:
+                    pid = int(path.stem.removeprefix("counter_"))
+                    counts[pid] = counts.get(pid, 0) + value
+        finally:
+            values.close()
+    return counts
+
+
+def settled(server: Server, expected: float, read: str = "/healthz") -> float:
+    """The count of `read` requests once the last one's metrics are written (a moment after
+    the client has its answer)."""
+    deadline = time.monotonic() + 5
+    while True:
+        seen = total(scrape(server.url), "http_requests_total", handler=read)
+        if seen == expected or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("kind", SERVERS)
+def test_metrics_add_up_every_worker_and_leave_no_folder(
+    tmp_path: Path, kind: str, workers: int
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    server = start_server(
+        tmp_path, ["--server", kind, "--workers", str(workers)], env={"TMPDIR": str(temp)}
+    )
+    try:
+        folders = list(temp.glob("fwb-metrics-*"))
+        assert len(folders) == (1 if workers > 1 else 0)
+        before = total(scrape(server.url), "http_requests_total", handler="/healthz")
+
+        def ping(_: int) -> None:
+            # A connection per request, so the kernel spreads them over the workers.
+            response = httpx.get(f"{server.url}/healthz", headers={"connection": "close"})
+            assert response.status_code == 200
+
+        made = 0
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for _ in range(20):
+                list(pool.map(ping, range(32)))
+                made += 32
+                if workers == 1 or len(requests_counted_per_process(folders[0], "/healthz")) >= 2:
+                    break
+            else:
+                pytest.fail(f"all {made} requests went to one worker")
+        for _ in range(4):  # whichever worker answers the scrape
+            assert settled(server, before + made) == before + made
+    finally:
+        server.stop()
+    assert not list(temp.glob("fwb-metrics-*"))
+
+
+def test_a_killed_start_leaves_a_folder_the_next_start_removes(tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    abandoned = temp / "fwb-metrics-999999999-x1"  # no such pid
+    abandoned.mkdir()
+    (abandoned / "counter_123.db").write_bytes(b"")
+    someone_elses = temp / "fwb-metrics-other"
+    someone_elses.mkdir()
+    server = start_server(tmp_path, ["--workers", "2"], env={"TMPDIR": str(temp)})
+    try:
+        assert not abandoned.exists()
+        assert someone_elses.exists()  # not named as ours: not ours to remove
+        # granian does not stop a worker still starting when SIGTERM comes (it hangs there).
+        deadline = time.monotonic() + 30
+        while server.log_path.read_text().count('"Started worker-') < 2:
+            assert time.monotonic() < deadline, server.log_path.read_text()
+            time.sleep(0.1)
+    finally:
+        server.stop()
