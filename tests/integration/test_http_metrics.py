@@ -81,7 +81,7 @@ async def test_business_metrics_move(make_client: AppFactory) -> None:
     )
     assert value(after, "filewallball_blob_volume_free_bytes") > 0
     assert value(after, "filewallball_dependency_up", dependency="database") == 1
-    assert moved("filewallball_job_runs_total", job="thumbnail", outcome="success") >= 0
+    assert moved("filewallball_job_runs_total", task="thumbnail", outcome="success") >= 0
     routes = {
         dict(labels).get("handler") for name, labels in after if name == "http_requests_total"
     }

@@ -30,8 +30,10 @@ NEAR_SYNCS = Counter(
     "Round trips that brought the process's copies of cached entries up to date",
     ["outcome"],
 )
-JOBS = Counter("filewallball_job_runs_total", "Background job runs", ["job", "outcome"])
-JOB_SECONDS = Histogram("filewallball_job_duration_seconds", "Background job run time", ["job"])
+# `task`, not `job`: Prometheus gives every scraped sample the target's `job` label, and
+# renames a `job` label of the metric's own to `exported_job`.
+JOBS = Counter("filewallball_job_runs_total", "Background job runs", ["task", "outcome"])
+JOB_SECONDS = Histogram("filewallball_job_duration_seconds", "Background job run time", ["task"])
 STORED_FILES = Gauge("filewallball_stored_files", "Files stored", multiprocess_mode="mostrecent")
 STORED_BYTES = Gauge(
     "filewallball_stored_bytes",
