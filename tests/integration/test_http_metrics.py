@@ -107,3 +107,13 @@ async def test_labels_an_outsider_chooses_are_bounded(make_client: AppFactory) -
     assert moved("http_requests_total", handler="unmatched", method="GET", status="4xx") == 1
     handlers = {dict(labels).get("handler") for name, labels in after if name.startswith("http_")}
     assert not any(h and "a1b2c3" in h for h in handlers)
+
+
+async def test_dependencies_are_checked_without_readyz(make_client: AppFactory) -> None:
+    async with make_client() as client:
+        samples = await scrape(client)  # the first request: nothing called /readyz
+        redis = (await client.get("/stats/cache")).json()["backend"] == "redis"
+    assert value(samples, "filewallball_dependency_up", dependency="database") == 1
+    assert value(samples, "filewallball_dependency_up", dependency="blob_storage") == 1
+    if redis:
+        assert value(samples, "filewallball_dependency_up", dependency="redis") == 1

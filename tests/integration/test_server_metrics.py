@@ -73,7 +73,10 @@ def test_metrics_add_up_every_worker_and_leave_no_folder(
     try:
         folders = list(temp.glob("fwb-metrics-*"))
         assert len(folders) == (1 if workers > 1 else 0)
-        before = total(scrape(server.url), "http_requests_total", handler="/healthz")
+        first = scrape(server.url)
+        # Checked at start and in the background: nothing calls /readyz here.
+        assert total(first, "filewallball_dependency_up", dependency="database") == 1
+        before = total(first, "http_requests_total", handler="/healthz")
 
         def ping(_: int) -> None:
             # A connection per request, so the kernel spreads them over the workers.

@@ -26,6 +26,7 @@ from filewallball.entrypoints.http.admission import Admission, AdmissionRules
 from filewallball.entrypoints.http.edge import Edge
 from filewallball.entrypoints.http.errors import install_error_handlers
 from filewallball.entrypoints.http.openapi import describe_api, operation_id
+from filewallball.entrypoints.http.readiness import check_all, check_periodically
 from filewallball.entrypoints.http.routes import admin, content, files, health, metrics, stats
 from filewallball.entrypoints.http.routes.docs import install_docs
 from filewallball.entrypoints.logs import configure_logging
@@ -126,14 +127,20 @@ def create_app(
         await open_resources(root)
         await _start(root)
         log.info("started", database=_redact(root.settings().resolved_database_url))
-        scheduler = asyncio.create_task(_schedule_maintenance(root))
+        # filewallball_dependency_up has values from the first scrape, /readyz called or not.
+        await check_all(root)
+        background = [
+            asyncio.create_task(_schedule_maintenance(root)),
+            asyncio.create_task(check_periodically(root)),
+        ]
         if tune_gc:
             _tune_gc()
         try:
             yield
         finally:
-            scheduler.cancel()
-            await asyncio.gather(scheduler, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await close_resources(root)
 
     app = FastAPI(
