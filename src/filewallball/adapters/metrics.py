@@ -9,8 +9,9 @@ mode (entrypoints/metrics_folder.py) adds the processes' values up.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from filewallball.domain.jobs import JobHandler, JobPayload, JobRegistry
 from filewallball.domain.ports import AuditLog, StorageTotals
@@ -121,3 +122,19 @@ def set_storage(totals: StorageTotals, free_bytes: int) -> None:
 
 def set_dependency(name: str, up: bool) -> None:
     DEPENDENCY_UP.labels(name).set(1 if up else 0)
+
+
+def serve_metrics(host: str, port: int) -> Callable[[], None]:
+    """This process's metrics over HTTP (GET /metrics) from a thread; the function that stops it.
+
+    For processes that serve no HTTP of their own (`filewallball worker`). OSError when the
+    address cannot be bound.
+    """
+    server, thread = start_http_server(port, addr=host)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

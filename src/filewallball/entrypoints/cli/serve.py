@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -141,6 +142,7 @@ def worker(
         )
         raise typer.Exit(code=2)
     redis_url = settings.redis_url
+    stop_metrics = _worker_metrics(settings)
 
     async def run() -> None:
         container = build_container(settings)
@@ -155,4 +157,25 @@ def worker(
         finally:
             await close_resources(container)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        stop_metrics()
+
+
+def _worker_metrics(settings: Settings) -> Callable[[], None]:
+    """The worker's metrics endpoint (FWB_WORKER_METRICS_HOST:PORT); what stops it."""
+    from filewallball.adapters.metrics import serve_metrics
+
+    host, port = settings.worker_metrics_host, settings.worker_metrics_port
+    if port == 0:
+        return lambda: None
+    try:
+        return serve_metrics(host, port)
+    except OSError as error:
+        typer.echo(
+            f"error: cannot serve the worker's metrics on {host}:{port}"
+            f" (FWB_WORKER_METRICS_HOST, FWB_WORKER_METRICS_PORT; 0 for none): {error.strerror}",
+            err=True,
+        )
+        raise typer.Exit(code=2) from None
