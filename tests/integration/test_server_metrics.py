@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -116,5 +117,68 @@ def test_a_killed_start_leaves_a_folder_the_next_start_removes(tmp_path: Path) -
         while server.log_path.read_text().count('"Started worker-') < 2:
             assert time.monotonic() < deadline, server.log_path.read_text()
             time.sleep(0.1)
+    finally:
+        server.stop()
+
+
+MiB = 1024 * 1024
+
+
+def _download_and_walk_away(server: Server, file_id: str, *, headers: str = "") -> int:
+    """GET the file over a raw socket, read about 5 MB of it, close: what the client took."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(
+            f"GET /download/{file_id} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {AUTH['authorization']}\r\n{headers}\r\n".encode()
+        )
+        taken = 0
+        while taken < 5 * MiB:
+            chunk = sock.recv(64 * 1024)
+            assert chunk, "the server closed first"
+            taken += len(chunk)
+        return taken
+
+
+def _bytes_out(server: Server) -> int:
+    usage = httpx.get(f"{server.url}/stats/usage", headers=AUTH, timeout=10).json()
+    return sum(row["bytes_out"] for row in usage["items"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "headers", "whole"),
+    [
+        ("uvicorn", "", False),  # streamed through the event loop
+        ("granian", "Range: bytes=0-\r\n", False),  # a range streams on granian too
+        ("granian", "", True),  # pathsend: granian sends the file itself, out of our sight
+    ],
+)
+def test_an_abandoned_download_counts_what_was_sent(
+    tmp_path: Path, kind: str, headers: str, whole: bool
+) -> None:
+    size = 50 * MiB
+    server = start_server(tmp_path, ["--server", kind])
+    try:
+        record = httpx.put(
+            f"{server.url}/upload/big.bin", content=bytes(size), headers=AUTH, timeout=60
+        ).json()
+        before = total(scrape(server.url), "filewallball_downloaded_bytes_total")
+        taken = _download_and_walk_away(server, record["id"], headers=headers)
+
+        def counted() -> tuple[float, int]:
+            moved = total(scrape(server.url), "filewallball_downloaded_bytes_total") - before
+            return moved, _bytes_out(server)
+
+        deadline = time.monotonic() + 10
+        while (now := counted()) == (0, 0) or now[0] != now[1]:
+            assert time.monotonic() < deadline, now
+            time.sleep(0.1)
+        metric, usage = now
+        assert metric == usage  # the metric and the statistics count the same bytes
+        if whole:
+            assert usage == size
+        else:
+            assert taken <= usage < size / 2
     finally:
         server.stop()
