@@ -163,12 +163,20 @@ def test_an_abandoned_download_counts_what_was_sent(
         record = httpx.put(
             f"{server.url}/upload/big.bin", content=bytes(size), headers=AUTH, timeout=60
         ).json()
+        if headers:  # watching for the client leaving cuts nothing short of a client that stays
+            response = httpx.get(
+                f"{server.url}/download/{record['id']}",
+                headers={**AUTH, "range": "bytes=0-"},
+                timeout=60,
+            )
+            assert len(response.content) == size
         before = total(scrape(server.url), "filewallball_downloaded_bytes_total")
+        usage_before = _bytes_out(server)
         taken = _download_and_walk_away(server, record["id"], headers=headers)
 
         def counted() -> tuple[float, int]:
             moved = total(scrape(server.url), "filewallball_downloaded_bytes_total") - before
-            return moved, _bytes_out(server)
+            return moved, _bytes_out(server) - usage_before
 
         deadline = time.monotonic() + 10
         while (now := counted()) == (0, 0) or now[0] != now[1]:

@@ -59,17 +59,24 @@ async def test_worker_renders_thumbnails_queued_by_the_api(
                 await asyncio.sleep(0.2)
                 status = (await client.get(f"/files/{record['id']}")).json()["thumbnail_status"]
             assert status == "ready"
-            # Its own metrics: the job it ran, by task (not the `job` label Prometheus keeps).
+            # Its own metrics: the job it ran, by task (not the `job` label Prometheus keeps),
+            # counted once the job is over (a moment after the record says ready).
+            success = frozenset({"task": "thumbnail", "outcome": "success"}.items())
+            runs: dict[frozenset[tuple[str, str]], float] = {}
             async with httpx.AsyncClient() as scraper:
-                scraped = await scraper.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-            assert scraped.status_code == 200
-            runs = {
-                frozenset(sample.labels.items()): sample.value
-                for family in text_string_to_metric_families(scraped.text)
-                for sample in family.samples
-                if sample.name == "filewallball_job_runs_total"
-            }
-            assert runs[frozenset({"task": "thumbnail", "outcome": "success"}.items())] >= 1
+                while not runs.get(success) and time.monotonic() < deadline:
+                    scraped = await scraper.get(
+                        f"http://127.0.0.1:{metrics_port}/metrics", timeout=5
+                    )
+                    assert scraped.status_code == 200
+                    runs = {
+                        frozenset(sample.labels.items()): sample.value
+                        for family in text_string_to_metric_families(scraped.text)
+                        for sample in family.samples
+                        if sample.name == "filewallball_job_runs_total"
+                    }
+                    await asyncio.sleep(0.1)
+            assert runs.get(success, 0) >= 1, runs
         finally:
             worker.terminate()
             output, _ = worker.communicate(timeout=30)
