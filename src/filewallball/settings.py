@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     ip_rules_refresh_seconds: float = Field(default=5.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = []
     metrics_allowed_cidrs: Annotated[list[str], NoDecode] = []
+    # `filewallball worker`'s metrics endpoint (no key: bind it where only Prometheus reaches)
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)  # 0: none
     hsts: bool = False
     public_docs: bool = False
     rate_limit: str = "600/minute"

@@ -29,6 +29,7 @@ KUBERNETES_VERSIONS = ("1.32.0", "1.33.0", "1.34.0")
 # by the assertions below instead.
 CUSTOM_RESOURCES = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "CronJob"}
@@ -106,6 +107,7 @@ def test_overlay_renders_every_part(rendered: dict[str, list[Obj]], overlay: str
         ("PodDisruptionBudget", "filewallball-api"),
         ("Ingress", "filewallball"),
         ("ServiceMonitor", "filewallball-api"),
+        ("PodMonitor", "filewallball-worker"),
         ("PrometheusRule", "filewallball"),
         ("CronJob", "filewallball-backup"),
         ("StatefulSet", "filewallball-postgres"),
@@ -148,6 +150,20 @@ def test_custom_resources_are_well_formed(rendered: dict[str, list[Obj]], overla
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] in {p["name"] for p in api_service["spec"]["ports"]}
+    # The worker's pods, on the port its metrics server listens on (on every address).
+    pod_monitor = _one(rendered[overlay], "PodMonitor", "filewallball-worker")
+    worker = _one(rendered[overlay], "Deployment", "filewallball-worker")["spec"]["template"]
+    assert (
+        pod_monitor["spec"]["selector"]["matchLabels"].items()
+        <= worker["metadata"]["labels"].items()
+    )
+    [pod_endpoint] = pod_monitor["spec"]["podMetricsEndpoints"]
+    [container] = worker["spec"]["containers"]
+    [port] = [p for p in container["ports"] if p["name"] == pod_endpoint["port"]]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["FWB_WORKER_METRICS_PORT"] == str(port["containerPort"])
+    assert env["FWB_WORKER_METRICS_HOST"] == "0.0.0.0"
+    assert pod_endpoint["path"] == "/metrics"
     rule = _one(rendered[overlay], "PrometheusRule", "filewallball")
     for group in rule["spec"]["groups"]:
         for alert in group["rules"]:

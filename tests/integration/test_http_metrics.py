@@ -81,9 +81,39 @@ async def test_business_metrics_move(make_client: AppFactory) -> None:
     )
     assert value(after, "filewallball_blob_volume_free_bytes") > 0
     assert value(after, "filewallball_dependency_up", dependency="database") == 1
-    assert moved("filewallball_job_runs_total", job="thumbnail", outcome="success") >= 0
+    assert moved("filewallball_job_runs_total", task="thumbnail", outcome="success") >= 0
     routes = {
         dict(labels).get("handler") for name, labels in after if name == "http_requests_total"
     }
     assert "/files/{file_id}" in routes
     assert not any(r and text["id"] in r for r in routes)  # route templates, never raw paths
+
+
+async def test_labels_an_outsider_chooses_are_bounded(make_client: AppFactory) -> None:
+    async with make_client() as client:
+        before = await scrape(client)
+        # Without a key: refused before routing, yet counted.
+        await client.request("WEIRD1", "/files", headers={"authorization": ""})
+        await client.request("WEIRD2", "/files")
+        await client.get("/no/such/route/a1b2c3")
+        after = await scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    methods = {dict(labels).get("method") for name, labels in after if name.startswith("http_")}
+    assert not any(m and m.startswith("WEIRD") for m in methods)
+    assert moved("http_requests_total", handler="/files", method="other", status="4xx") == 2
+    assert moved("http_requests_total", handler="unmatched", method="GET", status="4xx") == 1
+    handlers = {dict(labels).get("handler") for name, labels in after if name.startswith("http_")}
+    assert not any(h and "a1b2c3" in h for h in handlers)
+
+
+async def test_dependencies_are_checked_without_readyz(make_client: AppFactory) -> None:
+    async with make_client() as client:
+        samples = await scrape(client)  # the first request: nothing called /readyz
+        redis = (await client.get("/stats/cache")).json()["backend"] == "redis"
+    assert value(samples, "filewallball_dependency_up", dependency="database") == 1
+    assert value(samples, "filewallball_dependency_up", dependency="blob_storage") == 1
+    if redis:
+        assert value(samples, "filewallball_dependency_up", dependency="redis") == 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import pytest
 import pyvips  # type: ignore[import-untyped]
@@ -10,6 +13,7 @@ from filewallball.entrypoints.http.routes.content import negotiate_image_format
 from tests import images
 from tests.integration.conftest import AppFactory
 from tests.integration.test_http_files import assert_problem, post
+from tests.integration.test_server import AUTH, start_server
 from tests.integration.test_vips_renderer import children as renderer_children
 
 
@@ -106,3 +110,28 @@ async def test_an_image_over_the_memory_bound_fails_and_leaves_no_renderer(
         assert (await client.get(f"/thumbnails/{small['id']}")).status_code == 200
         assert renderer_children()
     assert renderer_children() == []
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_libvips_narration_is_debug(tmp_path: Path, level: str) -> None:
+    """libvips' ~6 info lines per thumbnail (in the renderer's children) stay out of the logs
+    at info; at debug they are there, as debug lines."""
+    server = start_server(tmp_path, env={"FWB_LOG_LEVEL": level})
+    try:
+        with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
+            record = client.post("/upload", files={"file": ("a.png", png(900, 300))}).json()
+            for size, accept in [("small", "image/webp"), ("medium", "image/avif")]:
+                response = client.get(
+                    f"/thumbnails/{record['id']}", params={"size": size}, headers={"accept": accept}
+                )
+                assert response.status_code == 200, response.text
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in server.log_path.read_text().splitlines()]
+    libvips = [line for line in lines if "VIPS" in line["event"] or "vips" in line["logger"]]
+    if level == "info":
+        assert libvips == []
+    else:
+        assert libvips
+        assert {line["level"] for line in libvips if "VIPS:" in line["event"]} == {"debug"}
+        assert not [line for line in libvips if line["logger"] != "pyvips"]  # no call tracing

@@ -54,7 +54,9 @@ async def _open(
 ) -> tuple[FileRecord, BlobReader]:
     """What a download does: the record, then its bytes (reads go on after a delete)."""
     record = await service.get(principal, raw_id)
-    return record, await service.open_record(principal, record)
+    reader = await service.open_record(principal, record)
+    await service.downloaded(principal, record, sent=record.size, length=record.size)
+    return record, reader
 
 
 @pytest.fixture

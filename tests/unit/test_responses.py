@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from filewallball.domain.models import ByteRange
@@ -62,3 +64,56 @@ async def test_anything_else_streams_through_python(
     assert "http.response.pathsend" not in [m["type"] for m in sent]
     assert _body(sent) == b"".join(DATA[r.start : r.end + 1] for r in ranges)
     assert reader.closed
+
+
+async def test_a_client_gone_mid_body_stops_the_stream_and_only_what_was_sent_counts() -> None:
+    data = b"z" * (300 * 1024)  # more than one read: the disconnect is watched
+    reader = FakeBlobReader(data)
+    gone = anyio.Event()
+    bodies: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        await anyio.lowlevel.checkpoint()  # where a server waits for room: not yet taken
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+            if len(bodies) == 100:
+                gone.set()  # the server, like uvicorn and granian, goes on accepting
+
+    async def receive() -> dict[str, Any]:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    counted: list[int] = []
+
+    async def on_sent(sent: int) -> None:
+        counted.append(sent)
+
+    response = BlobResponse(
+        reader=reader,
+        status=200,
+        headers={},
+        segments=[Segment(blob_range=ByteRange(0, len(data) - 1))],
+        on_sent=on_sent,
+    )
+    await response({"type": "http", "extensions": {}}, receive, send)
+    assert counted == [sum(len(b) for b in bodies)]
+    assert 0 < counted[0] < 1000
+    assert reader.closed
+
+
+async def test_what_the_server_sends_itself_counts_whole() -> None:
+    reader = FakeBlobReader(DATA, path="/blobs/x")
+    counted: list[int] = []
+
+    async def on_sent(sent: int) -> None:
+        counted.append(sent)
+
+    response = BlobResponse(
+        reader=reader,
+        status=200,
+        headers={},
+        segments=[Segment(blob_range=ByteRange(0, len(DATA) - 1))],
+        on_sent=on_sent,
+    )
+    await _run(response, PATHSEND)
+    assert counted == [len(DATA)]

@@ -2,16 +2,16 @@
 
 Counters come from what the service already records: every audit entry, every job run (cache
 lookups are counted by the cache itself, adapters.redis.cache). Gauges that need a query are
-refreshed when /metrics is scraped. With several uvicorn workers, prometheus_client's
-multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `filewallball serve --workers N`) adds the
-processes' values up.
+refreshed when /metrics is scraped. With several workers, prometheus_client's multiprocess
+mode (entrypoints/metrics_folder.py) adds the processes' values up.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from filewallball.domain.jobs import JobHandler, JobPayload, JobRegistry
 from filewallball.domain.ports import AuditLog, StorageTotals
@@ -31,8 +31,10 @@ NEAR_SYNCS = Counter(
     "Round trips that brought the process's copies of cached entries up to date",
     ["outcome"],
 )
-JOBS = Counter("filewallball_job_runs_total", "Background job runs", ["job", "outcome"])
-JOB_SECONDS = Histogram("filewallball_job_duration_seconds", "Background job run time", ["job"])
+# `task`, not `job`: Prometheus gives every scraped sample the target's `job` label, and
+# renames a `job` label of the metric's own to `exported_job`.
+JOBS = Counter("filewallball_job_runs_total", "Background job runs", ["task", "outcome"])
+JOB_SECONDS = Histogram("filewallball_job_duration_seconds", "Background job run time", ["task"])
 STORED_FILES = Gauge("filewallball_stored_files", "Files stored", multiprocess_mode="mostrecent")
 STORED_BYTES = Gauge(
     "filewallball_stored_bytes",
@@ -120,3 +122,19 @@ def set_storage(totals: StorageTotals, free_bytes: int) -> None:
 
 def set_dependency(name: str, up: bool) -> None:
     DEPENDENCY_UP.labels(name).set(1 if up else 0)
+
+
+def serve_metrics(host: str, port: int) -> Callable[[], None]:
+    """This process's metrics over HTTP (GET /metrics) from a thread; the function that stops it.
+
+    For processes that serve no HTTP of their own (`filewallball worker`). OSError when the
+    address cannot be bound.
+    """
+    server, thread = start_http_server(port, addr=host)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

@@ -1,7 +1,7 @@
 """A thumbnail renderer's child process: libvips behind a memory limit, fed over a pipe.
 
-`python -m filewallball.adapters.thumbnail_child MAX_PIXELS TIMEOUT_SECONDS MAX_MEMORY_BYTES`
-reads requests on stdin and answers each on stdout, one at a time, until stdin ends (its
+`python -m filewallball.adapters.thumbnail_child MAX_PIXELS TIMEOUT_SECONDS MAX_MEMORY_BYTES
+LOG_LEVEL` reads requests on stdin and answers each on stdout, one at a time, until stdin ends (its
 parent is gone, or closed it). Frames are length-prefixed: a request is its header
 (`REQUEST`: format, longest side, source length) and the source; a reply is its header
 (`REPLY`: kind, length) and the thumbnail or a message. Before the first request the child
@@ -51,6 +51,27 @@ class _JsonLines(logging.Formatter):
         )
 
 
+class _InfoAsDebug(logging.Filter):
+    """libvips narrates every image at info, through GLib and pyvips (about six lines a
+    thumbnail: loader, sizes, shrinks, threadpool): those lines are debug for us."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def quiet_libvips(level: int) -> None:
+    """libvips' lines (logger `pyvips`) shown from warnings up, and its info lines as debug
+    when `level` is debug; pyvips' own tracing of every call (`pyvips.*`) never."""
+    logger = logging.getLogger("pyvips")
+    logger.setLevel(logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING))
+    if not any(isinstance(f, _InfoAsDebug) for f in logger.filters):
+        logger.addFilter(_InfoAsDebug())
+    for name in ("pyvips.vobject", "pyvips.voperation", "pyvips.error", "pyvips.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _protocol_channel() -> BinaryIO:
     """The real stdout, for frames only; fd 1 becomes stderr so nothing else can write there."""
     channel = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -82,12 +103,14 @@ def _send(channel: BinaryIO, kind: int, payload: bytes) -> None:
 
 def main(argv: list[str]) -> int:
     max_pixels, timeout_seconds, max_memory = int(argv[0]), float(argv[1]), int(argv[2])
+    level = logging.getLevelNamesMapping().get(argv[3] if len(argv) > 3 else "", logging.WARNING)
     # The terminal's Ctrl-C reaches the whole process group: the parent decides when we end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = _protocol_channel()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonLines())
-    logging.basicConfig(level=logging.ERROR, handlers=[handler])
+    logging.basicConfig(level=level, handlers=[handler])
+    quiet_libvips(level)
     logging.raiseExceptions = False  # a log line that cannot be written is dropped
     _limit_memory(max_memory)
 

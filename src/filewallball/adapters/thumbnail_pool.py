@@ -12,6 +12,7 @@ closes, which it does when the parent exits however it does.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -153,6 +154,8 @@ class SubprocessThumbnailRenderer(ThumbnailRenderer):
                 str(self._max_pixels),
                 repr(self._timeout_seconds),
                 str(self._max_memory_bytes),
+                # The server's level (FWB_LOG_LEVEL, as entrypoints/logs.py set it).
+                logging.getLevelName(logging.getLogger().getEffectiveLevel()),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

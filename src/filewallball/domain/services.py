@@ -100,19 +100,27 @@ class FileService:
             raise FileNotFound(f"no file {raw_id!r}")
         return record
 
-    async def open_record(
-        self, principal: Principal, record: FileRecord, *, length: int | None = None
-    ) -> BlobReader:
-        """The bytes of a record already read, audited as a download of `length` bytes (all)."""
-        length = record.size if length is None else length
+    async def open_record(self, principal: Principal, record: FileRecord) -> BlobReader:
+        """The bytes of a record already read; `downloaded` audits them once they are sent."""
         reader = await self._blobs.open(record.sha256)
         if reader is None:
             # The file was deleted between reading the record and opening the bytes.
             raise FileNotFound(f"no file {record.id!r}")
-        await self._auditor.record(
-            principal, "file.download", Outcome.SUCCESS, target=record.id, size=length
-        )
         return reader
+
+    async def downloaded(
+        self, principal: Principal, record: FileRecord, *, sent: int, length: int
+    ) -> None:
+        """Audit a download when its response is over: `sent` of the `length` bytes it had to
+        send (fewer when the client went away: `incomplete`), what the usage statistics add up."""
+        await self._auditor.record(
+            principal,
+            "file.download",
+            Outcome.SUCCESS,
+            target=record.id,
+            detail=None if sent >= length else "incomplete",
+            size=sent,
+        )
 
     async def preview(
         self, principal: Principal, raw_id: str, *, max_lines: int | None = None

@@ -20,6 +20,8 @@ import structlog
 from prometheus_client import Counter
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from filewallball.adapters.thumbnail_child import quiet_libvips
+
 
 def _ensure_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     # Lines outside a request (start-up, shutdown) carry the key too, so every line has it.
@@ -168,6 +170,8 @@ def configure_logging(
         logging.getLogger(name).propagate = True
     # Alembic narrates every plugin it loads at info; its warnings still show.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # So does libvips every image, wherever it runs (the renderer's children do the same).
+    quiet_libvips(logging.getLevelName(level.upper()))
     # The access event comes from our own middleware, with the route template and request_id.
     logging.getLogger("uvicorn.access").disabled = True
 

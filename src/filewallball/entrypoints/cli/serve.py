@@ -8,7 +8,7 @@ import errno
 import importlib.util
 import os
 import socket
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -45,20 +45,18 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the HTTP API (granian by default, or uvicorn), in the foreground until SIGTERM."""
-    from filewallball.entrypoints.logs import (
-        configure_logging,
-        console_wanted,
-        server_log_config,
-    )
-
     settings = settings_or_exit()
     _check_data_dir(settings)
     _check_port_free(host, port)
-    configure_logging(settings.log_level, console=console_wanted(settings.log_format))
-    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        # Each worker writes its metrics here; /metrics adds them up (prometheus_client).
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fwb-metrics-")
-    log_config = server_log_config(settings.log_level, console=console_wanted(settings.log_format))
+    from filewallball.entrypoints import metrics_folder
+
+    # Before the logging module: it imports prometheus_client, which must find the folder set.
+    metrics_folder.prepare(workers)
+    from filewallball.entrypoints.logs import configure_logging, console_wanted, server_log_config
+
+    console = console_wanted(settings.log_format)
+    configure_logging(settings.log_level, console=console)
+    log_config = server_log_config(settings.log_level, console=console)
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     if server is ServerKind.GRANIAN:
         from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
@@ -182,6 +180,7 @@ def worker(
         )
         raise typer.Exit(code=2)
     redis_url = settings.redis_url
+    stop_metrics = _worker_metrics(settings)
 
     async def run() -> None:
         container = build_container(settings)
@@ -196,4 +195,25 @@ def worker(
         finally:
             await close_resources(container)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        stop_metrics()
+
+
+def _worker_metrics(settings: Settings) -> Callable[[], None]:
+    """The worker's metrics endpoint (FWB_WORKER_METRICS_HOST:PORT); what stops it."""
+    from filewallball.adapters.metrics import serve_metrics
+
+    host, port = settings.worker_metrics_host, settings.worker_metrics_port
+    if port == 0:
+        return lambda: None
+    try:
+        return serve_metrics(host, port)
+    except OSError as error:
+        typer.echo(
+            f"error: cannot serve the worker's metrics on {host}:{port}"
+            f" (FWB_WORKER_METRICS_HOST, FWB_WORKER_METRICS_PORT; 0 for none): {error.strerror}",
+            err=True,
+        )
+        raise typer.Exit(code=2) from None

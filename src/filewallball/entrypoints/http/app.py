@@ -26,6 +26,7 @@ from filewallball.entrypoints.http.admission import Admission, AdmissionRules
 from filewallball.entrypoints.http.edge import Edge
 from filewallball.entrypoints.http.errors import install_error_handlers
 from filewallball.entrypoints.http.openapi import describe_api, operation_id
+from filewallball.entrypoints.http.readiness import check_all, check_periodically
 from filewallball.entrypoints.http.routes import admin, content, files, health, metrics, stats
 from filewallball.entrypoints.http.routes.docs import install_docs
 from filewallball.entrypoints.logs import configure_logging, console_wanted
@@ -140,6 +141,9 @@ def create_app(
         if not await _start(root):
             background.append(asyncio.create_task(_start_when_reachable(root)))
         log.info("started", database=_redact(root.settings().resolved_database_url))
+        # filewallball_dependency_up has values from the first scrape, /readyz called or not.
+        await check_all(root)
+        background.append(asyncio.create_task(check_periodically(root)))
         if tune_gc:
             _tune_gc()
         try:

@@ -3,19 +3,28 @@
 A whole blob with a local file goes by the ASGI `http.response.pathsend` extension when the
 server offers it (granian): the server then sends the file itself, without Python in the loop.
 Behind nginx that asked for it, it goes by `X-Accel-Redirect`: nginx sends it with sendfile.
+
+What counts as sent (the downloaded-bytes metric, the audit entry and so the usage statistics):
+the bytes handed to the server, up to the moment the client went away. Handed over by pathsend
+or X-Accel-Redirect, the server sends them out of our sight: the whole file counts.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from filewallball.domain.models import ByteRange
 from filewallball.domain.ports import BlobReader
 from filewallball.entrypoints.http.telemetry import DOWNLOADED_BYTES
+
+# About one read of the blob store (adapters/disk.py reads 256 KiB at a time).
+_ONE_READ = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +51,9 @@ class BlobResponse(Response):
         segments: list[Segment],
         send_body: bool = True,
         accel_redirect: str | None = None,
+        on_sent: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_sent(bytes of the blob sent)` runs when the response is over, however it ended."""
         length = str(sum(s.length for s in segments))
         if accel_redirect is not None:
             # nginx sends the bytes (and their length) from its internal location.
@@ -53,7 +64,8 @@ class BlobResponse(Response):
         self.reader = reader
         self.segments = segments
         self.send_body = send_body
-        self.sent = 0  # bytes of the blob sent so far
+        self.on_sent = on_sent
+        self.sent = 0  # bytes of the blob handed to the server so far
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -75,14 +87,47 @@ class BlobResponse(Response):
                 self.sent = sum(s.length for s in self.segments)
                 return
             if self.send_body:
-                await self._send_segments(send)
-            await send({"type": "http.response.body", "body": b""})
+                await self._stream(receive, send)
+            else:
+                await send({"type": "http.response.body", "body": b""})
         except OSError:
             return  # the client went away; nothing more to send
         finally:
-            DOWNLOADED_BYTES.inc(self.sent)
-            if self.reader is not None:
-                await self.reader.close()
+            # Also when the server cancels the request: the fd and the count must not be lost.
+            with anyio.CancelScope(shield=True):
+                DOWNLOADED_BYTES.inc(self.sent)
+                if self.reader is not None:
+                    await self.reader.close()
+                if self.on_sent is not None:
+                    await self.on_sent(self.sent)
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        """The segments, until they are all sent or the client goes away.
+
+        uvicorn and granian (ASGI 2.3) go on accepting body messages after the client left,
+        without a word: only `receive()` says so (`http.disconnect`), so it is watched beside
+        the sending. Not for a body of one read, which goes to the server in one message.
+        """
+        blob_bytes = sum(s.blob_range.length for s in self.segments if s.blob_range)
+        if blob_bytes <= _ONE_READ:
+            await self._send_segments(send)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        async with anyio.create_task_group() as group:
+
+            async def stop_when_gone() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(stop_when_gone)
+            try:
+                await self._send_segments(send)
+                await send({"type": "http.response.body", "body": b""})
+            except OSError:
+                pass  # the client went away (raised here, it would reach us as a group)
+            finally:
+                group.cancel_scope.cancel()
 
     def _whole_file(self, scope: Scope) -> str | None:
         """The blob's local path, when the body is the whole blob and the server can send it."""

@@ -21,6 +21,10 @@ from starlette.types import Scope
 UPLOADED_BYTES = Counter("filewallball_uploaded_bytes_total", "Bytes of files accepted")
 DOWNLOADED_BYTES = Counter("filewallball_downloaded_bytes_total", "Bytes of files sent")
 
+# Label values an outsider chooses are bounded, so no request (a key or not) can add series:
+# the method is one of these or "other", the route a template or "unmatched".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
 # Not measured: the scrape itself.
 _UNMEASURED = frozenset({"/metrics"})
 # Up to the longest transfers the alerts watch (p95 upload/download above 30 s).
@@ -58,11 +62,12 @@ class RequestMetrics:
             template = get_route_name(request, False)
         if template in _UNMEASURED:
             return
+        method = scope["method"]
         info = Info(
             request=request,
             response=None,
-            method=scope["method"],
-            modified_handler=template or "none",
+            method=method if method in _METHODS else "other",
+            modified_handler=template or UNMATCHED,
             modified_status=f"{str(status or 500)[0]}xx",
             modified_duration=duration,
         )

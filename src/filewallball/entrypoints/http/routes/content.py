@@ -7,9 +7,11 @@ from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import structlog
 from anyascii import anyascii
 from fastapi import Query, Request, Response
 
+from filewallball.domain.errors import FileWallBallError
 from filewallball.domain.models import ByteRange, FileRecord, ImageFormat, ThumbnailSize
 from filewallball.entrypoints.http.conditional import (
     Precondition,
@@ -27,6 +29,7 @@ from filewallball.entrypoints.http.responses import BlobResponse, Segment, byter
 from filewallball.entrypoints.http.routes import Router
 
 router = Router(tags=["content"])
+log = structlog.get_logger("filewallball")
 
 # Uploaded bytes are never run by a browser: no sniffing, and a sandbox for whatever renders.
 _CONTENT_SAFETY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
@@ -132,7 +135,15 @@ async def download(file_id: str, request: Request, call: FileRequest) -> Any:
         content_type, segments = byteranges(ranges, size=record.size, content_type=content_type)
     headers["Content-Type"] = content_type
     length = sum(s.blob_range.length for s in segments if s.blob_range)
-    reader = None if head else await service.open_record(caller, record, length=length)
+    reader = None if head else await service.open_record(caller, record)
+
+    async def audit(sent: int) -> None:
+        try:
+            await service.downloaded(caller, record, sent=sent, length=length)
+        except FileWallBallError as error:
+            # The response is over: nobody left to answer with an error.
+            log.warning("audit_unavailable", reason=error.detail)
+
     whole = status == 200 and reader is not None and reader.path is not None
     return BlobResponse(
         reader=reader,
@@ -141,6 +152,7 @@ async def download(file_id: str, request: Request, call: FileRequest) -> Any:
         segments=segments,
         send_body=not head,
         accel_redirect=accel_redirect(request, reader.path) if whole and reader else None,
+        on_sent=None if head else audit,
     )
 
 

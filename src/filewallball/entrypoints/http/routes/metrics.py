@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import anyio
 from fastapi import Request, Response
@@ -17,6 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from filewallball.domain.errors import FileWallBallError
 from filewallball.domain.security import Permission
+from filewallball.entrypoints import metrics_folder
 from filewallball.entrypoints.http.context import context_of
 from filewallball.entrypoints.http.deps import container
 from filewallball.entrypoints.http.routes import Router
@@ -25,8 +27,10 @@ router = Router(tags=["health"])
 
 
 def _registry() -> CollectorRegistry:
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        # Several uvicorn workers: add up what every process wrote to the shared folder.
+    folder = os.environ.get(metrics_folder.ENV)
+    if folder:
+        # Several workers: add up what every process wrote to the shared folder.
+        metrics_folder.forget_dead_processes(Path(folder))
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
@@ -45,4 +49,6 @@ async def metrics(request: Request) -> Response:
         root.observe_storage()(totals, usage.free)
     except (FileWallBallError, OSError):
         pass  # the gauges keep their last values; dependency_up tells why
-    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+    # With several workers this reads every process's files: off the event loop.
+    body = await anyio.to_thread.run_sync(lambda: generate_latest(_registry()))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
