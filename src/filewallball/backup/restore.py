@@ -38,6 +38,7 @@ from filewallball.backup.rules import SecretAction, check_room, plan_secret
 from filewallball.backup.snapshot import references
 from filewallball.backup.target import key_exists, restore_tables, target_contents
 from filewallball.backup.verify import ledger_errors, read_archive, scratch_dir
+from filewallball.domain.errors import DependencyUnavailable
 from filewallball.domain.models import Sha256
 from filewallball.domain.ports import BlobStore
 from filewallball.domain.security import IssuedKey
@@ -148,6 +149,8 @@ async def restore_backup(
 async def _migrate(database_url: str) -> None:
     try:
         await anyio.to_thread.run_sync(upgrade, database_url)
+    except DependencyUnavailable as error:
+        raise BackupError(f"migrating the target database failed: {error.diagnosis}") from error
     except (CommandError, SQLAlchemyError, OSError, TimeoutError) as error:
         raise BackupError(f"migrating the target database failed: {error}") from error
 
