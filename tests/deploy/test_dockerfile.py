@@ -1,78 +1,27 @@
 """The Dockerfile: its structure, hadolint, and its uv install steps run here for real.
 
-No Docker engine runs on CI, so the builder stage's `uv sync` commands are taken from the
-Dockerfile itself and run with its environment in a temporary copy of the build context (the
-files .dockerignore lets through); the resulting virtual environment must then run
-`filewallball --help` without dev dependencies and with bytecode compiled.
+The builder stage's `uv sync` commands are taken from the Dockerfile itself and run with its
+environment in a temporary copy of the build context (the files .dockerignore lets through); the
+resulting virtual environment must then run `filewallball --help` without dev dependencies and
+with bytecode compiled. test_image.py builds and runs the image itself with real engines.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.conftest import ROOT, unavailable, venv_tool
-
-DOCKERFILE = ROOT / "Dockerfile"
-
-
-@dataclass
-class Stage:
-    base: str
-    name: str | None
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def all(self, keyword: str) -> list[str]:
-        return [args for kw, args in self.instructions if kw == keyword]
-
-
-def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
-    """Global ARG defaults and the stages, instructions with their continuation lines joined."""
-    logical: list[str] = []
-    current = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not current and (not line or line.startswith("#")):
-            continue
-        if line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            current += line[:-1] + " "
-            continue
-        logical.append(current + line)
-        current = ""
-    args: dict[str, str] = {}
-    stages: list[Stage] = []
-    for line in logical:
-        keyword, _, rest = line.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            parts = rest.split()
-            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(base=parts[0], name=name))
-        elif stages:
-            stages[-1].instructions.append((keyword, rest.strip()))
-        elif keyword == "ARG" and "=" in rest:
-            key, _, value = rest.strip().partition("=")
-            args[key] = value
-    return args, stages
-
-
-def env_of(stage: Stage) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for args in stage.all("ENV"):
-        for token in shlex.split(args):
-            key, _, value = token.partition("=")
-            env[key] = value
-    return env
+from tests.deploy.dockerfile import DOCKERFILE, Stage, env_of, parse_dockerfile, uv_sync_argv
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +36,10 @@ def test_multi_stage_slim_non_root(dockerfile: tuple[dict[str, str], list[Stage]
     runtime = stages[-1]
     builder = stages[names.index("builder")]
     assert runtime.base == builder.base == "${PYTHON_IMAGE}"
-    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", args["PYTHON_IMAGE"])
+    # Fully qualified: buildah and podman need no short-name alias to find it.
+    assert re.fullmatch(
+        r"docker\.io/library/python:3\.11(\.\d+)?-slim(-\w+)?", args["PYTHON_IMAGE"]
+    )
     # uv only in the builder; the runtime gets the venv, libmagic, a non-root user.
     assert not any("uv " in run for run in runtime.all("RUN"))
     assert any(
@@ -112,6 +64,92 @@ def test_multi_stage_slim_non_root(dockerfile: tuple[dict[str, str], list[Stage]
     assert '"python"' in healthcheck and "/healthz" in healthcheck and "curl" not in healthcheck
 
 
+def test_builds_with_debians_buildkit_and_buildah() -> None:
+    """No frontend fetched from Docker Hub; mounts in the forms both builders accept."""
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"(?im)^#\s*syntax\s*=", text), "a # syntax= line fetches a frontend"
+    _, stages = parse_dockerfile(text)
+    mounts = [
+        dict(option.split("=", 1) for option in token.removeprefix("--mount=").split(","))
+        for stage in stages
+        for run in stage.all("RUN")
+        for token in shlex.split(run)
+        if token.startswith("--mount=")
+    ]
+    assert mounts, "the uv cache mounts are gone: update this test and docs/deployment.md"
+    for mount in mounts:
+        assert mount["type"] in {"cache", "bind"}, mount
+        assert mount["target"].startswith("/"), f"buildah rejects relative targets: {mount}"
+
+
+def test_build_metadata_comes_last(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
+    """A new version, revision or date must not invalidate the apt-get and COPY layers."""
+    _, stages = dockerfile
+    runtime = stages[-1]
+    expensive = runtime.index("RUN") + runtime.index("COPY")
+    for name in ("VERSION", "REVISION", "CREATED", "PYTHON_IMAGE"):
+        [position] = [
+            i for i in runtime.index("ARG") if runtime.instructions[i][1].partition("=")[0] == name
+        ]
+        assert position > max(expensive), f"ARG {name} is declared before a RUN or COPY"
+    for builder in stages[:-1]:
+        assert not any(
+            args.partition("=")[0] in {"VERSION", "REVISION", "CREATED"}
+            for args in builder.all("ARG")
+        )
+    labels = " ".join(runtime.all("LABEL"))
+    assert 'org.opencontainers.image.base.name="${PYTHON_IMAGE}"' in labels
+
+
+def healthcheck_url(cmdline: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URL the HEALTHCHECK's Python GETs when PID 1 was started with this command line."""
+    _, stages = parse_dockerfile(DOCKERFILE.read_text())
+    [healthcheck] = stages[-1].all("HEALTHCHECK")
+    argv = json.loads(healthcheck[healthcheck.index("CMD") + len("CMD") :])
+    assert argv[:2] == ["python", "-c"]
+    seen: list[str] = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: seen.append(url))
+
+    class FakeProcFile:
+        def __init__(self, path: str) -> None:
+            assert path == "/proc/1/cmdline"
+
+        def read(self) -> str:
+            return "".join(f"{arg}\0" for arg in cmdline)
+
+    exec(argv[2], {"open": FakeProcFile})  # the Dockerfile's own one-liner, /proc faked
+    [url] = seen
+    return url
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "port"),
+    [
+        (
+            [
+                "/app/.venv/bin/python",
+                "filewallball",
+                "serve",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "8000",
+            ],
+            8000,
+        ),
+        (["filewallball", "serve", "--host", "0.0.0.0", "--port", "9000"], 9000),
+        (["filewallball", "serve", "--port=9100"], 9100),
+        (["/sbin/docker-init", "--", "filewallball", "serve", "--port", "7000"], 7000),
+        (["filewallball", "serve", "--port", "7000", "--port", "7001"], 7001),
+        (["filewallball", "serve"], 8000),
+    ],
+)
+def test_healthcheck_probes_the_served_port(
+    cmdline: list[str], port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert healthcheck_url(cmdline, monkeypatch) == f"http://127.0.0.1:{port}/healthz"
+
+
 def test_builder_installs_locked_without_dev_with_bytecode(
     dockerfile: tuple[dict[str, str], list[Stage]],
 ) -> None:
@@ -119,10 +157,14 @@ def test_builder_installs_locked_without_dev_with_bytecode(
     builder = next(stage for stage in stages if stage.name == "builder")
     env = env_of(builder)
     assert env["UV_COMPILE_BYTECODE"] == "1"
+    # The python3.11 on PATH: the official image has it in /usr/local/bin, Debian in /usr/bin.
+    assert not env["UV_PYTHON"].startswith("/")
     syncs = [run for run in builder.all("RUN") if "uv sync" in run]
     assert len(syncs) == 2
     for run in syncs:
-        assert {"--frozen", "--no-dev", "--no-editable"} <= set(run.split())
+        assert {"--frozen", "--no-dev", "--no-editable"} <= set(uv_sync_argv(run))
+    # uv leaves /app/.venv/.lock world-writable; the last step must take that away.
+    assert "chmod -R go-w /app/.venv" in syncs[-1]
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
@@ -179,7 +221,7 @@ def test_uv_install_steps_build_a_working_environment(
             shutil.copytree(
                 ROOT / "src", context / "src", ignore=shutil.ignore_patterns("__pycache__")
             )
-        command = shlex.split(run[run.index("uv sync") :])
+        command = uv_sync_argv(run)
         result = subprocess.run(
             [uv, *command[1:]],
             cwd=context,
