@@ -76,6 +76,7 @@ class Engine:
         else:
             self.rundir = Path(tempfile.mkdtemp(prefix="fwb-run-"))
         self.log = workdir / "engine.log"
+        self.tags: list[str] = []  # what was built here, removed again by close()
 
     def __call__(
         self, *args: str, timeout: float = 120, check: bool = True
@@ -156,7 +157,6 @@ class DockerEngine(Engine):
         socket = workdir / "docker.sock"
         (workdir / "daemon.json").write_text("{}")  # not the machine's /etc/docker/daemon.json
         self.cli = [docker]
-        self.tags: list[str] = []
         self.env = {
             "DOCKER_HOST": f"unix://{socket}",
             "DOCKER_CONFIG": str(workdir / "client"),
@@ -279,7 +279,6 @@ class BuildahEngine(Engine):
         ]
         (self.store / "tmp").mkdir(exist_ok=True)
         self.buildah = [buildah, *storage]
-        self.tags: list[str] = []
         self.cli = [
             podman,
             *storage,

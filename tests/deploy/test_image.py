@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -191,6 +192,33 @@ def test_image_config(built: Built) -> None:
     healthcheck = config["Healthcheck"]  # kept by buildah only with --format docker
     assert isinstance(healthcheck, dict)
     assert healthcheck["Test"][:2] == ["CMD", "python"]
+
+
+def test_a_new_version_rebuilds_only_the_labels(built: Built) -> None:
+    """VERSION, REVISION and CREATED change on every release build; no layer may depend on them."""
+    engine = built.engine
+    if engine.name != "docker":
+        pytest.skip("buildah build reuses layers only with --layers (the docker build checks it)")
+    new = {"VERSION": "0.0.1-test", "REVISION": "4567def", "CREATED": "2026-02-03T04:05:06Z"}
+    args = [f"--build-arg={key}={value}" for key, value in new.items()]
+    tag = "localhost/filewallball:test-rebuilt"
+    result = engine(
+        *["build", "--network=host", "--progress=plain", *args, "-t", tag, str(ROOT)],
+        timeout=600,
+    )
+    engine.tags.append(tag)
+    # Plain progress: "#7 [runtime 2/5] RUN apt-get ..." then "#7 CACHED" for a reused step.
+    steps = {
+        step: what
+        for step, what in re.findall(
+            r"(?m)^(#\d+) \[(?:builder|runtime) [^\]]*\] (.*)$", result.stderr
+        )
+        if not what.startswith("FROM ")
+    }
+    cached = set(re.findall(r"(?m)^(#\d+) CACHED$", result.stderr))
+    assert steps, result.stderr[-3000:]
+    assert {step: what for step, what in steps.items() if step not in cached} == {}
+    assert engine.label(tag, "org.opencontainers.image.version") == new["VERSION"]
 
 
 def test_nothing_in_the_image_is_writable_by_others(built: Built) -> None:
