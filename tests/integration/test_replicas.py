@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REDIS_URL
 from tests.integration.test_server import AUTH, Server, start_server
+from tests.integration.test_server_metrics import scrape
 
 T = TypeVar("T")
 
@@ -148,16 +148,6 @@ def _upload_counts_per_process(multiproc_dir: Path) -> dict[str, float]:
     return counts
 
 
-def _scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    response = httpx.get(f"{url}/metrics", headers={**AUTH, "connection": "close"}, timeout=10)
-    assert response.status_code == 200, response.text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
 def test_metrics_add_up_every_worker(tmp_path: Path, pg_url: str, redis_prefix: str) -> None:
     multiproc_dir = tmp_path / "metrics"
     multiproc_dir.mkdir()
@@ -190,7 +180,7 @@ def test_metrics_add_up_every_worker(tmp_path: Path, pg_url: str, redis_prefix: 
                 pytest.fail(f"all {sent} uploads went to one worker")
 
         for _ in range(6):  # whichever worker answers the scrape, the totals are everyone's
-            samples = _scrape(server.url)
+            samples = scrape(server.url)
             uploads = samples.get(
                 (
                     "filewallball_uploads_total",
