@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import unavailable
 from tests.images import jpeg
 from tests.integration.conftest import ADMIN_KEY
 from tests.integration.test_server import Server, start_server
@@ -53,7 +54,7 @@ def curl_examples() -> list[str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if CURL is None:
-        pytest.skip("curl is not installed")
+        unavailable("curl is not installed (apt-get install curl)")
     started = start_server(
         tmp_path_factory.mktemp("readme"),
         env={"FWB_TRASH_RETENTION": "3600"},

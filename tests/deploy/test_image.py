@@ -194,11 +194,12 @@ def test_image_config(built: Built) -> None:
     assert healthcheck["Test"][:2] == ["CMD", "python"]
 
 
+# Docker's build only: buildah reuses layers only with --layers, which its build here does not
+# use, so it has no cache to show; the Dockerfile's layer order is the same for both.
+@pytest.mark.parametrize("built", ["docker"], indirect=True)
 def test_a_new_version_rebuilds_only_the_labels(built: Built) -> None:
     """VERSION, REVISION and CREATED change on every release build; no layer may depend on them."""
     engine = built.engine
-    if engine.name != "docker":
-        pytest.skip("buildah build reuses layers only with --layers (the docker build checks it)")
     new = {"VERSION": "0.0.1-test", "REVISION": "4567def", "CREATED": "2026-02-03T04:05:06Z"}
     args = [f"--build-arg={key}={value}" for key, value in new.items()]
     tag = "localhost/filewallball:test-rebuilt"

@@ -6,7 +6,7 @@ import enum
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
@@ -47,11 +47,11 @@ class Validators:
         """A file's record (GET /files/{id}): a strong tag of every field the record shows, so
         it changes with its scan or thumbnail status, visibility, expiry or trash; the date is
         the upload's, the only one a record has (the bytes never change)."""
-        fields = "\x1f".join(
+        shown = "\x1f".join(
             value.isoformat() if isinstance(value, datetime) else str(value)
-            for value in astuple(record)
+            for value in (getattr(record, field.name) for field in fields(record))
         )
-        tag = hashlib.blake2b(fields.encode(), digest_size=16).hexdigest()
+        tag = hashlib.blake2b(shown.encode(), digest_size=16).hexdigest()
         return cls(f'"r{tag}"', record.created_at.replace(microsecond=0))
 
 
