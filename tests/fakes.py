@@ -266,6 +266,11 @@ class FakeBlobStore(BlobStore):
     async def free_bytes(self) -> int | None:
         return None
 
+    async def download_url(
+        self, sha256: Sha256, *, content_type: str, content_disposition: str
+    ) -> str | None:
+        return None
+
 
 class FakeSniffer(Sniffer):
     """Knows PNG and JPEG by their magic numbers; UTF-8 is text; anything else is binary."""

@@ -14,7 +14,7 @@ each closes it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dependency_injector import containers, providers
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -60,6 +60,9 @@ from filewallball.domain.uploads import Uploader, UploadLimits
 from filewallball.secret_file import load_or_create_secret
 from filewallball.settings import Settings
 
+if TYPE_CHECKING:
+    from filewallball.adapters.s3 import S3BlobStore
+
 
 # The keys of the Selectors below, from the settings.
 def _with_redis(url: str | None) -> str:
@@ -76,6 +79,21 @@ def _buffering(flush_interval: float) -> str:
 
 def _scanning(address: str | None) -> str:
     return "clamd" if address else "none"
+
+
+def _storage(bucket: str | None) -> str:
+    return "s3" if bucket else "disk"
+
+
+def _presign(enabled: bool, expires_seconds: int) -> int | None:
+    return expires_seconds if enabled else None
+
+
+def _s3_blob_store(location: dict[str, Any], **options: Any) -> S3BlobStore:
+    # Imported here: aiobotocore and aiohttp take half a second to import, for S3 only.
+    from filewallball.adapters.s3 import S3BlobStore, S3Location
+
+    return S3BlobStore(S3Location(**location), **options)
 
 
 class _Closeable(Protocol):
@@ -168,7 +186,30 @@ class Container(containers.DeclarativeContainer):
     audit_log = providers.Singleton(CountingAuditLog, inner=audit_store)
     usage = providers.Singleton(SqlUsageRepository, engine=engine)
     stats = providers.Singleton(SqlStatsRepository, engine=engine)
-    blobs = providers.Singleton(DiskBlobStore, root=settings.provided.blob_dir)
+    # Blobs and renditions on the local volume, or in an S3 bucket (DESIGN.md §5).
+    blobs = providers.Selector(
+        providers.Callable(_storage, settings.provided.s3_bucket),
+        disk=providers.Singleton(DiskBlobStore, root=settings.provided.blob_dir),
+        s3=providers.Singleton(
+            _s3_blob_store,
+            location=providers.Dict(
+                bucket=settings.provided.s3_bucket,
+                endpoint_url=settings.provided.s3_endpoint_url,
+                region=settings.provided.s3_region,
+                prefix=settings.provided.s3_prefix,
+                addressing_style=settings.provided.s3_addressing_style,
+            ),
+            part_size=settings.provided.s3_part_size_bytes,
+            max_object_bytes=settings.provided.max_upload_bytes,
+            upload_concurrency=settings.provided.s3_upload_concurrency,
+            max_connections=settings.provided.s3_max_connections,
+            presign_expires_seconds=providers.Callable(
+                _presign,
+                settings.provided.s3_presigned_downloads,
+                settings.provided.s3_presign_expires_seconds,
+            ),
+        ),
+    )
 
     # -- the other adapters ---------------------------------------------------------------------
     rate_limiter = providers.Singleton(
@@ -294,10 +335,12 @@ class Container(containers.DeclarativeContainer):
     # Its children exit with this process anyway; closing them here reaps them. Jobs render
     # thumbnails: the queue closes first.
     renderer_closing = providers.Resource(_closed_at_shutdown, renderer)
+    # The S3 client (jobs read and write blobs: the queue closes first).
+    blobs_closing = providers.Resource(_closed_at_shutdown, blobs)
     queue_closing = providers.Resource(
         _closed_at_shutdown,
         task_queue,
-        before=providers.List(engine_closing, redis_closing, renderer_closing),
+        before=providers.List(engine_closing, redis_closing, renderer_closing, blobs_closing),
     )
     limiter_closing = providers.Resource(_closed_at_shutdown, rate_limiter)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -17,6 +18,8 @@ from filewallball.domain.security import IssuedKey, parse_network
 GiB = 1024**3
 
 
+# S3's rule for bucket names (no uppercase, no underscore), as AWS, MinIO and Ceph apply it.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # 100 years: longer than anything a duration is for, short enough that no date computed from
 # it overflows.
@@ -95,6 +98,22 @@ class Settings(BaseSettings):
     near_cache: bool = True
     temp_max_age_seconds: int = Field(default=3600, ge=60)
     min_free_bytes: int = Field(default=1024**3, ge=0)  # /readyz fails below this
+
+    # Object storage (DESIGN.md §5, docs/deployment.md): with a bucket, blobs and renditions
+    # live in S3 and no byte of them touches the local disk. Credentials: the AWS chain.
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None  # MinIO, SeaweedFS, Ceph RGW...; unset: AWS
+    s3_region: str | None = None  # unset: the AWS chain's (AWS_REGION, the profile), else us-east-1
+    s3_prefix: str = "filewallball/"
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Whole-file GETs answer 302 to a presigned URL, after authentication, access and audit.
+    s3_presigned_downloads: bool = False
+    s3_presign_expires_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    # Uploads stream in parts of this size (grown when 10,000 parts could not hold
+    # FWB_MAX_UPLOAD_BYTES), at most s3_upload_concurrency of them in flight.
+    s3_part_size_bytes: int = Field(default=8 * 1024**2, ge=5 * 1024**2, le=5 * GiB)
+    s3_upload_concurrency: int = Field(default=2, ge=1, le=16)
+    s3_max_connections: int = Field(default=64, ge=1, le=1000)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # JSON lines (for Loki and friends), or readable lines (console); auto: console on a terminal
@@ -211,6 +230,27 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @field_validator("s3_bucket")
+    @classmethod
+    def _check_bucket(cls, value: str | None) -> str | None:
+        if value is not None and not _BUCKET_NAME.fullmatch(value):
+            raise ValueError("must be an S3 bucket name: 3 to 63 of a-z, 0-9, '.', '-'")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/\s]+/?", value):
+            raise ValueError("must be an http:// or https:// URL of the S3 server, no path")
+        return value.rstrip("/") if value else None
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if value.startswith("/") or "//" in value or (value and not value.endswith("/")):
+            raise ValueError("must be empty or like 'some/path/': no leading '/', ends with '/'")
+        return value
+
     @field_validator("public_base_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
@@ -231,6 +271,10 @@ class Settings(BaseSettings):
     def migrate_at_start(self) -> bool:
         """SQLite is migrated at start; PostgreSQL by `filewallball migrate` unless told otherwise."""
         return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def uses_s3(self) -> bool:
+        return self.s3_bucket is not None
 
     @property
     def blob_dir(self) -> Path:

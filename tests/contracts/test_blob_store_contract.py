@@ -1,4 +1,5 @@
-"""The BlobStore contract, run against the fake and the disk adapter; then disk-only details."""
+"""The BlobStore contract, run against the fake, the disk adapter and S3 on a real server
+(SeaweedFS); then details of disk and of S3."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from filewallball.adapters.disk import DiskBlobStore
+from filewallball.adapters.s3 import S3BlobStore, S3Location
 from filewallball.domain.errors import DependencyUnavailable, FileTooLarge, StorageFull
 from filewallball.domain.models import Sha256
 from filewallball.domain.ports import BlobStore
-from tests.conftest import staged_files
+from tests.conftest import S3_BUCKET, staged_files
 from tests.fakes import FakeBlobStore, stream
+from tests.s3_server import SeaweedS3
 
 MiB = 1024 * 1024
 
@@ -39,20 +43,41 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "blobs"
 
 
-@pytest.fixture(params=["fake", "disk"])
-def store(request: pytest.FixtureRequest, root: Path) -> BlobStore:
+def s3_store(server: SeaweedS3, prefix: str, **options: int) -> S3BlobStore:
+    location = S3Location(bucket=S3_BUCKET, endpoint_url=server.endpoint, prefix=prefix)
+    return S3BlobStore(location, **options)
+
+
+@pytest.fixture(params=["fake", "disk", "s3"])
+async def store(request: pytest.FixtureRequest, root: Path) -> AsyncIterator[BlobStore]:
     if request.param == "fake":
-        return FakeBlobStore()
-    return DiskBlobStore(root)
+        yield FakeBlobStore()
+    elif request.param == "disk":
+        yield DiskBlobStore(root)
+    else:
+        # The smallest parts S3 allows, so that a few MiB take the multipart path.
+        s3 = s3_store(
+            request.getfixturevalue("s3_server"),
+            request.getfixturevalue("s3_prefix"),
+            part_size=5 * MiB,
+        )
+        yield s3
+        await s3.aclose()
 
 
 @pytest.fixture
-def leftovers(store: BlobStore, root: Path) -> Callable[[], list[object]]:
+def leftovers(
+    store: BlobStore, root: Path, request: pytest.FixtureRequest
+) -> Callable[[], list[object]]:
     """Whatever the store still holds for staged, unpublished blobs."""
 
     def held() -> list[object]:
         if isinstance(store, FakeBlobStore):
             return list(store.staged)
+        if isinstance(store, S3BlobStore):
+            server: SeaweedS3 = request.getfixturevalue("s3_server")
+            prefix = store.location.prefix + "tmp/"
+            return [*server.keys(prefix), *server.multipart_uploads(prefix)]
         return list(staged_files(root / ".tmp"))
 
     return held
@@ -200,13 +225,19 @@ async def test_missing_and_deleted_blobs(store: BlobStore) -> None:
 
 
 async def test_an_open_reader_outlives_delete(store: BlobStore) -> None:
+    """On disk an open descriptor keeps the bytes; S3 has no open handles, so there a read
+    after the delete says the blob is gone, and never yields other bytes."""
     data = pattern(MiB + 3)
     sha = await put(store, data)
     reader = await store.open(sha)
     assert reader is not None
     await store.delete(sha)
     try:
-        assert b"".join([chunk async for chunk in reader.chunks(0, reader.size)]) == data
+        if isinstance(store, S3BlobStore):
+            with pytest.raises(DependencyUnavailable, match="deleted while it was read"):
+                _ = [chunk async for chunk in reader.chunks(0, reader.size)]
+        else:
+            assert b"".join([chunk async for chunk in reader.chunks(0, reader.size)]) == data
     finally:
         await reader.close()
 
@@ -341,6 +372,7 @@ _STAGER = """
 import sys, time
 from pathlib import Path
 from filewallball.adapters.disk import DiskBlobStore
+from filewallball.adapters.s3 import S3BlobStore, S3Location
 
 store = DiskBlobStore(Path(sys.argv[1]))
 folder = store._staging.folder()
@@ -384,3 +416,175 @@ async def test_disk_sweep_removes_what_dead_processes_staged_at_once(
         alive.wait()
     assert await disk.sweep(older_than_seconds=3600) == 1  # now that one died too
     assert staged_files(root / ".tmp") == []
+
+
+# S3 only (the real SeaweedFS server of tests/s3_server.py).
+
+
+@pytest.fixture
+async def s3(s3_server: SeaweedS3, s3_prefix: str) -> AsyncIterator[S3BlobStore]:
+    store = s3_store(s3_server, s3_prefix, part_size=5 * MiB)
+    yield store
+    await store.aclose()
+
+
+async def test_s3_layout_temp_then_blobs(s3: S3BlobStore, s3_server: SeaweedS3) -> None:
+    prefix = s3.location.prefix
+    small, large = b"where do the bytes go?", pattern(11 * MiB + 5)
+    staged_small = await s3.stage(stream(small, 4))
+    staged_large = await s3.stage(stream(large, 64 * 1024))
+    # Both complete objects under tmp/, nothing under blobs/, no multipart upload left open.
+    assert len(s3_server.keys(prefix + "tmp/")) == 2
+    assert s3_server.keys(prefix + "blobs/") == []
+    assert s3_server.multipart_uploads(prefix) == []
+
+    await staged_small.publish(sha_of(small))
+    await staged_large.publish(sha_of(large))
+    assert s3_server.keys(prefix) == sorted(
+        [f"{prefix}blobs/{sha_of(small)}", f"{prefix}blobs/{sha_of(large)}"]
+    )
+    assert await read(s3, sha_of(large)) == large
+    await staged_small.publish(sha_of(small))  # a retried transaction: no-op
+
+
+async def test_s3_same_content_is_stored_once(s3: S3BlobStore, s3_server: SeaweedS3) -> None:
+    data = pattern(6 * MiB)
+    for chunk_size in (MiB, 7 * 1000):
+        staged = await s3.stage(stream(data, chunk_size))
+        await staged.publish(sha_of(data))
+        await staged.discard()
+    assert s3_server.keys(s3.location.prefix) == [f"{s3.location.prefix}blobs/{sha_of(data)}"]
+
+
+async def test_s3_large_blobs_are_published_in_copied_parts(
+    s3: S3BlobStore, s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over PART_COPY_ABOVE (5 GiB at most, CopyObject's limit) the copy goes in parts."""
+    import filewallball.adapters.s3 as s3_module
+
+    monkeypatch.setattr(s3_module, "PART_COPY_ABOVE", 6 * MiB)
+    monkeypatch.setattr(s3_module, "COPY_PART_BYTES", 5 * MiB)
+    data = pattern(17 * MiB + 1)
+    sha = await put(s3, data, chunk_size=MiB)
+    assert await read(s3, sha) == data
+    assert await read(s3, sha, 5 * MiB - 3, 10) == data[5 * MiB - 3 : 5 * MiB + 7]
+    assert s3_server.keys(s3.location.prefix) == [f"{s3.location.prefix}blobs/{sha}"]
+    assert s3_server.multipart_uploads(s3.location.prefix) == []
+
+
+async def test_s3_part_size_grows_for_the_largest_upload(s3_server: SeaweedS3) -> None:
+    """10,000 parts must hold FWB_MAX_UPLOAD_BYTES; smaller than S3's 5 MiB is refused."""
+    store = s3_store(s3_server, "x/", part_size=8 * MiB, max_object_bytes=200 * 1024**3)
+    assert store.part_size * 10_000 >= 200 * 1024**3
+    with pytest.raises(ValueError, match="at least"):
+        s3_store(s3_server, "x/", part_size=MiB)
+
+
+async def test_s3_sweep_aborts_stale_uploads_and_keeps_live_ones(
+    s3: S3BlobStore, s3_server: SeaweedS3
+) -> None:
+    """What a killed process left in tmp/ (an object, an open multipart upload) goes once
+    untouched for the age given; an upload that just sent a part stays."""
+    prefix = s3.location.prefix
+    client = s3_server.client()
+    client.put_object(Bucket=S3_BUCKET, Key=f"{prefix}tmp/dead-object", Body=b"half")
+    started = client.create_multipart_upload(Bucket=S3_BUCKET, Key=f"{prefix}tmp/dead-upload")
+    client.upload_part(
+        Bucket=S3_BUCKET,
+        Key=f"{prefix}tmp/dead-upload",
+        UploadId=started["UploadId"],
+        PartNumber=1,
+        Body=pattern(5 * MiB),
+    )
+    kept = await put(s3, b"published, never swept")
+
+    assert await s3.sweep(older_than_seconds=3600) == 0
+    assert s3_server.multipart_uploads(prefix) == [f"{prefix}tmp/dead-upload"]
+    await asyncio.sleep(1.1)  # S3 times have one-second resolution
+    assert await s3.sweep(older_than_seconds=1) == 2
+    assert s3_server.keys(prefix) == [f"{prefix}blobs/{kept}"]
+    assert s3_server.multipart_uploads(prefix) == []
+
+
+async def test_s3_a_read_of_a_missing_blob_is_none(s3: S3BlobStore) -> None:
+    assert await s3.open(sha_of(b"never stored")) is None
+    assert not await s3.exists(sha_of(b"never stored"))
+
+
+async def test_s3_presigned_download(s3_server: SeaweedS3, s3_prefix: str) -> None:
+    store = S3BlobStore(
+        S3Location(bucket=S3_BUCKET, endpoint_url=s3_server.endpoint, prefix=s3_prefix),
+        presign_expires_seconds=60,
+    )
+    try:
+        data = pattern(300_000)
+        sha = await put(store, data)
+        url = await store.download_url(
+            sha, content_type="text/plain", content_disposition='attachment; filename="a.txt"'
+        )
+        assert url is not None and "X-Amz-Signature" in url and "X-Amz-Expires=60" in url
+        async with httpx.AsyncClient() as http:
+            response = await http.get(url)
+            assert response.status_code == 200
+            assert response.content == data
+            assert response.headers["Content-Disposition"] == 'attachment; filename="a.txt"'
+            assert response.headers["Content-Type"] == "text/plain"
+            # Another blob, or a longer life, under the same signature: refused.
+            for tampered in (url.replace(sha, sha_of(b"x")), url.replace("=60", "=61")):
+                assert (await http.get(tampered)).status_code == 403
+    finally:
+        await store.aclose()
+    # Off (the default), and on disk: no URL, downloads stream through the server.
+    for unsigned in (s3_store(s3_server, s3_prefix), DiskBlobStore(Path("/nonexistent"))):
+        assert await unsigned.download_url(sha, content_type="a/b", content_disposition="x") is None
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_s3_unreachable_is_unavailable_and_stores_nothing(tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    store = S3BlobStore(S3Location(bucket=S3_BUCKET, endpoint_url=endpoint, prefix="gone/"))
+    try:
+        for attempt in (
+            store.check_writable(),
+            store.stage(stream(pattern(6 * MiB), MiB)),
+            store.open(sha_of(b"x")),
+            store.check_bucket(),
+        ):
+            with pytest.raises(DependencyUnavailable) as raised:
+                await attempt
+            assert f"S3 bucket '{S3_BUCKET}' at {endpoint}" in raised.value.diagnosis
+    finally:
+        await store.aclose()
+
+
+async def test_s3_missing_bucket_and_refused_credentials(
+    s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = S3BlobStore(
+        S3Location(bucket="no-such-bucket-here", endpoint_url=s3_server.endpoint, prefix="p/")
+    )
+    try:
+        with pytest.raises(DependencyUnavailable, match="unavailable") as raised:
+            await missing.check_bucket()
+        assert "the bucket does not exist" in raised.value.diagnosis
+        # (No write is tried: SeaweedFS makes a missing bucket on the first PUT of an admin.)
+    finally:
+        await missing.aclose()
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    refused = s3_store(s3_server, "refused/")
+    try:
+        with pytest.raises(DependencyUnavailable) as raised:
+            await refused.check_writable()
+        assert "refused" in raised.value.diagnosis
+    finally:
+        await refused.aclose()
+    monkeypatch.undo()
+    assert s3_server.keys("refused/") == []

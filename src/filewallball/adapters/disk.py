@@ -220,6 +220,14 @@ class DiskBlobStore(BlobStore):
             return None
         return int(usage.free)
 
+    async def aclose(self) -> None:
+        """Nothing to close: every reader owns its descriptor."""
+
+    async def download_url(
+        self, sha256: Sha256, *, content_type: str, content_disposition: str
+    ) -> str | None:
+        return None  # a local file: the server sends it (or nginx, by X-Accel-Redirect)
+
     async def check_writable(self) -> None:
         """Write, fsync and remove a probe file; DependencyUnavailable (even when full) if not."""
         try:

@@ -152,6 +152,13 @@ class BlobStore(Protocol):
         """Room left for blobs, when the store can tell."""
         ...
 
+    async def download_url(
+        self, sha256: Sha256, *, content_type: str, content_disposition: str
+    ) -> str | None:
+        """A short-lived URL a client may fetch the whole blob from itself, answered with these
+        headers; None when the server must send the bytes (the store cannot, or is told not to)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:

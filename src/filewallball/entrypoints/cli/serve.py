@@ -14,7 +14,13 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from filewallball.entrypoints.cli.startup import USAGE_ERROR, fail, guarded, settings_or_exit
+from filewallball.entrypoints.cli.startup import (
+    USAGE_ERROR,
+    check_object_storage,
+    fail,
+    guarded,
+    settings_or_exit,
+)
 from filewallball.settings import Settings
 
 T = TypeVar("T")
@@ -48,6 +54,7 @@ def serve(
     settings = settings_or_exit()
     _check_data_dir(settings)
     _check_port_free(host, port)
+    check_object_storage(settings)
     from filewallball.entrypoints import metrics_folder
 
     # Before the logging module: it imports prometheus_client, which must find the folder set.
@@ -179,6 +186,7 @@ def worker(
             err=True,
         )
         raise typer.Exit(code=2)
+    check_object_storage(settings)
     redis_url = settings.redis_url
     stop_metrics = _worker_metrics(settings)
 

@@ -70,3 +70,31 @@ def guarded(call: Callable[[], T], *, settings: Settings | None = None) -> T:
         fail(f"database at {where}: {driver_reason(error)}")
     except (OSError, CommandError) as error:
         fail(str(error) or type(error).__name__)
+
+
+def check_object_storage(settings: Settings) -> None:
+    """With FWB_S3_BUCKET: a missing bucket is a setting to fix, said here and exit 1; an
+    unreachable store only a warning (the process starts, not ready, and tries again)."""
+    if not settings.uses_s3:
+        return
+    import asyncio
+
+    from filewallball.adapters.s3 import MissingBucket, S3BlobStore
+    from filewallball.container import build_container
+
+    async def look() -> None:
+        store = build_container(settings).blobs()
+        assert isinstance(store, S3BlobStore)
+        try:
+            await store.check_bucket()
+        finally:
+            await store.aclose()
+
+    try:
+        asyncio.run(look())
+    except MissingBucket as error:
+        fail(f"{error.diagnosis}: create it, or set FWB_S3_BUCKET to one that exists")
+    except DependencyUnavailable as error:
+        typer.echo(
+            f"warning: {error.diagnosis}; starting anyway, not ready until it answers", err=True
+        )

@@ -44,7 +44,8 @@ async def _start(root: Container) -> bool:
     recovery after a crash. False when the database could not be reached: the server serves
     anyway (503s, not ready, with where and why), and _start_when_reachable tries again."""
     settings: Settings = root.settings()
-    await anyio.Path(settings.blob_dir).mkdir(parents=True, exist_ok=True)
+    if not settings.uses_s3:
+        await anyio.Path(settings.blob_dir).mkdir(parents=True, exist_ok=True)
     try:
         if settings.migrate_at_start:
             await anyio.to_thread.run_sync(upgrade, settings.resolved_database_url)
