@@ -1,8 +1,9 @@
-"""The HTTP stack end to end: the real app on SQLite (embedded) or PostgreSQL + Redis."""
+"""The HTTP stack end to end: the real app on SQLite (embedded) or PostgreSQL + Redis, and
+for the modules that set ON_S3 also on PostgreSQL + Redis + S3 (a real SeaweedFS server)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import pytest
 
 from filewallball.entrypoints.http.app import create_app
 from filewallball.settings import Settings
-from tests.conftest import REDIS_URL, staged_files
+from tests.conftest import REDIS_URL, S3_BUCKET, staged_files
+from tests.s3_server import SeaweedS3
 
 AppFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
@@ -22,12 +24,26 @@ ADMIN_KEY = "fwb_testadmin000_" + "A" * 43
 GENEROUS = {"rate_limit": "100000/minute", "upload_rate_limit": "100000/minute"}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    """Settings for one of the two ways to run (DESIGN.md §2)."""
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that takes `backend` runs on SQLite and PostgreSQL; in a module with
+    `ON_S3 = True` (what touches stored bytes) on S3 too."""
+    if "backend" in metafunc.fixturenames:
+        on_s3 = getattr(metafunc.module, "ON_S3", False)
+        names = ["sqlite", "postgres", *(["s3"] if on_s3 else [])]
+        metafunc.parametrize("backend", names, indirect=True)
+
+
+# The data folders of the tests running on S3, and where their blobs are.
+_ON_S3: dict[Path, tuple[SeaweedS3, str]] = {}
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Settings for one of the ways to run (DESIGN.md §2, §5)."""
     if request.param == "sqlite":
-        return {"data_dir": tmp_path, "bootstrap_admin_key": ADMIN_KEY, **GENEROUS}
-    return {
+        yield {"data_dir": tmp_path, "bootstrap_admin_key": ADMIN_KEY, **GENEROUS}
+        return
+    settings = {
         "data_dir": tmp_path,
         "bootstrap_admin_key": ADMIN_KEY,
         **GENEROUS,
@@ -36,6 +52,15 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
         "redis_prefix": request.getfixturevalue("redis_prefix"),
         "auto_migrate": True,
     }
+    if request.param == "postgres":
+        yield settings
+        return
+    s3: dict[str, str] = request.getfixturevalue("s3_settings")
+    _ON_S3[tmp_path] = (request.getfixturevalue("s3_server"), s3["s3_prefix"])
+    try:
+        yield {**settings, **s3}
+    finally:
+        del _ON_S3[tmp_path]
 
 
 @asynccontextmanager
@@ -71,10 +96,46 @@ async def client(make_client: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def blob_files(data_dir: Path) -> list[Path]:
+class S3Object:
+    """A stored object, with the part of Path's interface the tests use."""
+
+    def __init__(self, server: SeaweedS3, key: str) -> None:
+        self.server, self.key, self.name = server, key, key.rsplit("/", 1)[-1]
+
+    def read_bytes(self) -> bytes:
+        return bytes(self.server.client().get_object(Bucket=S3_BUCKET, Key=self.key)["Body"].read())
+
+    def write_bytes(self, data: bytes) -> None:
+        self.server.client().put_object(Bucket=S3_BUCKET, Key=self.key, Body=data)
+
+    def __repr__(self) -> str:
+        return f"S3Object({self.key!r})"
+
+
+def _s3_objects(data_dir: Path, folder: str) -> list[S3Object] | None:
+    if data_dir not in _ON_S3:
+        return None
+    # With S3 nothing of a blob is written to the local disk.
+    assert not (data_dir / "blobs").exists(), "a blob folder on the local disk with S3 on"
+    server, prefix = _ON_S3[data_dir]
+    found = [S3Object(server, key) for key in server.keys(f"{prefix}{folder}/")]
+    if folder == "tmp":
+        found += [S3Object(server, key) for key in server.multipart_uploads(f"{prefix}tmp/")]
+    return found
+
+
+def blob_files(data_dir: Path) -> list[Any]:
+    """The stored blobs (and renditions) of the server on `data_dir`: files, or S3 objects."""
+    objects = _s3_objects(data_dir, "blobs")
+    if objects is not None:
+        return objects
     root = data_dir / "blobs"
     return [p for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts]
 
 
-def temp_files(data_dir: Path) -> list[Path]:
+def temp_files(data_dir: Path) -> list[Any]:
+    """What is staged, not yet published: temp files, or temp objects and multipart uploads."""
+    objects = _s3_objects(data_dir, "tmp")
+    if objects is not None:
+        return objects
     return staged_files(data_dir / "blobs" / ".tmp")

@@ -12,6 +12,9 @@ import pytest
 
 from tests.integration.test_http_files import PNG, assert_problem, post
 
+# Stored bytes: these run on S3 too (tests/integration/conftest.py).
+ON_S3 = True
+
 DATA = b"".join(hashlib.sha256(bytes([i % 256, i // 256])).digest() for i in range(320))  # 10 KiB
 
 

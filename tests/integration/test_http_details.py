@@ -13,6 +13,9 @@ import pytest
 from tests.integration.conftest import AppFactory, blob_files
 from tests.integration.test_http_files import assert_problem, post
 
+# Stored bytes: these run on S3 too (tests/integration/conftest.py).
+ON_S3 = True
+
 
 @pytest.fixture
 async def record(client: httpx.AsyncClient) -> dict[str, str]:

@@ -13,6 +13,9 @@ import pytest
 
 from tests.integration.conftest import AppFactory, blob_files, temp_files
 
+# Stored bytes: these run on S3 too (tests/integration/conftest.py).
+ON_S3 = True
+
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00"
 
 

@@ -16,6 +16,9 @@ from filewallball.settings import Settings
 from tests.integration.conftest import ADMIN_KEY, AppFactory, blob_files
 from tests.integration.test_http_files import assert_problem, post
 
+# Stored bytes: these run on S3 too (tests/integration/conftest.py).
+ON_S3 = True
+
 
 def container_of(client: httpx.AsyncClient) -> Container:
     transport = client._transport

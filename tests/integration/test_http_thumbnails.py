@@ -16,6 +16,9 @@ from tests.integration.test_http_files import assert_problem, post
 from tests.integration.test_server import AUTH, start_server
 from tests.integration.test_vips_renderer import children as renderer_children
 
+# Stored bytes: these run on S3 too (tests/integration/conftest.py).
+ON_S3 = True
+
 
 def png(width: int, height: int) -> bytes:
     red = pyvips.Image.black(width, height, bands=3).linear([1, 1, 1], [200, 30, 30])
