@@ -122,6 +122,27 @@ class FileService:
             size=sent,
         )
 
+    async def presigned_download(
+        self, principal: Principal, record: FileRecord, *, content_disposition: str
+    ) -> str | None:
+        """A short-lived URL the client fetches the whole file from itself (the blob store's,
+        when it gives such URLs and is told to), audited as a download; else None."""
+        url = await self._blobs.download_url(
+            record.sha256,
+            content_type=str(record.content_type),
+            content_disposition=content_disposition,
+        )
+        if url is not None:
+            await self._auditor.record(
+                principal,
+                "file.download",
+                Outcome.SUCCESS,
+                target=record.id,
+                detail="presigned",
+                size=record.size,
+            )
+        return url
+
     async def preview(
         self, principal: Principal, raw_id: str, *, max_lines: int | None = None
     ) -> Preview:

@@ -37,9 +37,16 @@ _CONTENT_SAFETY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy
 _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {}}, "description": "The whole file"},
     206: {"description": "One range, or multipart/byteranges for several"},
+    302: {
+        "description": "With FWB_S3_PRESIGNED_DOWNLOADS, a whole-file GET: the file from a"
+        " short-lived presigned URL of the object store, after authentication and audit",
+        "headers": {"Location": {"description": "The presigned URL", "schema": {"type": "string"}}},
+    },
     304: {"description": "Not modified (If-None-Match / If-Modified-Since)"},
     **problems(404, 412, 416, 503),
 }
+# The presigned URL is the caller's alone and soon expires: no cache may keep or share it.
+_REDIRECT_HEADERS = {"Cache-Control": "private, no-store", "Referrer-Policy": "no-referrer"}
 _DOWNLOAD_HEADERS = request_headers(
     "Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"
 )
@@ -134,6 +141,12 @@ async def download(file_id: str, request: Request, call: FileRequest) -> Any:
         status = 206
         content_type, segments = byteranges(ranges, size=record.size, content_type=content_type)
     headers["Content-Type"] = content_type
+    if status == 200 and not head and record.size:
+        url = await service.presigned_download(
+            caller, record, content_disposition=headers["Content-Disposition"]
+        )
+        if url is not None:
+            return Response(status_code=302, headers={"Location": url, **_REDIRECT_HEADERS})
     length = sum(s.blob_range.length for s in segments if s.blob_range)
     reader = None if head else await service.open_record(caller, record)
 
