@@ -12,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE_DIR = ROOT / "infra" / "kustomize"
 OVERLAYS = ("dev", "staging", "prod")
+# The overlays whose blobs are in S3 (components/s3-storage); dev keeps them on its volume.
+S3_OVERLAYS = ("staging", "prod")
 
 
 def unavailable(reason: str) -> None:
