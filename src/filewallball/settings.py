@@ -43,6 +43,7 @@ ENV_PREFIX = "FWB_"
 # The well-formed stand-ins of infra/kustomize/base (so the dev overlay starts as it is).
 PLACEHOLDER_MARK = "PLACEHOLDER-change-me"
 # Settings whose values are never echoed in an error message.
+_AWS_SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 _SECRET_FIELDS = frozenset({"secret_key", "bootstrap_admin_key", "database_url", "redis_url"})
 
 
@@ -221,11 +222,14 @@ class Settings(BaseSettings):
     def _no_placeholder_secrets(self) -> Self:
         if self.environment == "dev":
             return self
-        for field in sorted(_SECRET_FIELDS):
-            value = getattr(self, field)
+        named = {f"{ENV_PREFIX}{field.upper()}": getattr(self, field) for field in _SECRET_FIELDS}
+        if self.s3_bucket:
+            # The S3 credentials come from the AWS chain, not from Settings: checked here too.
+            named |= {name: os.environ.get(name) for name in _AWS_SECRET_VARIABLES}
+        for variable, value in sorted(named.items()):
             if value and PLACEHOLDER_MARK.lower() in value.lower():
                 raise ValueError(
-                    f"{ENV_PREFIX}{field.upper()} is the repository's placeholder: set a real"
+                    f"{variable} is the repository's placeholder: set a real"
                     f" secret (FWB_ENVIRONMENT={self.environment} refuses placeholders)"
                 )
         return self
