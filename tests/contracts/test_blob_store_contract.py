@@ -588,3 +588,32 @@ async def test_s3_missing_bucket_and_refused_credentials(
         await refused.aclose()
     monkeypatch.undo()
     assert s3_server.keys("refused/") == []
+
+
+@pytest.mark.parametrize("how", ["error", "cancel"])
+async def test_s3_a_failed_multipart_upload_is_aborted(
+    s3: S3BlobStore, s3_server: SeaweedS3, how: str
+) -> None:
+    """Parts already sent (two of 5 MiB, a third in flight): the multipart upload is aborted,
+    so the store keeps none of them, and the caller's error comes through unchanged."""
+    sent = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(12):
+            yield pattern(MiB)
+        sent.set()
+        if how == "error":
+            raise Boom("the client went away")
+        await asyncio.Event().wait()
+        yield b"never"
+
+    task = asyncio.create_task(s3.stage(chunks()))
+    await sent.wait()
+    await asyncio.sleep(0.2)  # parts are in flight
+    assert len(s3_server.multipart_uploads(s3.location.prefix)) == 1
+    if how == "cancel":
+        task.cancel()
+    with pytest.raises(Boom if how == "error" else asyncio.CancelledError):
+        await task
+    assert s3_server.multipart_uploads(s3.location.prefix) == []
+    assert s3_server.keys(s3.location.prefix) == []
