@@ -596,12 +596,13 @@ async def test_s3_a_failed_multipart_upload_is_aborted(
 ) -> None:
     """Parts already sent (two of 5 MiB, a third in flight): the multipart upload is aborted,
     so the store keeps none of them, and the caller's error comes through unchanged."""
-    sent = asyncio.Event()
+    sent, proceed = asyncio.Event(), asyncio.Event()
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(12):
             yield pattern(MiB)
         sent.set()
+        await proceed.wait()
         if how == "error":
             raise Boom("the client went away")
         await asyncio.Event().wait()
@@ -611,6 +612,8 @@ async def test_s3_a_failed_multipart_upload_is_aborted(
     await sent.wait()
     await asyncio.sleep(0.2)  # parts are in flight
     assert len(s3_server.multipart_uploads(s3.location.prefix)) == 1
+    proceed.set()
+    await asyncio.sleep(0)
     if how == "cancel":
         task.cancel()
     with pytest.raises(Boom if how == "error" else asyncio.CancelledError):
