@@ -117,23 +117,27 @@ def _errors(location: S3Location, doing: str) -> Iterator[None]:
 
 
 class _Client:
-    """One aiobotocore client per process, made on first use (after any fork), closed by aclose."""
+    """One aiobotocore client per process and event loop, made on first use (after a fork, in
+    the loop that uses it: its connections belong to that loop), closed by aclose."""
 
     def __init__(self, location: S3Location, *, max_connections: int = 64) -> None:
         self.location = location
         self._max_connections = max_connections
         self._client: S3Client | None = None
-        self._pid: int | None = None
+        self._owner: tuple[int, asyncio.AbstractEventLoop] | None = None
         self._stack: AsyncExitStack | None = None
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None
 
     async def get(self) -> S3Client:
-        if self._client is not None and self._pid == os.getpid():
+        owner = (os.getpid(), asyncio.get_running_loop())
+        if self._client is not None and self._owner == owner:
             return self._client
+        if self._lock is None or self._owner != owner:
+            # Another process or loop: what was made there cannot be used (nor closed) here.
+            self._lock, self._client, self._stack, self._owner = asyncio.Lock(), None, None, owner
         async with self._lock:
-            if self._client is None or self._pid != os.getpid():
+            if self._client is None:
                 self._client = await self._open()
-                self._pid = os.getpid()
         return self._client
 
     async def _open(self) -> S3Client:
@@ -163,7 +167,7 @@ class _Client:
 
     async def aclose(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
-        if stack is not None and self._pid == os.getpid():
+        if stack is not None and self._owner == (os.getpid(), asyncio.get_running_loop()):
             await stack.aclose()
 
 
