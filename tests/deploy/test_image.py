@@ -314,7 +314,10 @@ def test_migrate_serve_and_worker_as_the_prod_overlay_runs_them(
         data=data,
         env={**env, "FWB_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY},
     )
-    worker = built.start("worker", "--concurrency", "2", data=data, env=env)
+    # Host networking: the worker's metrics on a free port, not the default 9101 that
+    # another program of the machine may hold.
+    worker_env = {**env, "FWB_WORKER_METRICS_PORT": str(free_port())}
+    worker = built.start("worker", "--concurrency", "2", data=data, env=worker_env)
     try:
         with serving(built, api, port) as client:
             response = client.post("/upload", files={"file": ("photo.jpg", images.jpeg(800, 600))})
