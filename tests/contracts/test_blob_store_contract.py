@@ -620,3 +620,28 @@ async def test_s3_a_failed_multipart_upload_is_aborted(
         await task
     assert s3_server.multipart_uploads(s3.location.prefix) == []
     assert s3_server.keys(s3.location.prefix) == []
+
+
+async def test_s3_a_download_takes_one_request_once_the_size_is_known(
+    s3: S3BlobStore, s3_server: SeaweedS3, s3_prefix: str
+) -> None:
+    """Stored objects never change, so their sizes are kept: the second open sends no HEAD.
+    A blob another replica deleted is noticed by the GET, and forgotten."""
+    calls: list[str] = []
+    client = await s3._client.get()
+    client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    data = pattern(100_000)
+    sha = await put(s3, data)
+    calls.clear()
+    assert await read(s3, sha) == data
+    assert await read(s3, sha, 10, 20) == data[10:30]
+    assert calls == ["HeadObject", "GetObject", "GetObject"]
+
+    other_replica = s3_store(s3_server, s3_prefix)
+    await other_replica.delete(sha)
+    await other_replica.aclose()
+    reader = await s3.open(sha)
+    assert reader is not None  # still known here
+    with pytest.raises(DependencyUnavailable, match="deleted while it was read"):
+        _ = [chunk async for chunk in reader.chunks(0, reader.size)]
+    assert await s3.open(sha) is None

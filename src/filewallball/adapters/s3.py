@@ -21,6 +21,7 @@ import os
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ PART_COPY_ABOVE = 256 * MiB
 COPY_PART_BYTES = 64 * MiB
 COPY_CONCURRENCY = 8
 READ_CHUNK_BYTES = 256 * 1024
+HEAD_CACHE_ENTRIES = 10_000  # about 1.5 MB
 DEPENDENCY = "blob storage"
 # Error codes that mean "no room", from AWS (a bucket quota), MinIO and Ceph RGW.
 _FULL_CODES = frozenset({"QuotaExceeded", "XMinioStorageFull", "InsufficientStorage"})
@@ -201,7 +203,7 @@ class S3StagedBlob(StagedBlob):
 
 
 class S3BlobReader(BlobReader):
-    """A blob found by HEAD; each `chunks` call is one ranged, streamed GET.
+    """A blob found by HEAD (or known from one); each `chunks` call is one ranged, streamed GET.
 
     Unlike a file descriptor, it does not keep a deleted blob readable: a read after the blob
     was deleted raises DependencyUnavailable (S3 has no open handles). Blobs are deleted only
@@ -210,11 +212,10 @@ class S3BlobReader(BlobReader):
 
     path: str | None = None
 
-    def __init__(self, store: S3BlobStore, *, key: str, size: int, etag: str) -> None:
+    def __init__(self, store: S3BlobStore, *, key: str, size: int) -> None:
         self._store = store
         self._key = key
         self.size = size
-        self._etag = etag
         self._closed = False
 
     async def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
@@ -233,11 +234,12 @@ class S3BlobReader(BlobReader):
                 response = await client.get_object(
                     Bucket=location.bucket,
                     Key=self._key,
+                    # No If-Match: the bytes under a hash's key are always the same bytes.
                     Range=f"bytes={start}-{end - 1}",
-                    IfMatch=self._etag,
                 )
             except ClientError as error:
-                if _is_missing(error) or _code(error) == "PreconditionFailed":
+                if _is_missing(error):
+                    self._store._forget(self._key)
                     raise DependencyUnavailable(
                         DEPENDENCY,
                         "the blob was deleted while it was read",
@@ -279,6 +281,10 @@ class S3BlobStore(BlobStore):
         self._client = _Client(location, max_connections=max_connections)
         self._blobs = f"{location.prefix}blobs/"
         self._tmp = f"{location.prefix}tmp/"
+        # Sizes of the objects looked up lately: a stored object never changes (its key is
+        # its hash), so a download needs one GET, not a HEAD and a GET. A deleted one is
+        # forgotten here, or by the first GET that misses it (on another replica).
+        self._sizes: OrderedDict[str, int] = OrderedDict()
 
     def key(self, sha256: Sha256) -> str:
         # Re-validating keeps any string that is not 64 lowercase hex digits out of the key.
@@ -376,16 +382,27 @@ class S3BlobStore(BlobStore):
 
     async def open(self, sha256: Sha256) -> BlobReader | None:
         key = self.key(sha256)
-        head = await self._head(key)
-        if head is None:
-            return None
-        return S3BlobReader(self, key=key, size=int(head["ContentLength"]), etag=head["ETag"])
+        size = self._sizes.get(key)
+        if size is None:
+            head = await self._head(key)
+            if head is None:
+                return None
+            size = self._sizes[key] = int(head["ContentLength"])
+            if len(self._sizes) > HEAD_CACHE_ENTRIES:
+                self._sizes.popitem(last=False)
+        else:
+            self._sizes.move_to_end(key)
+        return S3BlobReader(self, key=key, size=size)
+
+    def _forget(self, key: str) -> None:
+        self._sizes.pop(key, None)
 
     async def exists(self, sha256: Sha256) -> bool:
         return await self._head(self.key(sha256)) is not None
 
     async def delete(self, sha256: Sha256) -> None:
         key = self.key(sha256)
+        self._forget(key)
         client = await self._client.get()
         with _errors(self.location, "deleting a blob"):
             await client.delete_object(Bucket=self.location.bucket, Key=key)
