@@ -271,6 +271,9 @@ class FakeBlobStore(BlobStore):
     ) -> str | None:
         return None
 
+    async def aclose(self) -> None:
+        return None
+
 
 class FakeSniffer(Sniffer):
     """Knows PNG and JPEG by their magic numbers; UTF-8 is text; anything else is binary."""

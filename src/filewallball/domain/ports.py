@@ -159,6 +159,10 @@ class BlobStore(Protocol):
         headers; None when the server must send the bytes (the store cannot, or is told not to)."""
         ...
 
+    async def aclose(self) -> None:
+        """Close what the store holds open (an S3 client's connections), at shutdown."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
