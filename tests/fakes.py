@@ -272,7 +272,7 @@ class FakeBlobStore(BlobStore):
         return None
 
     async def aclose(self) -> None:
-        pass
+        return None
 
 
 class FakeSniffer(Sniffer):

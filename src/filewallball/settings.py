@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -37,6 +38,19 @@ def parse_duration(text: str) -> int:
     if seconds > MAX_DURATION_SECONDS:
         raise ValueError(f"a duration is at most 100 years ({MAX_DURATION_SECONDS} seconds)")
     return seconds
+
+
+def _is_endpoint(url: str) -> bool:
+    """scheme://host[:port][/]. botocore refuses anything else, but only once the server runs
+    (a traceback, or a server never ready); credentials in it would be echoed in every error."""
+    if not re.fullmatch(r"https?://[^/\s?#@]+/?", url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError unless a number in 0..65535
+    except ValueError:
+        return False
+    return bool(parts.hostname)
 
 
 ENV_PREFIX = "FWB_"
@@ -244,8 +258,11 @@ class Settings(BaseSettings):
     @field_validator("s3_endpoint_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"https?://[^/\s]+/?", value):
-            raise ValueError("must be an http:// or https:// URL of the S3 server, no path")
+        if value is not None and not _is_endpoint(value):
+            raise ValueError(
+                "must be an http:// or https:// URL of the S3 server: a host and an optional"
+                " port, no path, query or credentials"
+            )
         return value.rstrip("/") if value else None
 
     @field_validator("s3_prefix")

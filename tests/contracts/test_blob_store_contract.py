@@ -571,10 +571,13 @@ async def test_s3_missing_bucket_and_refused_credentials(
         S3Location(bucket="no-such-bucket-here", endpoint_url=s3_server.endpoint, prefix="p/")
     )
     try:
-        with pytest.raises(DependencyUnavailable, match="unavailable") as raised:
-            await missing.check_bucket()
-        assert "the bucket does not exist" in raised.value.diagnosis
-        # (No write is tried: SeaweedFS makes a missing bucket on the first PUT of an admin.)
+        for check in (missing.check_bucket, missing.check_writable):
+            with pytest.raises(DependencyUnavailable, match="unavailable") as raised:
+                await check()
+            assert "the bucket does not exist" in raised.value.diagnosis
+        # No write was tried: SeaweedFS makes a missing bucket at the first PUT of an admin.
+        buckets = s3_server.client().list_buckets()["Buckets"]
+        assert "no-such-bucket-here" not in {bucket["Name"] for bucket in buckets}
     finally:
         await missing.aclose()
 

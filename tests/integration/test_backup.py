@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import random
 import re
@@ -51,6 +52,7 @@ from filewallball.backup import check as backup_check
 from filewallball.backup import restore as backup_restore
 from filewallball.backup.rules import FREE_SPACE_MARGIN
 from filewallball.container import Container, build_container, close_resources, open_resources
+from filewallball.domain.models import Sha256, thumbnail_keys
 from filewallball.domain.ports import BlobStore
 from filewallball.domain.security import Outcome
 from filewallball.entrypoints.cli import app
@@ -59,8 +61,9 @@ from filewallball.settings import Settings
 from tests.conftest import staged_files
 from tests.fakes import FakeAuditLog
 from tests.images import png
-from tests.integration.conftest import ADMIN_KEY, GENEROUS, blob_files, serve
+from tests.integration.conftest import ADMIN_KEY, GENEROUS, S3Object, blob_files, serve
 from tests.integration.test_server import start_server
+from tests.s3_server import SeaweedS3
 from tests.unit.test_backup_archive import (
     entry,
     plain,
@@ -617,6 +620,197 @@ async def test_a_failed_restore_keeps_blob_files_it_did_not_create(tmp_path: Pat
         await close_resources(container)
     assert blob_files(settings.data_dir) == [kept]
     assert kept.read_bytes() == data_of[survivor]
+
+
+# -- across blob backends: S3 <-> local disk (DESIGN.md §5) ----------------------------------
+
+MiB = 1024 * 1024
+# Larger than one part of S3's smallest size (FWB_S3_PART_SIZE_BYTES below): a multipart upload.
+LARGE = random.Random(16).randbytes(5 * MiB + 4321)
+
+
+def _s3_env(s3: dict[str, str]) -> dict[str, str]:
+    """The FWB_S3_* variables of `s3_settings`, with parts of S3's smallest size."""
+    return {f"FWB_{name.upper()}": value for name, value in s3.items()} | {
+        "FWB_S3_PART_SIZE_BYTES": str(5 * MiB)
+    }
+
+
+async def populate_with_large_files(settings: Settings) -> Population:
+    """populate's files, a multipart-sized one twice (one blob), and a stored rendition."""
+    made = await populate(settings)
+    async with serve(settings) as admin:
+        for name in ("large.bin", "large-again.bin"):
+            made.contents[await _upload(admin, name, LARGE)] = LARGE
+        # Renditions live beside the blobs but are not archived: the target renders its own.
+        thumbnail = await admin.get(f"/thumbnails/{made.image}", params={"size": "small"})
+        assert thumbnail.status_code == 200, thumbnail.text
+    return made
+
+
+def _distinct(made: Population) -> dict[str, bytes]:
+    return {hashlib.sha256(data).hexdigest(): data for data in made.contents.values()}
+
+
+def assert_blob_files_are(data_dir: Path, made: Population) -> None:
+    """The local disk holds one blob file per distinct content, at its path, with its bytes."""
+    expected = _distinct(made)
+    found = {path.name: path for path in blob_files(data_dir)}
+    assert sorted(found) == sorted(expected)
+    for sha, data in expected.items():
+        assert found[sha] == _blob_path(data_dir, data)
+        assert found[sha].read_bytes() == data
+    assert staged_files(data_dir / "blobs" / ".tmp") == []
+
+
+def assert_objects_are(server: SeaweedS3, prefix: str, made: Population) -> None:
+    """The bucket holds one object per distinct content under <prefix>blobs/, nothing else
+    (no temp object, no multipart upload left open)."""
+    expected = _distinct(made)
+    assert server.keys(prefix) == sorted(f"{prefix}blobs/{sha}" for sha in expected)
+    assert server.multipart_uploads(prefix) == []
+    for sha, data in expected.items():
+        assert S3Object(server, f"{prefix}blobs/{sha}").read_bytes() == data
+
+
+def test_an_s3_instance_restores_onto_a_local_disk(
+    tmp_path: Path, pg_url: str, s3_settings: dict[str, str], s3_server: SeaweedS3
+) -> None:
+    source, target, prefix = tmp_path / "source", tmp_path / "target", s3_settings["s3_prefix"]
+    settings = Settings(
+        data_dir=source,
+        database_url=pg_url,
+        auto_migrate=True,
+        bootstrap_admin_key=ADMIN_KEY,
+        trash_retention="1h",
+        s3_part_size_bytes=5 * MiB,
+        **s3_settings,  # type: ignore[arg-type]
+        **GENEROUS,
+    )
+    made = asyncio.run(populate_with_large_files(settings))
+    assert not (source / "blobs").exists()
+    stored = {key.removeprefix(f"{prefix}blobs/") for key in s3_server.keys(f"{prefix}blobs/")}
+    renditions = stored - set(_distinct(made))
+    assert renditions and renditions <= set(
+        thumbnail_keys(Sha256(hashlib.sha256(made.contents[made.image]).hexdigest()))
+    )
+    archive = tmp_path / "fwb.tar.gz"
+
+    env = {"FWB_DATA_DIR": str(source), "FWB_DATABASE_URL": pg_url, **_s3_env(s3_settings)}
+    created = cli("create", "--out", str(archive), **env)
+    assert created.returncode == 0, created.stderr
+    assert "10 files, 8 blobs" in created.stdout  # the renditions are not archived
+    assert "Unclosed" not in created.stdout  # the S3 client was closed (asyncio's error log)
+    assert invoke("verify", str(archive)).exit_code == 0
+
+    restored = cli("restore", str(archive), FWB_DATA_DIR=str(target))  # SQLite, blobs on disk
+    assert restored.returncode == 0, restored.stderr
+    target_settings = Settings(data_dir=target, trash_retention="1h", **GENEROUS)
+    assert_same_records(
+        asyncio.run(dump(pg_url)), asyncio.run(dump(target_settings.resolved_database_url))
+    )
+    assert_blob_files_are(target, made)
+    asyncio.run(assert_serves_everything(target_settings, made))
+
+
+def test_a_disk_instance_restores_into_s3(
+    tmp_path: Path, pg_url: str, s3_settings: dict[str, str], s3_server: SeaweedS3
+) -> None:
+    source, target, prefix = tmp_path / "source", tmp_path / "target", s3_settings["s3_prefix"]
+    settings = Settings(
+        data_dir=source, bootstrap_admin_key=ADMIN_KEY, trash_retention="1h", **GENEROUS
+    )
+    made = asyncio.run(populate_with_large_files(settings))
+    archive = tmp_path / "fwb.tar"
+    created = invoke("create", "--out", str(archive), "--quiet", FWB_DATA_DIR=str(source))
+    assert created.exit_code == 0, created.output
+    assert "10 files, 8 blobs" in created.output
+
+    env = {"FWB_DATA_DIR": str(target), "FWB_DATABASE_URL": pg_url, **_s3_env(s3_settings)}
+    # A mistyped bucket is refused, not made (SeaweedFS would make it at the first PUT).
+    mistyped = cli("restore", str(archive), **{**env, "FWB_S3_BUCKET": "fwb-tset"})
+    assert mistyped.returncode == 1
+    assert mistyped.stderr.splitlines() == [
+        f"error: S3 bucket 'fwb-tset' at {s3_server.endpoint}: the bucket does not exist"
+    ]
+    assert "fwb-tset" not in {b["Name"] for b in s3_server.client().list_buckets()["Buckets"]}
+    restored = cli("restore", str(archive), **env)
+    assert restored.returncode == 0, restored.stderr
+    assert "Unclosed" not in restored.stdout  # the S3 client was closed (asyncio's error log)
+    assert_same_records(
+        asyncio.run(dump(settings.resolved_database_url)), asyncio.run(dump(pg_url))
+    )
+    assert_objects_are(s3_server, prefix, made)
+    assert not (target / "blobs").exists()  # no byte of a blob on the target's disk
+    target_settings = Settings(
+        data_dir=target,
+        database_url=pg_url,
+        trash_retention="1h",
+        **s3_settings,  # type: ignore[arg-type]
+        **GENEROUS,
+    )
+    asyncio.run(assert_serves_everything(target_settings, made))
+    assert not (target / "blobs").exists()
+
+
+def _archived_before(sha: str, stem: bytes) -> bytes:
+    """`stem` and a number, whose blob is archived before the blob `sha` (blobs go by name)."""
+    for number in itertools.count():
+        data = stem + b"%d\n" % number
+        if hashlib.sha256(data).hexdigest() < sha:
+            return data
+    raise AssertionError("unreachable")
+
+
+MESSAGE = {"corrupt": "not to its name", "truncated": "the archive is truncated"}
+
+
+@pytest.mark.parametrize("failure", list(MESSAGE))
+async def test_a_failed_restore_into_s3_removes_only_the_objects_it_created(
+    tmp_path: Path,
+    pg_url: str,
+    s3_settings: dict[str, str],
+    s3_server: SeaweedS3,
+    failure: str,
+) -> None:
+    """As on disk: the objects that were in the bucket stay, those the restore wrote go again,
+    and a multipart upload cut short (a truncated archive) or refused (its bytes are not its
+    name) leaves no temp object and no upload open."""
+    settings = Settings(
+        data_dir=tmp_path / "target",
+        database_url=pg_url,
+        auto_migrate=True,
+        s3_part_size_bytes=5 * MiB,
+        **s3_settings,  # type: ignore[arg-type]
+        **GENEROUS,
+    )
+    prefix, large_sha = s3_settings["s3_prefix"], hashlib.sha256(LARGE).hexdigest()
+    survivor = _archived_before(large_sha, b"already in the bucket ")
+    written = _archived_before(large_sha, b"only in the archive ")
+    members = sample((survivor, written, LARGE))
+    if failure == "corrupt":
+        raw = tar_bytes(plain([(n, LARGE[::-1] if d == LARGE else d) for n, d in members]))
+    else:
+        full = tar_bytes(plain(members))
+        raw = full[: full.index(LARGE[:4096]) + 5 * MiB + 2000]  # a part sent, the rest cut
+    archive = tmp_path / "broken.tar"
+    archive.write_bytes(raw)
+    kept = S3Object(s3_server, f"{prefix}blobs/{hashlib.sha256(survivor).hexdigest()}")
+    kept.write_bytes(survivor)
+
+    container = build_container(settings)
+    await open_resources(container)
+    try:
+        with pytest.raises(BackupError, match=MESSAGE[failure]):
+            await _restore(settings, container, archive)
+    finally:
+        await close_resources(container)
+    assert s3_server.keys(prefix) == [kept.key]
+    assert s3_server.multipart_uploads(prefix) == []
+    assert kept.read_bytes() == survivor
+    rows = await dump(pg_url)
+    assert all(rows[table] == [] for table in rows)
+    assert not settings.blob_dir.exists()
 
 
 class _NearlyFull(DiskBlobStore):

@@ -1,12 +1,15 @@
 """Real server processes on one PostgreSQL and Redis: two replicas, and one with two workers.
 
 Statistics must be the same whichever replica answers, and /metrics must add up every worker's
-counts (prometheus_client's multiprocess mode), whichever worker answers the scrape.
+counts (prometheus_client's multiprocess mode), whichever worker answers the scrape. On S3 the
+replicas share no volume at all: any of them serves any file, and no byte of one touches a disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,12 +17,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
+from filewallball.domain.models import Sha256, thumbnail_keys
 from tests.conftest import REDIS_URL
+from tests.images import png
 from tests.integration.test_server import AUTH, Server, start_server
 from tests.integration.test_server_metrics import scrape
+from tests.s3_server import SeaweedS3
 
 T = TypeVar("T")
 
@@ -199,3 +206,145 @@ def test_metrics_add_up_every_worker(tmp_path: Path, pg_url: str, redis_prefix: 
             assert http_uploads == sent
     finally:
         server.stop()
+
+
+MiB = 1024 * 1024
+
+
+class OpenFiles:
+    """Polls the open files of servers' processes (workers and renderers included) and keeps
+    those under `folders`: a temp file is seen even if it is unlinked at once (O_TMPFILE)."""
+
+    def __init__(self, servers: list[Server], folders: list[Path]) -> None:
+        self._pids = [server.process.pid for server in servers]
+        self._folders = tuple(f"{folder.resolve()}/" for folder in folders)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self.seen: set[str] = set()
+
+    def __enter__(self) -> OpenFiles:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for pid in self._pids:
+                try:
+                    parent = psutil.Process(pid)
+                    processes = [parent, *parent.children(recursive=True)]
+                except psutil.Error:
+                    continue
+                for process in processes:
+                    try:
+                        paths = [opened.path for opened in process.open_files()]
+                    except psutil.Error:
+                        continue
+                    self.seen.update(p for p in paths if p.startswith(self._folders))
+            time.sleep(0.005)
+
+
+def _chunks(data: bytes, size: int = MiB) -> Iterator[bytes]:
+    # A little slower than loopback allows, so that every stage of the upload is watched.
+    for start in range(0, len(data), size):
+        time.sleep(0.02)
+        yield data[start : start + size]
+
+
+@pytest.fixture
+def s3_replicas(
+    tmp_path: Path, pg_url: str, redis_prefix: str, s3_settings: dict[str, str]
+) -> Iterator[list[Server]]:
+    """Two `filewallball serve` processes on one database, Redis prefix and bucket prefix, each
+    with a data folder and a TMPDIR of its own; the server secret comes from the environment."""
+    env = {
+        **_shared_env(pg_url, redis_prefix),
+        "FWB_MAX_UPLOAD_BYTES": str(64 * MiB),
+        "FWB_S3_PART_SIZE_BYTES": str(5 * MiB),
+        **{f"FWB_{name.upper()}": value for name, value in s3_settings.items()},
+    }
+    servers: list[Server] = []
+    try:
+        for name in ("a", "b"):
+            data_dir, temp = tmp_path / name, tmp_path / f"{name}-tmp"
+            data_dir.mkdir()
+            temp.mkdir()
+            # The log beside the data folder, not in it: the folder must stay empty.
+            servers.append(
+                start_server(data_dir, env={**env, "TMPDIR": str(temp)}, log_name=f"../{name}.log")
+            )
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+def test_two_replicas_on_s3_share_no_volume(
+    s3_replicas: list[Server], s3_server: SeaweedS3, s3_settings: dict[str, str]
+) -> None:
+    a, b = s3_replicas
+    prefix = s3_settings["s3_prefix"]
+    folders = [
+        path
+        for s in s3_replicas
+        for path in (s.data_dir, s.data_dir.with_name(s.data_dir.name + "-tmp"))
+    ]
+    large = hashlib.sha256(b"replicas").digest() * (11 * MiB // 32) + b"tail"  # three parts
+    picture = png(320, 240)
+    with (
+        httpx.Client(base_url=a.url, headers=AUTH, timeout=60) as on_a,
+        httpx.Client(base_url=b.url, headers=AUTH, timeout=60) as on_b,
+        OpenFiles(s3_replicas, folders) as opened,
+    ):
+        put = on_a.put("/upload/large.bin", content=_chunks(large))
+        assert put.status_code == 201, put.text
+        posted = on_b.post("/upload", files={"file": ("again.bin", large)})  # the same bytes
+        assert posted.status_code == 201, posted.text
+        image = on_a.post("/upload", files={"file": ("pic.png", picture)}).json()
+        first, second = put.json()["id"], posted.json()["id"]
+        sha = put.json()["sha256"]
+        assert posted.json()["sha256"] == sha == hashlib.sha256(large).hexdigest()
+
+        for here, there_id in ((on_b, first), (on_a, second)):  # each serves the other's upload
+            whole = here.get(f"/download/{there_id}")
+            assert whole.status_code == 200
+            assert hashlib.sha256(whole.content).hexdigest() == sha
+            ranged = here.get(
+                f"/download/{there_id}", headers={"range": f"bytes={5 * MiB - 10}-{5 * MiB + 9}"}
+            )
+            assert ranged.status_code == 206
+            assert ranged.content == large[5 * MiB - 10 : 5 * MiB + 10]
+        # Rendered by B, stored in the bucket; A serves that rendition.
+        rendered = on_b.get(f"/thumbnails/{image['id']}", params={"size": "small"})
+        assert rendered.status_code == 200, rendered.text
+        renditions = {Sha256(key.rsplit("/", 1)[1]) for key in s3_server.keys(f"{prefix}blobs/")}
+        renditions -= {sha, image["sha256"]}
+        assert len(renditions) == 1 and renditions <= set(thumbnail_keys(image["sha256"]))
+        served = on_a.get(f"/thumbnails/{image['id']}", params={"size": "small"})
+        assert (served.status_code, served.content) == (200, rendered.content)
+        assert served.headers["etag"] == rendered.headers["etag"]
+
+        assert on_b.delete(f"/files/{first}").status_code == 204
+        assert on_a.get(f"/files/{first}").status_code == 404
+        assert on_a.get(f"/download/{first}").status_code == 404
+        assert s3_server.keys(f"{prefix}blobs/{sha}") == [f"{prefix}blobs/{sha}"]  # still used
+        assert on_a.delete(f"/files/{second}").status_code == 204
+        assert on_b.get(f"/download/{second}").status_code == 404
+        # The last file gone, its blob goes: from the bucket both replicas use.
+        assert s3_server.keys(f"{prefix}blobs/{sha}") == []
+
+    assert opened.seen == set()  # no upload, download or rendition opened a local file
+    for server in s3_replicas:
+        assert not (server.data_dir / "blobs").exists()
+        assert not (server.data_dir / "secret.key").exists()  # FWB_SECRET_KEY, shared
+    for folder in folders:
+        assert _files_under(folder) == [], folder
+    assert s3_server.keys(f"{prefix}tmp/") == []
+    assert s3_server.multipart_uploads(prefix) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,9 +22,11 @@ import pytest
 from typer.testing import CliRunner
 
 from filewallball.entrypoints.cli import app
-from tests.conftest import PG_ADMIN_DSN
+from filewallball.settings import SettingsError, load_settings
+from tests.conftest import PG_ADMIN_DSN, REDIS_URL, S3_BUCKET
 from tests.integration.conftest import ADMIN_KEY
 from tests.integration.test_server import _free_port, start_server
+from tests.s3_server import AWS_ENV, SeaweedS3
 
 _PG = urlsplit(PG_ADMIN_DSN)
 PG_HOST, PG_PORT = _PG.hostname or "127.0.0.1", _PG.port or 5432
@@ -206,6 +209,108 @@ def test_serve_with_its_database_down_starts_reports_and_recovers(
         server.stop()
     log = server.log_path.read_text()
     assert f"database at 127.0.0.1:{forwarder.port}" in log
+
+
+# -- object storage (DESIGN.md §5) ------------------------------------------------------------
+
+
+def test_bad_s3_settings_are_a_line_each_and_exit_2(tmp_path: Path) -> None:
+    env = {
+        "FWB_S3_BUCKET": "Files_Bucket",
+        "FWB_S3_PREFIX": "/filewallball",
+        "FWB_S3_ENDPOINT_URL": "http://minio:9000/files",
+    }
+    result = _run("serve", "--port", str(_free_port()), env=env, data_dir=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    named = [
+        re.match(r"filewallball: invalid setting: (FWB_\w+)=", line)
+        for line in result.stderr.strip().splitlines()
+    ]
+    assert [match and match[1] for match in named] == [
+        "FWB_S3_BUCKET",
+        "FWB_S3_ENDPOINT_URL",
+        "FWB_S3_PREFIX",
+    ], result.stderr
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "minio:9000",  # no scheme
+        "ftp://minio:9000",
+        "http://minio:9000/files",  # a path: the bucket is FWB_S3_BUCKET
+        "http://:9000",  # no host
+        "http://[::1",  # botocore's ValueError at the first request, a traceback at start
+        "http://minio:port",
+        "http://minio:99999",
+        "http://minio:9000?region=x",
+        "http://key:secret@minio:9000",  # credentials come from the AWS chain
+    ],
+)
+def test_an_s3_endpoint_botocore_would_refuse_is_a_bad_setting(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FWB_S3_BUCKET", "files")
+    monkeypatch.setenv("FWB_S3_ENDPOINT_URL", endpoint)
+    with pytest.raises(SettingsError, match=r"^FWB_S3_ENDPOINT_URL=.*: must be an http"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kept"),
+    [
+        ("http://minio:9000/", "http://minio:9000"),
+        ("https://s3.eu-west-1.amazonaws.com", "https://s3.eu-west-1.amazonaws.com"),
+        ("http://[::1]:8333", "http://[::1]:8333"),
+    ],
+)
+def test_s3_endpoints_of_host_and_port_are_kept(
+    endpoint: str, kept: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FWB_S3_ENDPOINT_URL", endpoint)
+    assert load_settings().s3_endpoint_url == kept
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_bucket_that_does_not_exist_is_one_line_and_exit_1(
+    tmp_path: Path, s3_server: SeaweedS3, command: str
+) -> None:
+    """SeaweedFS (like MinIO for an admin) would make the bucket at the first PUT: the start-up
+    check (HeadBucket) is what tells the operator, and it creates nothing."""
+    bucket = "no-such-bucket-here"
+    env = {"FWB_S3_BUCKET": bucket, "FWB_S3_ENDPOINT_URL": s3_server.endpoint}
+    args = ["--port", str(_free_port())] if command == "serve" else []
+    if command == "worker":
+        env["FWB_REDIS_URL"] = REDIS_URL
+    result = _run(command, *args, env=env, data_dir=tmp_path)
+    assert result.returncode == 1, result.stderr
+    # Only the line (the worker has started logging by then: JSON lines on stdout).
+    assert result.stderr.strip().splitlines() == [
+        f"error: S3 bucket '{bucket}' at {s3_server.endpoint}: the bucket does not exist:"
+        " create it, or set FWB_S3_BUCKET to one that exists"
+    ]
+    assert bucket not in {b["Name"] for b in s3_server.client().list_buckets()["Buckets"]}
+    assert not (tmp_path / "blobs").exists()
+
+
+def test_serve_with_its_object_store_down_starts_and_says_where(tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    env = {**AWS_ENV, "FWB_S3_BUCKET": S3_BUCKET, "FWB_S3_ENDPOINT_URL": endpoint}
+    server = start_server(tmp_path, env=env)
+    try:
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 503
+        detail = ready.json()["checks"]["blob_storage"]["detail"]
+        assert detail.startswith(f"S3 bucket '{S3_BUCKET}' at {endpoint}: "), detail
+    finally:
+        server.stop()
+    first = server.log_path.read_text().splitlines()[0]
+    assert first.startswith(
+        f"warning: S3 bucket '{S3_BUCKET}' at {endpoint}: looking up the bucket"
+    )
+    assert first.endswith("; starting anyway, not ready until it answers")
+    assert not (tmp_path / "blobs").exists()
 
 
 def test_help_shows_no_bool_metavar_and_every_option_has_help() -> None:

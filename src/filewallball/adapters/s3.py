@@ -476,7 +476,11 @@ class S3BlobStore(BlobStore):
         return newest
 
     async def check_writable(self) -> None:
-        """Write and remove a probe object; DependencyUnavailable if either is refused."""
+        """The bucket exists, and a probe object can be written and removed; else
+        DependencyUnavailable (MissingBucket for the first). The bucket is looked up first:
+        MinIO and SeaweedFS make a missing one at the first PUT of an admin, and a restore into
+        a mistyped FWB_S3_BUCKET would fill a new bucket."""
+        await self.check_bucket()
         client = await self._client.get()
         key = f"{self._tmp}probe-{secrets.token_hex(8)}"
         with _errors(self.location, "writing a probe object"):

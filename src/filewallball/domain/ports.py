@@ -160,7 +160,7 @@ class BlobStore(Protocol):
         ...
 
     async def aclose(self) -> None:
-        """Close the store's connections, at shutdown."""
+        """Close what the store holds open (an S3 client's connections), at shutdown."""
         ...
 
 

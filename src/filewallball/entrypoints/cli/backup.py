@@ -198,9 +198,10 @@ def _run(settings: Settings, work: Callable[[Instance], Awaitable[T]]) -> T:
 
     async def run() -> T:
         container = build_container(settings)
+        blobs = container.blobs()
         instance = Instance(
             engine=container.engine(),
-            blobs=container.blobs(),
+            blobs=blobs,
             audit=container.audit_log(),
             clock=container.clock(),
             database_url=settings.resolved_database_url,
@@ -212,8 +213,10 @@ def _run(settings: Settings, work: Callable[[Instance], Awaitable[T]]) -> T:
         try:
             return await work(instance)
         finally:
-            # Only the engine was opened: no Redis, no queue (a backup pod may not reach them).
+            # Only the engine and the blob store (its S3 client) were opened: no Redis, no queue
+            # (a backup pod may not reach them).
             await container.engine().dispose()
+            await blobs.aclose()
 
     return guarded(lambda: asyncio.run(run()), settings=settings)
 

@@ -16,6 +16,7 @@ import structlog
 from filewallball.container import Container
 from filewallball.domain.errors import DependencyUnavailable, FileWallBallError
 from filewallball.entrypoints.http.schemas import Check
+from filewallball.settings import Settings
 
 CHECK_TIMEOUT_SECONDS = 2.0
 # How often the background checks run (and once at start): within a scrape interval or so.
@@ -28,6 +29,9 @@ log = structlog.get_logger("filewallball")
 class Probe:
     check: Callable[[], Awaitable[None]]
     required: bool  # a failing required dependency makes the process not ready
+    # Where it is sought, for a check that does not answer in time (its own diagnosis says
+    # where, but a timed-out check has none): "S3 bucket 'b' at http://s3:9000".
+    where: str | None = None
 
 
 def probes(root: Container) -> dict[str, Probe]:
@@ -46,7 +50,7 @@ def probes(root: Container) -> dict[str, Probe]:
 
     found = {
         "database": Probe(root.files().ping, required=True),
-        "blob_storage": Probe(blob_storage, required=True),
+        "blob_storage": Probe(blob_storage, required=True, where=_blob_storage_at(settings)),
     }
     if settings.redis_url:
         # The service serves from the database while Redis is down: degraded, still ready.
@@ -55,6 +59,14 @@ def probes(root: Container) -> dict[str, Probe]:
         # Uploads fail closed without clamd, unless the operator chose to let them in.
         found["clamd"] = Probe(root.scanner().ping, required=not settings.scan_fail_open)
     return found
+
+
+def _blob_storage_at(settings: Settings) -> str:
+    if settings.s3_bucket is None:
+        return f"blob storage at {settings.blob_dir}"
+    from filewallball.adapters.s3 import S3Location
+
+    return S3Location(bucket=settings.s3_bucket, endpoint_url=settings.s3_endpoint_url).describe()
 
 
 async def check_all(root: Container) -> dict[str, Check]:
@@ -86,7 +98,12 @@ async def _check(probe: Probe) -> Check:
         await asyncio.wait_for(probe.check(), CHECK_TIMEOUT_SECONDS)
     except DependencyUnavailable as error:
         status, detail = "failing", error.diagnosis  # where it was sought, and why it failed
-    except (FileWallBallError, TimeoutError, OSError) as error:
+    except TimeoutError:
+        # S3 retries a refused connection with backoff past the deadline, and an endpoint that
+        # drops packets never answers: then only the probe can say where it was sought.
+        where = f"{probe.where}: " if probe.where else ""
+        status, detail = "failing", f"{where}no answer within {CHECK_TIMEOUT_SECONDS:g} s"
+    except (FileWallBallError, OSError) as error:
         status, detail = "failing", str(error) or type(error).__name__
     latency = round((time.perf_counter() - started) * 1000, 3)
     return Check(status=status, required=probe.required, latency_ms=latency, detail=detail)
