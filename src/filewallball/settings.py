@@ -21,6 +21,7 @@ GiB = 1024**3
 
 # S3's rule for bucket names (no uppercase, no underscore), as AWS, MinIO and Ceph apply it.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # 100 years: longer than anything a duration is for, short enough that no date computed from
 # it overflows.
@@ -251,8 +252,13 @@ class Settings(BaseSettings):
     @field_validator("s3_bucket")
     @classmethod
     def _check_bucket(cls, value: str | None) -> str | None:
-        if value is not None and not _BUCKET_NAME.fullmatch(value):
-            raise ValueError("must be an S3 bucket name: 3 to 63 of a-z, 0-9, '.', '-'")
+        if not value:
+            return None  # empty: not set (disk), as an empty FWB_REDIS_URL means no Redis
+        if not _BUCKET_NAME.fullmatch(value) or ".." in value or _IP_LIKE.fullmatch(value):
+            raise ValueError(
+                "must be an S3 bucket name: 3 to 63 of a-z, 0-9, '.', '-', starting and ending"
+                " with a letter or digit, no '..', not like an IP address"
+            )
         return value
 
     @field_validator("s3_endpoint_url")

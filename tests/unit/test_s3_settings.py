@@ -13,6 +13,8 @@ from filewallball.settings import PLACEHOLDER_MARK, Settings, SettingsError, loa
         ("FWB_S3_BUCKET", "Upper_Case"),
         ("FWB_S3_BUCKET", "ab"),
         ("FWB_S3_BUCKET", "-starts-with-dash"),
+        ("FWB_S3_BUCKET", "two..dots"),
+        ("FWB_S3_BUCKET", "192.168.1.10"),
         ("FWB_S3_ENDPOINT_URL", "minio:9000"),
         ("FWB_S3_ENDPOINT_URL", "http://minio:9000/some/path"),
         ("FWB_S3_PREFIX", "/leading"),
@@ -40,6 +42,7 @@ def test_valid_s3_settings() -> None:
     assert settings.uses_s3
     assert settings.s3_endpoint_url == "https://s3.example.com:9000"
     assert not Settings().uses_s3
+    assert not Settings(s3_bucket="").uses_s3  # empty: unset, as FWB_REDIS_URL=""
 
 
 def test_placeholder_aws_keys_are_refused_outside_dev(monkeypatch: pytest.MonkeyPatch) -> None:
