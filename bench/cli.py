@@ -23,18 +23,34 @@ from bench import RESULTS_DIR, GiB, size_label
 from bench.procs import BenchError
 from bench.profiling import FORMATS, profile, py_spy
 from bench.report import figures, print_report
-from bench.scenarios import BEHIND_NGINX, FULL_SIZES, SCENARIOS, SMOKE_SIZES, Bench, Case, Plan
+from bench.scenarios import FULL_SIZES, SCENARIOS, SMOKE_SIZES, Bench, Case, Plan
 from bench.services import check_postgres, check_redis, postgres_database, redis_prefix
+from bench.storage import (
+    S3,
+    STORAGES,
+    Bucket,
+    launch_seaweed,
+    parse_storages,
+    seaweed_ready,
+    seaweed_version,
+)
 from bench.system import ensure_tools, git_state, machine, versions
 from bench.targets import (
+    BEHIND_NGINX,
     NGINX_CONF,
+    OURS,
+    Ours,
     ServeOptions,
+    launch_ours,
     serve_server_option,
     server_env,
     start_ceiling,
     start_nginx,
-    start_ours,
+    target_name,
+    wait_until_ready,
 )
+from filewallball.settings import Settings
+from tests.s3_server import BUCKET, SeaweedS3
 
 DEFAULT_PG_DSN = os.environ.get("FWB_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEFAULT_REDIS_URL = os.environ.get("FWB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -80,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
         "--scenarios", default="abcde", help="which of a,b,c,d,e to run, e.g. `ae` or `b,c`"
     )
     parser.add_argument(
+        "--storage",
+        default="disk",
+        help=f"where FileWallBall keeps its blobs: {' or '.join(STORAGES)} (a real SeaweedFS "
+        "bucket the benchmark starts), or `disk,s3`: one FileWallBall each, side by side in "
+        "every pair, the S3 rows beside the disk ones (default: disk)",
+    )
+    parser.add_argument(
         "--server",
         default=None,
         help="passed to `filewallball serve --server` when serve has that option "
@@ -117,6 +140,7 @@ def _plan(args: argparse.Namespace) -> Plan:
     unknown = scenarios - set(SCENARIOS)
     if unknown or not scenarios:
         raise BenchError(f"--scenarios: choose among {', '.join(SCENARIOS)} (got {args.scenarios})")
+    storages = parse_storages(args.storage)
     if args.smoke:
         return Plan(
             rounds=1,
@@ -126,8 +150,10 @@ def _plan(args: argparse.Namespace) -> Plan:
             threads=args.threads,
             connections=min(args.connections, 16),
             large_connections=args.large_connections,
-            upload_connections=args.upload_connections,
+            # 100 uploads at once take longer than a 1 s run on S3: none would complete.
+            upload_connections=min(args.upload_connections, 16),
             scenarios=scenarios,
+            storages=storages,
             **SMOKE_SIZES,
         )
     return Plan(
@@ -140,6 +166,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         large_connections=args.large_connections,
         upload_connections=args.upload_connections,
         scenarios=scenarios,
+        storages=storages,
         **FULL_SIZES,
     )
 
@@ -185,7 +212,7 @@ def _profile_cases(spec: str, cases: list[Case]) -> list[tuple[Case, str]]:
     chosen: list[tuple[Case, str]] = []
     for case in cases:
         for target in case.loads:
-            if target in ("nginx", BEHIND_NGINX):
+            if target == "nginx" or target.startswith(BEHIND_NGINX):
                 continue
             scenario, case_id = case.label(target)
             if case_id in wanted or scenario in wanted:
@@ -224,23 +251,36 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     with ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="fwb-bench-"))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        database_url = stack.enter_context(postgres_database(args.pg_dsn))
-        prefix = stack.enter_context(redis_prefix(args.redis_url))
-        env = server_env(
-            work=work,
-            database_url=database_url,
-            redis_url=args.redis_url,
-            prefix=prefix,
-            log_level=args.log_level,
-        )
         console.print(
             f"[bold]FileWallBall benchmark[/]: scenarios {''.join(sorted(plan.scenarios))}, "
+            f"blobs on {', '.join(plan.storages)}, "
             f"{plan.rounds} round(s) of {plan.duration:g} s, {args.workers} workers "
             f"({server_program}), wrk {plan.threads} threads; work dir {work}"
         )
-        ours = start_ours(stack, work, env, serve) if need_ours else None
+        seaweed = launch_seaweed(stack, work) if need_ours and S3 in plan.storages else None
+        envs, ours = [], []
+        # One FileWallBall per storage, each with a database, a Redis prefix and a folder (and
+        # on S3 a prefix in the bucket) of its own: two deployments that share only the machine.
+        # Each one starts while the next migrates; SeaweedFS boots while the first migrates.
+        for storage in plan.storages:
+            bucket = Bucket.new(seaweed) if seaweed and storage == S3 else None
+            home = work / target_name(OURS, storage)
+            env = server_env(
+                home=home,
+                database_url=stack.enter_context(postgres_database(args.pg_dsn)),
+                redis_url=args.redis_url,
+                prefix=stack.enter_context(redis_prefix(args.redis_url)),
+                log_level=args.log_level,
+                bucket=bucket,
+            )
+            envs.append(env)
+            if need_ours:
+                if bucket:
+                    seaweed_ready(bucket.server)
+                ours.append(launch_ours(stack, home, env, serve, storage=storage, bucket=bucket))
+        ours = [wait_until_ready(server) for server in ours]
         nginx = start_nginx(stack, tools["nginx"], work, args.workers, ours) if need_nginx else None
-        ceiling = start_ceiling(stack, work, env, serve) if "e" in plan.scenarios else None
+        ceiling = start_ceiling(stack, work, envs[0], serve) if "e" in plan.scenarios else None
         bench = Bench(
             plan=plan,
             wrk=tools["wrk"],
@@ -257,11 +297,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         profiles = _profiles(args, bench, work, console)
         rows = figures(plan, measurements)
         load_at_end = list(os.getloadavg())
-        if ours and ours.managed.alive() is False:
-            raise BenchError(f"FileWallBall exited during the run:\n{ours.managed.log_tail()}")
+        _check_alive(ours, seaweed)
+        storage_info = _storage_info(seaweed, ours)
 
     finished = datetime.now(UTC)
-    print_report(console, rows, smoke=args.smoke, rounds=plan.rounds)
+    print_report(console, rows, smoke=args.smoke, rounds=plan.rounds, storages=plan.storages)
     checks = [{"figure": row["label"], **check} for row in rows for check in row["checks"]]
     document: dict[str, Any] = {
         "schema_version": 1,
@@ -280,8 +320,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             + " ".join(serve.args(0)).replace("--port 0", "--port <free>"),
             "workers": args.workers,
             "log_level": args.log_level,
-            "settings": ours.settings if ours else {},
+            "settings": ours[0].settings if ours else {},
+            "settings_by_storage": {server.storage: server.settings for server in ours},
         },
+        "storage": storage_info,
         "nginx": {
             "worker_processes": args.workers,
             "config": nginx.config if nginx else NGINX_CONF,
@@ -299,6 +341,33 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _check_alive(ours: list[Ours], seaweed: SeaweedS3 | None) -> None:
+    for server in ours:
+        if server.managed.alive() is False:
+            raise BenchError(
+                f"FileWallBall ({server.storage}) exited during the run:\n"
+                f"{server.managed.log_tail()}"
+            )
+    if seaweed and seaweed.process and seaweed.process.poll() is not None:
+        raise BenchError(f"SeaweedFS exited during the run:\n{seaweed.log()}")
+
+
+def _storage_info(seaweed: SeaweedS3 | None, ours: list[Ours]) -> dict[str, Any]:
+    """What held the blobs: for the JSON (the S3 server, its command line, each prefix)."""
+    if seaweed is None:
+        return {}
+    return {
+        "s3_server": "SeaweedFS `weed server -s3` (tests/s3_server.py) on loopback",
+        "seaweedfs": seaweed_version(seaweed),
+        "s3_bucket": BUCKET,
+        "s3_prefixes": {s.storage: s.bucket.prefix for s in ours if s.bucket},
+        # Not set by the benchmark: the adapter's defaults (the caller's FWB_ settings are not
+        # passed on), recorded because they bound an upload's memory.
+        "s3_part_size_bytes": Settings.model_fields["s3_part_size_bytes"].default,
+        "s3_upload_concurrency": Settings.model_fields["s3_upload_concurrency"].default,
+    }
+
+
 def _profiles(
     args: argparse.Namespace, bench: Bench, work: Path, console: Console
 ) -> list[dict[str, Any]]:
@@ -308,8 +377,8 @@ def _profiles(
     for case, target in _profile_cases(args.profile, bench.cases()):
         if target == "ceiling" and bench.ceiling:
             managed = bench.ceiling[1]
-        elif target == "ours" and bench.ours:
-            managed = bench.ours.managed
+        elif server := bench.serving(target):
+            managed = server.managed
         else:
             continue
         _, case_id = case.label(target)

@@ -31,6 +31,8 @@ class MemoryResult:
     baseline_total_mib: float
     peak_total_mib: float
     samples: int
+    # S3: the growth of the S3 server's RSS (SeaweedFS), beside the target's, not in it.
+    storage_rss_growth_mib: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,24 +56,31 @@ def _body(size: int) -> Iterator[bytes]:
         yield piece
 
 
-def streamed_upload(ours: Ours, size: int) -> MemoryResult:
-    """PUT /upload/<name> of `size` bytes (Content-Length, streamed), sampling RSS meanwhile."""
+def streamed_upload(
+    ours: Ours, size: int, *, storage: list[psutil.Process] | None = None
+) -> MemoryResult:
+    """PUT /upload/<name> of `size` bytes (Content-Length, streamed), sampling RSS meanwhile:
+    of the server's processes, and of `storage` (the S3 server) apart."""
     processes = ours.managed.tree()
     if not processes:
         raise BenchError("the FileWallBall server is not running")
     baseline = {p.pid: _rss(p) for p in processes}
     peaks = dict(baseline)
     peak_total = sum(baseline.values())
+    storage = storage or []
+    storage_baseline = sum(_rss(p) for p in storage)
+    storage_peak = storage_baseline
     samples = 0
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak_total, samples
+        nonlocal peak_total, storage_peak, samples
         while not done.is_set():
             current = {p.pid: _rss(p) for p in processes}
             for pid, rss in current.items():
                 peaks[pid] = max(peaks[pid], rss)
             peak_total = max(peak_total, sum(current.values()))
+            storage_peak = max(storage_peak, sum(_rss(p) for p in storage))
             samples += 1
             time.sleep(SAMPLE_SECONDS)
 
@@ -103,4 +112,7 @@ def streamed_upload(ours: Ours, size: int) -> MemoryResult:
         baseline_total_mib=round(sum(baseline.values()) / MiB, 2),
         peak_total_mib=round(peak_total / MiB, 2),
         samples=samples,
+        storage_rss_growth_mib=(
+            round((storage_peak - storage_baseline) / MiB, 2) if storage else None
+        ),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from rich.console import Console
@@ -12,7 +12,9 @@ from rich.table import Table
 
 from bench import KiB, size_label
 from bench.memory import MemoryResult
-from bench.scenarios import BEHIND_NGINX, LARGE_DOWNLOAD, Measurement, Plan
+from bench.scenarios import LARGE_DOWNLOAD, Measurement, Plan
+from bench.storage import DISK, NAMES
+from bench.targets import BEHIND_NGINX, OURS, target_name
 from bench.wrk import WrkResult
 
 Op = Literal[">=", "<", "=="]
@@ -27,6 +29,9 @@ class Check:
     on: Literal["value", "ratio"]
     op: Op
     threshold: float
+    # The (case, target) a ratio compares with, when it is not the row's reference: an S3 row's
+    # reference is the same row on disk, its targets still compare with nginx or the ceiling.
+    against: tuple[str, str] | None = None
 
     def passes(self, value: float) -> bool:
         if self.op == ">=":
@@ -62,6 +67,36 @@ def metric(result: WrkResult | MemoryResult, name: str) -> float:
 
 
 def rows_for(plan: Plan) -> list[Row]:
+    """Every row of the table: FileWallBall's rows once per storage (the S3 row right after its
+    disk row, with the disk figure as its reference), the ceiling's once."""
+    rows: list[Row] = []
+    beside_disk = DISK in plan.storages
+    for row in _rows(plan):
+        if row.target == "ceiling":
+            rows.append(row)
+            continue
+        for storage in plan.storages:
+            rows.append(row if storage == DISK else _on(row, storage, beside_disk=beside_disk))
+    return rows
+
+
+def _on(row: Row, storage: str, *, beside_disk: bool) -> Row:
+    """The same row for FileWallBall with its blobs on `storage`."""
+    checks = tuple(
+        replace(check, against=check.against or row.reference) if check.on == "ratio" else check
+        for check in row.checks
+    )
+    return replace(
+        row,
+        label=f"{row.label} on {NAMES[storage]}",
+        target=target_name(row.target, storage),
+        reference=(row.case, row.target) if beside_disk else row.reference,
+        checks=checks,
+    )
+
+
+def _rows(plan: Plan) -> list[Row]:
+    """The rows of FileWallBall on disk and of the ceiling."""
     rows: list[Row] = []
     scenarios = plan.scenarios
     if "a" in scenarios:
@@ -192,8 +227,19 @@ def _series(measurements: list[Measurement], case: str, target: str, name: str) 
     return {
         m.round: metric(m.result, name)
         for m in measurements
-        if m.case == case and m.target == target
+        if m.case == case and m.target == target and not _no_latency(m.result, name)
     }
+
+
+def _no_latency(result: WrkResult | MemoryResult, name: str) -> bool:
+    """A run that completed no request measured no latency (wrk prints 0): not a p99 of 0."""
+    return name == "p99_ms" and isinstance(result, WrkResult) and result.requests == 0
+
+
+def _paired(ours: dict[int, float], reference: dict[int, float]) -> dict[str, Any]:
+    """Ratios of two series, round by round: each compares two runs made side by side."""
+    ratios = [ours[n] / reference[n] for n in sorted(ours) if reference.get(n)]
+    return _stats([round(r, 4) for r in ratios])
 
 
 def figures(plan: Plan, measurements: list[Measurement]) -> list[dict[str, Any]]:
@@ -222,21 +268,22 @@ def figures(plan: Plan, measurements: list[Measurement]) -> list[dict[str, Any]]
                 **_stats(list(reference.values()), row.aggregate),
             }
             if row.unit in ("req/s", "MB/s"):
-                # Paired by round: each ratio compares two runs made side by side.
-                ratios = [ours[n] / reference[n] for n in sorted(ours) if reference.get(n)]
-                figure["ratio"] = _stats([round(r, 4) for r in ratios])
+                figure["ratio"] = _paired(ours, reference)
         for check in row.checks:
-            source = figure["ratio"] if check.on == "ratio" else figure
-            value = None
-            if source is not None:
-                value = source["median"] if check.on == "ratio" else source["value"]
-            figure["checks"].append(
-                {
-                    "target": check.text,
-                    "value": value,
-                    "passed": value is not None and check.passes(float(value)),
-                }
-            )
+            entry: dict[str, Any] = {"target": check.text}
+            if check.on == "ratio":
+                against = check.against or row.reference
+                ratio = figure["ratio"]
+                if against is None:
+                    ratio = None
+                elif against != row.reference:
+                    ratio = _paired(ours, _series(measurements, *against, row.metric))
+                entry["against"] = against[1] if against else None
+                value = ratio["median"] if ratio else None
+            else:
+                value = figure["value"]
+            entry |= {"value": value, "passed": value is not None and check.passes(float(value))}
+            figure["checks"].append(entry)
         out.append(figure)
     return out
 
@@ -274,9 +321,12 @@ COLUMNS = (
 )
 CAPTION = (
     "value: the median of the rounds unless marked (total) or (worst); "
-    "reference: the same figure of nginx or the ceiling; "
+    "reference: the same figure of nginx or the ceiling (on S3: of the same row on disk, when "
+    "disk ran too; its targets still compare with nginx or the ceiling); "
     "ratio: value / reference, paired by round, median (min-max)"
 )
+# An S3 row's reference is FileWallBall's own run on disk.
+REFERENCE_NAMES = {OURS: "disk", BEHIND_NGINX: "disk behind nginx"}
 
 
 def cells(row: dict[str, Any], *, markup: bool) -> list[str]:
@@ -293,7 +343,12 @@ def cells(row: dict[str, Any], *, markup: bool) -> list[str]:
         row["unit"] + ("" if aggregate == "median" else f" ({AGGREGATE_NAMES[aggregate]})"),
         _number(row["value"]),
         _range(row),
-        f"{reference['target']} {_number(reference['value'])}" if reference else "",
+        (
+            f"{REFERENCE_NAMES.get(reference['target'], reference['target'])} "
+            f"{_number(reference['value'])}"
+            if reference
+            else ""
+        ),
         f"{ratio['median']:.2f} ({_range(ratio)})" if ratio and ratio["median"] else "",
         "; ".join(c["target"] for c in row["checks"]),
         " ".join(verdicts),
@@ -322,8 +377,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def print_report(console: Console, rows: list[dict[str, Any]], *, smoke: bool, rounds: int) -> None:
+def print_report(
+    console: Console,
+    rows: list[dict[str, Any]],
+    *,
+    smoke: bool,
+    rounds: int,
+    storages: Sequence[str] = (DISK,),
+) -> None:
     title = f"FileWallBall vs nginx and the FastAPI ceiling: medians of {rounds} round(s)"
+    title += f"; blobs on {' and '.join(NAMES[s] for s in storages)}"
     if smoke:
         title += " [yellow](smoke: tiny sizes, targets informational only)[/]"
     console.print(table(rows, title=title))

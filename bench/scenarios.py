@@ -10,17 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 from rich.console import Console
 
 from bench import GiB, KiB, MiB, ceiling, size_label
 from bench.memory import MemoryResult, streamed_upload
 from bench.procs import BenchError, Managed
+from bench.storage import DISK
 from bench.targets import Nginx, Ours
 from bench.wrk import Load, WrkResult, run_wrk
-
-# FileWallBall behind nginx, which sends whole downloads (X-Accel-Redirect).
-BEHIND_NGINX = "behind-nginx"
 
 SCENARIOS = {
     "a": "GET /files/{id}: a file record (cached metadata) with a valid key",
@@ -48,6 +46,7 @@ class Plan:
     memory_size: int
     scenarios: frozenset[str]
     timeout: float = 60  # wrk's per-request timeout: a late answer counts as an error
+    storages: tuple[str, ...] = (DISK,)  # one FileWallBall per storage, measured side by side
 
 
 LARGE_DOWNLOAD = 64 * MiB  # and larger: fewer connections (large_connections)
@@ -68,15 +67,17 @@ SMOKE_SIZES: dict[str, Any] = {
 class Measurement:
     scenario: str
     case: str
-    target: str  # "ours", "nginx", "ceiling" or BEHIND_NGINX
+    target: str  # "ours", "nginx", "ceiling", BEHIND_NGINX, or "ours-s3"...: targets.py
     round: int
     result: WrkResult | MemoryResult
+    storage: str | None = None  # where the blobs were: FileWallBall's runs only
 
     def to_json(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "case": self.case,
             "target": self.target,
+            "storage": self.storage,
             "round": self.round,
             **self.result.to_json(),
         }
@@ -100,43 +101,58 @@ class Case:
 class Bench:
     plan: Plan
     wrk: str
-    ours: Ours | None
+    ours: list[Ours]  # one FileWallBall per storage, in the plan's order
     nginx: Nginx | None
     ceiling: tuple[str, Managed] | None  # its URL and process
     work: Path
     console: Console
     measurements: list[Measurement] = field(default_factory=list)
-    downloads: dict[int, str] = field(default_factory=dict)  # size -> file id
-    kept_blobs: set[str] = field(default_factory=set)  # sha256 of the files downloads read
+    # By FileWallBall target: size -> file id, and the sha256 of the files downloads read.
+    downloads: dict[str, dict[int, str]] = field(default_factory=dict)
+    kept_blobs: dict[str, set[str]] = field(default_factory=dict)
+    nginx_downloads: dict[int, str] = field(default_factory=dict)  # size -> name under /download/
+
+    def serving(self, target: str) -> Ours | None:
+        """The FileWallBall a target's requests reach (directly or behind nginx)."""
+        return next((o for o in self.ours if target in (o.target, o.behind_nginx)), None)
 
     # --- preparation --------------------------------------------------------------------
 
     def prepare_downloads(self) -> None:
-        """Upload each download size once through the API; nginx gets the same bytes."""
-        if self.ours is None:
+        """Upload each download size once through the API of every FileWallBall (the same
+        bytes to each); nginx gets them too, under the first one's file id."""
+        if not self.ours:
             raise BenchError("scenarios a and b need FileWallBall")
         # Scenario a reads the record of the 1 KiB file.
         sizes = sorted({*self.plan.download_sizes, KiB} if "b" in self.plan.scenarios else {KiB})
         source = self.work / "download-source.bin"
-        with self.ours.client(timeout=600) as client:
-            for size in sizes:
-                with source.open("wb") as out:
-                    left = size
-                    while left:
-                        out.write(os.urandom(min(MiB, left)))
-                        left -= min(MiB, left)
-                with source.open("rb") as body:
-                    response = client.put(f"/upload/download-{size_label(size)}.bin", content=body)
-                if response.status_code != 201:
-                    raise BenchError(f"pre-upload failed: {response.status_code} {response.text}")
-                file_id = str(response.json()["id"])
-                self.kept_blobs.add(str(response.json()["sha256"]))
-                if self.nginx:
+        for size in sizes:
+            with source.open("wb") as out:
+                left = size
+                while left:
+                    out.write(os.urandom(min(MiB, left)))
+                    left -= min(MiB, left)
+            for ours in self.ours:
+                file_id = self._pre_upload(ours, source, size)
+                if self.nginx and size not in self.nginx_downloads:
                     shutil.copyfile(source, self.nginx.download_dir / file_id)
-                self.downloads[size] = file_id
-                # The first read fills the metadata cache (scenario a reads this record).
-                client.get(f"/files/{file_id}").raise_for_status()
+                    self.nginx_downloads[size] = file_id
         source.unlink()
+
+    def _pre_upload(self, ours: Ours, source: Path, size: int) -> str:
+        with ours.client(timeout=600) as client:
+            with source.open("rb") as body:
+                response = client.put(f"/upload/download-{size_label(size)}.bin", content=body)
+            if response.status_code != 201:
+                raise BenchError(
+                    f"pre-upload to {ours.target} failed: {response.status_code} {response.text}"
+                )
+            file_id = str(response.json()["id"])
+            self.kept_blobs.setdefault(ours.target, set()).add(str(response.json()["sha256"]))
+            self.downloads.setdefault(ours.target, {})[size] = file_id
+            # The first read fills the metadata cache (scenario a reads this record).
+            client.get(f"/files/{file_id}").raise_for_status()
+        return file_id
 
     def upload_body(self, size: int) -> Path:
         path = self.work / f"upload-{size_label(size)}.bin"
@@ -152,37 +168,48 @@ class Bench:
         )
 
     def cases(self) -> list[Case]:
-        plan, ours, nginx = self.plan, self.ours, self.nginx
+        plan, nginx = self.plan, self.nginx
         cases: list[Case] = []
-        auth = ours.authorization if ours else ""
         small = {"connections": plan.connections, "timeout": plan.timeout}
         if "a" in plan.scenarios or "e" in plan.scenarios:
             loads: dict[str, Load] = {}
-            if "a" in plan.scenarios and ours:
-                path = f"/files/{self.downloads[KiB]}"
-                loads["ours"] = self._load(ours.url, path=path, authorization=auth, **small)
+            for ours in self.ours if "a" in plan.scenarios else []:
+                path = f"/files/{self.downloads[ours.target][KiB]}"
+                loads[ours.target] = self._load(
+                    ours.url, path=path, authorization=ours.authorization, **small
+                )
             if "e" in plan.scenarios and self.ceiling:
                 loads["ceiling"] = self._load(self.ceiling[0], path=ceiling.PATH, **small)
             cases.append(Case("a", "a", loads))
-        if "b" in plan.scenarios and ours and nginx:
+        if "b" in plan.scenarios and self.ours and nginx:
             for size in plan.download_sizes:
-                path = f"/download/{self.downloads[size]}"
                 many = plan.large_connections if size >= LARGE_DOWNLOAD else plan.connections
-                common = {
-                    "path": path,
+                common: dict[str, Any] = {
                     "body_size": size,
                     "connections": many,
                     "timeout": plan.timeout,
                 }
-                loads = {
-                    "ours": self._load(ours.url, authorization=auth, **common),
-                    "nginx": self._load(nginx.url, **common),
-                }
-                if size == max(plan.download_sizes) and nginx.front_url:
-                    # The same requests to FileWallBall behind nginx, which sends the file.
-                    loads[BEHIND_NGINX] = self._load(nginx.front_url, authorization=auth, **common)
+                loads = {}
+                for ours in self.ours:
+                    path = f"/download/{self.downloads[ours.target][size]}"
+                    auth = ours.authorization
+                    loads[ours.target] = self._load(
+                        ours.url, path=path, authorization=auth, **common
+                    )
+                path = f"/download/{self.nginx_downloads[size]}"
+                loads["nginx"] = self._load(nginx.url, path=path, **common)
+                for ours in self.ours if size == max(plan.download_sizes) else []:
+                    # The same requests to FileWallBall behind nginx, which sends the file (on
+                    # disk; from S3 FileWallBall streams it, and nginx passes it on).
+                    front = nginx.front_urls.get(ours.behind_nginx)
+                    if front:
+                        path = f"/download/{self.downloads[ours.target][size]}"
+                        auth = ours.authorization
+                        loads[ours.behind_nginx] = self._load(
+                            front, path=path, authorization=auth, **common
+                        )
                 cases.append(Case(f"b-{size_label(size)}", "b", loads))
-        if "c" in plan.scenarios and ours and nginx:
+        if "c" in plan.scenarios and self.ours and nginx:
             for size in plan.upload_sizes:
                 # 100 uploads of 10 MiB take seconds each: longer runs, so that every
                 # connection completes several and the cut-off at the end weighs little.
@@ -195,11 +222,15 @@ class Bench:
                     "timeout": plan.timeout,
                 }
                 loads = {
-                    "ours": self._load(
-                        ours.url, path_prefix="/upload/bench-", authorization=auth, **common
-                    ),
-                    "nginx": self._load(nginx.url, path_prefix="/put/", **common),
+                    ours.target: self._load(
+                        ours.url,
+                        path_prefix="/upload/bench-",
+                        authorization=ours.authorization,
+                        **common,
+                    )
+                    for ours in self.ours
                 }
+                loads["nginx"] = self._load(nginx.url, path_prefix="/put/", **common)
                 cases.append(Case(f"c-{size_label(size)}", "c", loads, after=self._after_upload))
         return cases
 
@@ -207,37 +238,51 @@ class Bench:
         """Write back the dirty pages now, outside any measured run, and free the space.
 
         A run of 10 MiB uploads stores gigabytes. nginx's folder is emptied; FileWallBall's
-        uploads are never read again, so their blobs are deleted from its blob folder (their
-        records stay until the database is dropped at the end).
+        uploads are never read again, so their blobs are deleted from its blob folder or its
+        bucket (their records stay until the database is dropped at the end).
         """
+        ours = self.serving(target)
+        if ours and ours.bucket:
+            # Before the sync: SeaweedFS reclaims the space by rewriting its volume files.
+            ours.bucket.remove_blobs(keep=self.kept_blobs.get(ours.target, set()))
         os.sync()
         if target == "nginx" and self.nginx:
             # Uploads cut off by wrk's end may still land: nginx re-creates the folder then.
             shutil.rmtree(self.nginx.put_dir, ignore_errors=True)
             self.nginx.put_dir.mkdir(exist_ok=True)
-        if target == "ours" and self.ours:
-            blobs = Path(self.ours.env["FWB_DATA_DIR"]) / "blobs"
-            for blob in blobs.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*"):
-                if blob.name not in self.kept_blobs:
+        if ours and not ours.bucket:
+            kept = self.kept_blobs.get(ours.target, set())
+            for blob in ours.blob_dir.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*"):
+                if blob.name not in kept:
                     blob.unlink(missing_ok=True)
 
     # --- running ------------------------------------------------------------------------
 
     def _server(self, target: str) -> Managed | None:
-        if target in ("ours", BEHIND_NGINX) and self.ours:  # behind nginx: FileWallBall's CPU
-            return self.ours.managed
+        ours = self.serving(target)
+        if ours:  # behind nginx: FileWallBall's CPU
+            return ours.managed
         if target == "nginx" and self.nginx:
             return self.nginx.managed
         return self.ceiling[1] if target == "ceiling" and self.ceiling else None
 
+    def _storage(self, target: str) -> list[psutil.Process]:
+        """The S3 server's process behind a target, if its blobs are in a bucket."""
+        ours = self.serving(target)
+        return ours.bucket.processes() if ours and ours.bucket else []
+
     def run_load(self, case: Case, target: str) -> WrkResult:
         server = self._server(target)
         processes = server.tree() if server else []
-        before = _cpu_seconds(processes)
+        storage = self._storage(target)
+        before, storage_before = _cpu_seconds(processes), _cpu_seconds(storage)
         result = run_wrk(self.wrk, case.loads[target])
         if processes and result.requests:
             spent = _cpu_seconds(processes) - before
             result.server_cpu_ms_per_request = round(spent * 1000 / result.requests, 4)
+        if storage and result.requests:
+            spent = _cpu_seconds(storage) - storage_before
+            result.storage_cpu_ms_per_request = round(spent * 1000 / result.requests, 4)
         if case.after:
             case.after(target)
         return result
@@ -263,42 +308,60 @@ class Bench:
                     targets.reverse()  # alternate who goes first: no order advantage
                 for target in targets:
                     result = self.run_load(case, target)
-                    scenario, case_id = case.label(target)
-                    self.record(Measurement(scenario, case_id, target, number, result))
+                    self.record(self._measurement(case, target, number, result))
                     time.sleep(self.plan.pause)
         return self.measurements
 
+    def _measurement(
+        self, case: Case, target: str, number: int, result: WrkResult | MemoryResult
+    ) -> Measurement:
+        scenario, case_id = case.label(target)
+        ours = self.serving(target)
+        return Measurement(
+            scenario, case_id, target, number, result, storage=ours.storage if ours else None
+        )
+
     def run_memory(self) -> None:
         """Scenario d, every round, first of all: before other work has grown the workers'
-        heaps, so that memory freed by earlier requests cannot hide the upload's growth."""
-        if "d" not in self.plan.scenarios or self.ours is None:
+        heaps, so that memory freed by earlier requests cannot hide the upload's growth.
+        One upload per FileWallBall a round, who goes first alternating like the pairs."""
+        if "d" not in self.plan.scenarios or not self.ours:
             return
+        case = Case(f"d-{size_label(self.plan.memory_size)}", "d", {})
         for number in range(1, self.plan.rounds + 1):
-            memory = streamed_upload(self.ours, self.plan.memory_size)
-            os.sync()
-            case = f"d-{size_label(memory.size)}"
-            self.record(Measurement("d", case, "ours", number, memory))
-            time.sleep(self.plan.pause)
+            order = self.ours if number % 2 else list(reversed(self.ours))
+            for ours in order:
+                storage = ours.bucket.processes() if ours.bucket else []
+                memory = streamed_upload(ours, self.plan.memory_size, storage=storage)
+                if ours.bucket:
+                    ours.bucket.remove_blobs(keep=self.kept_blobs.get(ours.target, set()))
+                os.sync()
+                self.record(self._measurement(case, ours.target, number, memory))
+                time.sleep(self.plan.pause)
 
     def record(self, measurement: Measurement) -> None:
         self.measurements.append(measurement)
         result = measurement.result
-        head = f"[dim]round {measurement.round}[/] {measurement.case:<10} {measurement.target:<8}"
+        head = f"[dim]round {measurement.round}[/] {measurement.case:<10} {measurement.target:<15}"
         if isinstance(result, WrkResult):
             problems = sum(result.errors.values()) + result.non_2xx
             flag = f" [red]{problems} errors/non-2xx[/]" if problems else ""
-            cpu = result.server_cpu_ms_per_request
+            cpu, storage = result.server_cpu_ms_per_request, result.storage_cpu_ms_per_request
             cpu_text = f", CPU {cpu:.3f} ms/request" if cpu is not None else ""
+            if storage is not None:
+                cpu_text += f" + SeaweedFS {storage:.3f}"
             self.console.print(
                 f"{head} {result.rps:>10.1f} req/s {result.mb_per_s:>9.1f} MB/s "
                 f"p99 {result.latency_ms['p99']:>8.1f} ms  ({result.requests} requests{cpu_text})"
                 f"{flag}"
             )
         else:
+            storage = result.storage_rss_growth_mib
             self.console.print(
                 f"{head} {result.status} in {result.seconds:.1f} s, {result.mb_per_s:.1f} MB/s, "
                 f"RSS growth {result.rss_growth_total_mib:.1f} MiB "
                 f"(worker {result.rss_growth_worker_mib:.1f} MiB)"
+                + (f"; SeaweedFS +{storage:.1f} MiB" if storage is not None else "")
             )
 
 

@@ -97,6 +97,8 @@ def versions(tools: dict[str, str]) -> dict[str, str]:
         "orjson",
         "asyncpg",
         "redis",
+        "aiobotocore",
+        "botocore",
     ):
         try:
             found[package] = importlib.metadata.version(package)

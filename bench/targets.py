@@ -15,11 +15,21 @@ import httpx
 
 from bench import REPO_ROOT, ceiling
 from bench.procs import BenchError, Managed, free_port, run, start, wait_http
+from bench.storage import DISK, Bucket
 from bench.system import filewallball_command
 
 # High enough that wrk never meets a 429; the check itself still runs on every request
 # (a Redis INCR per request, as in production), only its budget is out of reach.
 RATE_LIMIT = "100000000/minute"
+
+OURS = "ours"
+# FileWallBall behind nginx, which sends whole downloads (X-Accel-Redirect).
+BEHIND_NGINX = "behind-nginx"
+
+
+def target_name(target: str, storage: str) -> str:
+    """`ours` and `behind-nginx` on disk (as before S3 existed), `ours-s3`... on S3."""
+    return target if storage == DISK else f"{target}-{storage}"
 
 
 @dataclass(frozen=True)
@@ -48,14 +58,29 @@ def serve_server_option() -> tuple[bool, str | None]:
 
 @dataclass
 class Ours:
-    """FileWallBall: PostgreSQL, Redis, N workers, every middleware, production defaults."""
+    """FileWallBall: PostgreSQL, Redis, N workers, every middleware, production defaults;
+    its blobs on the local disk or in a bucket."""
 
     url: str
     managed: Managed
     env: dict[str, str]
     admin_key: str
+    storage: str = DISK
+    bucket: Bucket | None = None  # S3: its prefix in the SeaweedFS bucket
     key: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return target_name(OURS, self.storage)
+
+    @property
+    def behind_nginx(self) -> str:
+        return target_name(BEHIND_NGINX, self.storage)
+
+    @property
+    def blob_dir(self) -> Path:
+        return Path(self.env["FWB_DATA_DIR"]) / "blobs"
 
     @property
     def authorization(self) -> str:
@@ -72,18 +97,25 @@ def _bootstrap_key() -> str:
 
 
 def server_env(
-    *, work: Path, database_url: str, redis_url: str, prefix: str, log_level: str
+    *,
+    home: Path,
+    database_url: str,
+    redis_url: str,
+    prefix: str,
+    log_level: str,
+    bucket: Bucket | None = None,
 ) -> dict[str, str]:
-    """The environment of FileWallBall (and of the ceiling, which ignores it)."""
-    metrics = work / "prometheus"
-    metrics.mkdir(exist_ok=True)
+    """The environment of one FileWallBall (and of the ceiling, which ignores it): its folder,
+    database, Redis prefix and, on S3, its bucket; nothing shared with another."""
+    metrics = home / "prometheus"
+    metrics.mkdir(parents=True, exist_ok=True)
     # The caller's own FWB_ settings (a clamd address, a data dir...) would change what is measured.
     inherited = {name: value for name, value in os.environ.items() if not name.startswith("FWB_")}
     python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     return {
         **inherited,
         "PYTHONPATH": python_path,
-        "FWB_DATA_DIR": str(work / "data"),
+        "FWB_DATA_DIR": str(home / "data"),
         "FWB_DATABASE_URL": database_url,
         "FWB_AUTO_MIGRATE": "false",  # production: `filewallball migrate` runs first, as a Job
         "FWB_REDIS_URL": redis_url,
@@ -101,29 +133,45 @@ def server_env(
         "FWB_TRUSTED_PROXIES": "127.0.0.1/32",
         # Where the workers' metrics go (serve would make a temp dir of its own and leave it).
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        # S3: FWB_S3_* and the test server's credentials (every blob in the bucket; the data
+        # folder holds nothing but the metrics of workers and the like).
+        **(bucket.env() if bucket else {}),
     }
 
 
-def start_ours(stack: ExitStack, work: Path, env: dict[str, str], serve: ServeOptions) -> Ours:
-    """Migrate, start `filewallball serve`, wait for /readyz, make an uploader key."""
+def launch_ours(
+    stack: ExitStack,
+    home: Path,
+    env: dict[str, str],
+    serve: ServeOptions,
+    *,
+    storage: str = DISK,
+    bucket: Bucket | None = None,
+) -> Ours:
+    """Migrate, start `filewallball serve`, without waiting for it: `wait_until_ready` does that."""
     command = filewallball_command()
     run([command, "migrate"], env=env)
     port = free_port()
     managed = start(
-        "filewallball",
+        target_name("filewallball", storage),
         [command, "serve", *serve.args(port)],
         env=env,
-        log_path=work / "filewallball.log",
+        log_path=home / "filewallball.log",
         cwd=REPO_ROOT,
     )
     stack.callback(managed.stop)
     url = f"http://127.0.0.1:{port}"
-    ours = Ours(url, managed, env, admin_key=env["FWB_BOOTSTRAP_ADMIN_KEY"])
-    # Ready means every required dependency answers: PostgreSQL and the blob volume.
-    wait_http(managed, f"{url}/readyz")
+    admin_key = env["FWB_BOOTSTRAP_ADMIN_KEY"]
+    return Ours(url, managed, env, admin_key=admin_key, storage=storage, bucket=bucket)
+
+
+def wait_until_ready(ours: Ours) -> Ours:
+    """Wait for /readyz, make an uploader key."""
+    # Ready means every required dependency answers: PostgreSQL and the blob volume or bucket.
+    wait_http(ours.managed, f"{ours.url}/readyz")
     # A program's key, not the operator's: the uploader role owns and reads its files.
     with httpx.Client(
-        base_url=url, timeout=30, headers={"authorization": f"Bearer {ours.admin_key}"}
+        base_url=ours.url, timeout=30, headers={"authorization": f"Bearer {ours.admin_key}"}
     ) as admin:
         created = admin.post("/admin/keys", json={"name": "bench", "role": "uploader"})
         if created.status_code != 201:
@@ -131,7 +179,7 @@ def start_ours(stack: ExitStack, work: Path, env: dict[str, str], serve: ServeOp
         ours.key = str(created.json()["key"])
     ours.settings = {
         name: ("<secret>" if "KEY" in name else value)
-        for name, value in env.items()
+        for name, value in ours.env.items()
         if name.startswith("FWB_")
     }
     return ours
@@ -212,7 +260,7 @@ http {{
 # FileWallBall behind nginx, as the Kubernetes component deploys it: nginx sends downloads.
 NGINX_FRONT_SNIPPET = REPO_ROOT / "infra/kustomize/components/nginx-front/filewallball.conf"
 FRONT_CONF = """
-    upstream filewallball {{
+    upstream {name} {{
         server {upstream};
         keepalive 32;
         keepalive_timeout 5s;
@@ -232,7 +280,8 @@ class Nginx:
     managed: Managed
     root: Path
     config: str
-    front_url: str | None = None  # FileWallBall behind this nginx (components/nginx-front)
+    # Each FileWallBall behind this nginx (components/nginx-front), by its behind-nginx target.
+    front_urls: dict[str, str] = field(default_factory=dict)
 
     @property
     def download_dir(self) -> Path:
@@ -243,9 +292,30 @@ class Nginx:
         return self.root / "put"
 
 
-def start_nginx(
-    stack: ExitStack, nginx: str, work: Path, workers: int, ours: Ours | None = None
-) -> Nginx:
+def _front(ours: Ours, prefix: Path) -> tuple[str, str]:
+    """The server block of nginx in front of `ours`, and its URL."""
+    upstream = target_name("filewallball", ours.storage).replace("-", "_")
+    snippet = NGINX_FRONT_SNIPPET
+    if upstream != "filewallball":
+        # The snippet proxies to `upstream filewallball`; a second one needs a copy that names
+        # its own upstream. On S3 the blobs have no path, so FileWallBall streams them itself.
+        text, proxy = snippet.read_text(), "proxy_pass http://filewallball;"
+        if proxy not in text:
+            raise BenchError(f"{snippet} no longer says `{proxy}`")
+        snippet = prefix / f"{upstream}.conf"
+        snippet.write_text(text.replace(proxy, f"proxy_pass http://{upstream};"))
+    port = free_port()
+    block = FRONT_CONF.format(
+        name=upstream,
+        port=port,
+        upstream=ours.url.removeprefix("http://"),
+        blobs=f"{ours.blob_dir}/",
+        snippet=snippet,
+    )
+    return block, f"http://127.0.0.1:{port}"
+
+
+def start_nginx(stack: ExitStack, nginx: str, work: Path, workers: int, ours: list[Ours]) -> Nginx:
     prefix = work / "nginx"
     root = prefix / "root"
     for folder in (root / "download", root / "put", prefix / "client_body"):
@@ -253,18 +323,14 @@ def start_nginx(
     port = free_port()
     # As root, nginx's workers would switch to `nobody`, who cannot read our 0700 temp dirs.
     user = "user root root;\n" if os.geteuid() == 0 else ""
-    front, front_url = "", None
-    if ours is not None:
-        front_port = free_port()
-        front = FRONT_CONF.format(
-            port=front_port,
-            upstream=ours.url.removeprefix("http://"),
-            blobs=f"{Path(ours.env['FWB_DATA_DIR']) / 'blobs'}/",
-            snippet=NGINX_FRONT_SNIPPET,
-        )
-        front_url = f"http://127.0.0.1:{front_port}"
+    fronts = {server.behind_nginx: _front(server, prefix) for server in ours}
     config = NGINX_CONF.format(
-        prefix=prefix, root=root, port=port, workers=workers, user=user, front=front
+        prefix=prefix,
+        root=root,
+        port=port,
+        workers=workers,
+        user=user,
+        front="".join(block for block, _ in fronts.values()),
     )
     (prefix / "nginx.conf").write_text(config)
     command = [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
@@ -274,4 +340,4 @@ def start_nginx(
     url = f"http://127.0.0.1:{port}"
     (root / "download" / "ready").write_bytes(b"ok")
     wait_http(managed, f"{url}/download/ready", timeout=20)
-    return Nginx(url, managed, root, config, front_url)
+    return Nginx(url, managed, root, config, {name: url for name, (_, url) in fronts.items()})

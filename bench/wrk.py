@@ -44,6 +44,8 @@ class WrkResult:
     # CPU time the server's processes spent per request (user + system, all workers): unlike
     # req/s, it hardly moves when other work shares the cores.
     server_cpu_ms_per_request: float | None = None
+    # S3: the S3 server's CPU time per request (SeaweedFS), beside the server's, not in it.
+    storage_cpu_ms_per_request: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

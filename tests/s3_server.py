@@ -64,6 +64,12 @@ class SeaweedS3:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     def start(self, *, timeout: float = 60) -> None:
+        """Launch it and wait until it serves the bucket."""
+        self.launch()
+        self.wait_ready(timeout=timeout)
+
+    def launch(self) -> None:
+        """Start the process, without waiting (it takes a few seconds: do something else)."""
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "s3.json"
         identity = {
@@ -94,14 +100,17 @@ class SeaweedS3:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
         ]
-        log = (self.root / "weed.log").open("wb")
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self._wait_ready(timeout)
+        with (self.root / "weed.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def wait_ready(self, *, timeout: float = 60) -> None:
+        """Wait until the S3 gateway answers, then create the bucket."""
+        self._wait_gateway(timeout)
         self.make_bucket(BUCKET)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_gateway(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None
@@ -151,6 +160,19 @@ class SeaweedS3:
             keys.extend(entry["Key"] for entry in page.get("Contents", []))
         return sorted(keys)
 
+    def delete(self, keys: list[str], bucket: str = BUCKET) -> None:
+        """Delete these objects (DeleteObjects, 1,000 keys a request)."""
+        client = self.client()
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+
+    def vacuum(self) -> None:
+        """Reclaim the space of deleted objects now, not at the next sweep (every 14 minutes)."""
+        url = f"http://127.0.0.1:{self.ports['master']}/vol/vacuum?garbageThreshold=0.01"
+        with urllib.request.urlopen(url, timeout=600) as answer:
+            answer.read()
+
     def multipart_uploads(self, prefix: str, bucket: str = BUCKET) -> list[str]:
         """The keys of the multipart uploads in progress under `prefix`."""
         listed = self.client().list_multipart_uploads(Bucket=bucket, Prefix=prefix)
@@ -160,12 +182,14 @@ class SeaweedS3:
         path = self.root / "weed.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 1) -> None:
+        """SIGTERM, then SIGKILL: `weed server` does not exit on SIGTERM by itself (its S3
+        gateway goes on retrying the filer that has stopped), and its data is thrown away."""
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()

