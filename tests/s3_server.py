@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -193,3 +194,13 @@ class SeaweedS3:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """The Unix sockets weed makes in /tmp, named by its ports; killed, it leaves them."""
+        for folder in {Path("/tmp"), Path(tempfile.gettempdir())}:
+            for kind, port in self.ports.items():
+                for name in (f"{kind}-{port}", f"{kind}-grpc-{port + 10000}"):
+                    path = folder / f"seaweedfs-{name}.sock"
+                    if path.is_socket():
+                        path.unlink(missing_ok=True)
