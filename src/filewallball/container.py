@@ -192,13 +192,7 @@ class Container(containers.DeclarativeContainer):
         disk=providers.Singleton(DiskBlobStore, root=settings.provided.blob_dir),
         s3=providers.Singleton(
             _s3_blob_store,
-            location=providers.Dict(
-                bucket=settings.provided.s3_bucket,
-                endpoint_url=settings.provided.s3_endpoint_url,
-                region=settings.provided.s3_region,
-                prefix=settings.provided.s3_prefix,
-                addressing_style=settings.provided.s3_addressing_style,
-            ),
+            location=settings.provided.s3_location_args.call(),
             part_size=settings.provided.s3_part_size_bytes,
             max_object_bytes=settings.provided.max_upload_bytes,
             upload_concurrency=settings.provided.s3_upload_concurrency,

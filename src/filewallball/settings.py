@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -302,6 +302,17 @@ class Settings(BaseSettings):
     @property
     def uses_s3(self) -> bool:
         return self.s3_bucket is not None
+
+    def s3_location_args(self) -> dict[str, Any]:
+        """Where the S3 blobs are, as adapters.s3.S3Location's arguments (one mapping for the
+        container, the start-up check and the readiness report)."""
+        return {
+            "bucket": self.s3_bucket,
+            "endpoint_url": self.s3_endpoint_url,
+            "region": self.s3_region,
+            "prefix": self.s3_prefix,
+            "addressing_style": self.s3_addressing_style,
+        }
 
     @property
     def blob_dir(self) -> Path:

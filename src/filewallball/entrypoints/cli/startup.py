@@ -79,12 +79,12 @@ def check_object_storage(settings: Settings) -> None:
         return
     import asyncio
 
-    from filewallball.adapters.s3 import MissingBucket, S3BlobStore
-    from filewallball.container import build_container
+    # The store alone, not the container: this runs in the server's parent process, which
+    # would otherwise keep every adapter imported for its whole life.
+    from filewallball.adapters.s3 import MissingBucket, S3BlobStore, S3Location
 
     async def look() -> None:
-        store = build_container(settings).blobs()
-        assert isinstance(store, S3BlobStore)
+        store = S3BlobStore(S3Location(**settings.s3_location_args()))
         try:
             await store.check_bucket()
         finally:

@@ -66,7 +66,7 @@ def _blob_storage_at(settings: Settings) -> str:
         return f"blob storage at {settings.blob_dir}"
     from filewallball.adapters.s3 import S3Location
 
-    return S3Location(bucket=settings.s3_bucket, endpoint_url=settings.s3_endpoint_url).describe()
+    return S3Location(**settings.s3_location_args()).describe()
 
 
 async def check_all(root: Container) -> dict[str, Check]:
