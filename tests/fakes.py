@@ -19,9 +19,12 @@ from filewallball.domain.models import (
     FileRecord,
     ListQuery,
     Page,
+    ResumableUpload,
+    Segment,
     Sha256,
     SortKey,
     ThumbnailStatus,
+    UploadId,
     Visibility,
 )
 from filewallball.domain.policies import Quota, Reservation
@@ -37,6 +40,9 @@ from filewallball.domain.ports import (
     FileUnitOfWork,
     IpRuleRepository,
     KeyRepository,
+    Lock,
+    PartStore,
+    ResumableRepository,
     Sniffer,
     StagedBlob,
     StorageTotals,
@@ -545,3 +551,162 @@ class FakeCache(Cache):
 
 
 _TOMBSTONE = b"-"
+
+
+@dataclass
+class FakePartStore(PartStore):
+    """Segments in a dict; `writes` counts stored segments (what a test can watch)."""
+
+    segment_bytes: int = 64 * 1024
+    segments: dict[tuple[str, str], tuple[bytes, float]] = field(default_factory=dict)
+    writes: int = 0
+
+    async def write(self, upload: UploadId, key: str, chunks: AsyncIterator[bytes]) -> int:
+        data = bytearray()
+        async for chunk in chunks:
+            data += chunk
+            if len(data) > self.segment_bytes:
+                raise ValueError(f"a segment of more than {self.segment_bytes} bytes")
+        self.segments[(upload, key)] = (bytes(data), time.time())
+        self.writes += 1
+        return len(data)
+
+    async def read(self, upload: UploadId, segments: Sequence[Segment]) -> AsyncIterator[bytes]:
+        for segment in segments:
+            stored = self.segments.get((upload, segment.key))
+            if stored is None or len(stored[0]) < segment.size:
+                raise DependencyUnavailable("blob storage", f"segment {segment.key} is missing")
+            data = stored[0][: segment.size]
+            for offset in range(0, len(data), 1000):
+                yield data[offset : offset + 1000]
+
+    async def delete(self, upload: UploadId, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.segments.pop((upload, key), None)
+
+    async def remove(self, upload: UploadId) -> None:
+        for held in [k for k in self.segments if k[0] == upload]:
+            del self.segments[held]
+
+    async def stale(self, *, older_than_seconds: float) -> list[UploadId]:
+        newest: dict[str, float] = {}
+        for (upload, _), (_, at) in self.segments.items():
+            newest[upload] = max(at, newest.get(upload, 0.0))
+        cutoff = time.time() - older_than_seconds
+        return [UploadId(upload) for upload, at in newest.items() if at < cutoff]
+
+    def held(self, upload: str) -> int:
+        """How many segments of `upload` are stored."""
+        return sum(1 for k in self.segments if k[0] == upload)
+
+
+@dataclass
+class _FakeResumable:
+    upload: ResumableUpload
+    segments: list[Segment] = field(default_factory=list)
+    token: str | None = None
+    until: datetime | None = None
+
+
+@dataclass
+class FakeResumableRepository(ResumableRepository):
+    rows: dict[str, _FakeResumable] = field(default_factory=dict)
+    clock: Clock | None = None  # when set, a lease lapses by this clock
+
+    async def add(self, upload: ResumableUpload) -> None:
+        self.rows[upload.id] = _FakeResumable(upload)
+
+    async def get(self, upload_id: UploadId) -> ResumableUpload | None:
+        row = self.rows.get(upload_id)
+        return None if row is None else row.upload
+
+    async def count_open(self, owner: str | None) -> int:
+        return sum(
+            1 for row in self.rows.values() if row.upload.owner == owner and not row.upload.complete
+        )
+
+    def _holds(self, upload_id: str, token: str) -> _FakeResumable | None:
+        row = self.rows.get(upload_id)
+        if row is None or row.token != token or row.upload.complete:
+            return None
+        return row
+
+    async def lock(
+        self, upload_id: UploadId, *, token: str, offset: int, now: datetime, until: datetime
+    ) -> Lock:
+        row = self.rows.get(upload_id)
+        if row is None or row.upload.complete:
+            return Lock.GONE
+        if row.token is not None and row.until is not None and row.until > now:
+            return Lock.HELD
+        if row.upload.offset != offset:
+            return Lock.MOVED
+        row.token, row.until = token, until
+        return Lock.ACQUIRED
+
+    async def renew(self, upload_id: UploadId, *, token: str, until: datetime) -> bool:
+        row = self._holds(upload_id, token)
+        if row is None:
+            return False
+        row.until = until
+        return True
+
+    async def unlock(self, upload_id: UploadId, *, token: str) -> None:
+        row = self._holds(upload_id, token)
+        if row is not None:
+            row.token = row.until = None
+
+    def _live(self, upload_id: str, token: str) -> _FakeResumable | None:
+        row = self._holds(upload_id, token)
+        now = self.clock.now() if self.clock is not None else None
+        if row is None or (now is not None and row.until is not None and row.until <= now):
+            return None
+        return row
+
+    async def append(self, upload_id: UploadId, *, token: str, segments: Sequence[Segment]) -> bool:
+        row = self._live(upload_id, token)
+        if row is None or (segments and segments[0].start != row.upload.offset):
+            return False
+        row.segments.extend(segments)
+        end = segments[-1].end if segments else row.upload.offset
+        row.upload = replace(row.upload, offset=end)
+        return True
+
+    async def declare_length(
+        self, upload_id: UploadId, *, token: str, length: int, reservation: Reservation | None
+    ) -> bool:
+        row = self._live(upload_id, token)
+        if row is None:
+            return False
+        row.upload = replace(
+            row.upload,
+            length=length,
+            reservation_id=None if reservation is None else reservation.id,
+            reservation_bytes=None if reservation is None else reservation.bytes,
+        )
+        return True
+
+    async def segments(self, upload_id: UploadId) -> list[Segment]:
+        row = self.rows.get(upload_id)
+        return [] if row is None else list(row.segments)
+
+    async def complete(
+        self, upload_id: UploadId, *, token: str, segments: Sequence[Segment], file_id: FileId
+    ) -> bool:
+        if not await self.append(upload_id, token=token, segments=segments):
+            return False
+        row = self.rows[upload_id]
+        row.segments = []
+        row.token = row.until = None
+        row.upload = replace(
+            row.upload, file_id=file_id, reservation_id=None, reservation_bytes=None
+        )
+        return True
+
+    async def remove(self, upload_id: UploadId) -> ResumableUpload | None:
+        row = self.rows.pop(upload_id, None)
+        return None if row is None else row.upload
+
+    async def expired(self, *, now: datetime, limit: int) -> list[ResumableUpload]:
+        due = [row.upload for row in self.rows.values() if row.upload.expires_at <= now]
+        return sorted(due, key=lambda upload: upload.expires_at)[:limit]

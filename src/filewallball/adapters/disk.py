@@ -31,7 +31,7 @@ _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @contextmanager
-def _storage_errors() -> Iterator[None]:
+def storage_errors() -> Iterator[None]:
     """Turn filesystem errors into domain errors: full → StorageFull, else unavailable."""
     try:
         yield
@@ -92,7 +92,7 @@ class DiskStagedBlob(StagedBlob):
             return
         if self._done:
             raise RuntimeError("this staged blob was already published or discarded")
-        with _storage_errors():
+        with storage_errors():
             await anyio.to_thread.run_sync(_publish, self._temp, final, self._root)
         self._done = True
         self._published = sha256
@@ -121,7 +121,7 @@ class DiskBlobReader(BlobReader):
             # Checked before every read: a closed fd number may already belong to another file.
             if self._fd < 0:
                 raise RuntimeError("the blob reader is closed")
-            with _storage_errors():
+            with storage_errors():
                 piece = await anyio.to_thread.run_sync(
                     os.pread, self._fd, min(READ_CHUNK_BYTES, end - offset), offset
                 )
@@ -153,11 +153,11 @@ class DiskBlobStore(BlobStore):
         """Write and fsync a temp file; on any error it is removed and the error re-raised as is."""
         folder = self._staging.current
         if folder is None:
-            with _storage_errors():
+            with storage_errors():
                 folder = await anyio.to_thread.run_sync(self._staging.folder)
-        temp = _TempFile(folder / secrets.token_hex(16))
+        temp = TempFile(folder / secrets.token_hex(16))
         try:
-            size = await _write_all(temp, chunks)
+            size = await write_all(temp, chunks)
         except BaseException:
             # Shielded: a cancelled upload must still clean up; a failure here is left to
             # `sweep`, and must not hide the error that got us here.
@@ -169,7 +169,7 @@ class DiskBlobStore(BlobStore):
     async def open(self, sha256: Sha256) -> BlobReader | None:
         """The blob opened now, or None when there is no such blob."""
         path = _blob_path(self._root, sha256)
-        with _storage_errors():
+        with storage_errors():
             # In the event loop: an open and an fstat of one file on the local blob volume
             # take microseconds, a hop to a worker thread and back about 80 µs of CPU (a tenth
             # of a small download's). Reading the bytes still goes to threads.
@@ -183,12 +183,12 @@ class DiskBlobStore(BlobStore):
         """Unlink the blob (a missing one is fine); open readers keep reading."""
         # Empty fan-out folders stay: removing them would race with a publish creating them.
         path = _blob_path(self._root, sha256)
-        with _storage_errors(), suppress(FileNotFoundError):
+        with storage_errors(), suppress(FileNotFoundError):
             await aiofiles.os.remove(path)
 
     async def exists(self, sha256: Sha256) -> bool:
         path = _blob_path(self._root, sha256)
-        with _storage_errors():
+        with storage_errors():
             try:
                 await aiofiles.os.stat(path)
             except FileNotFoundError:
@@ -198,7 +198,7 @@ class DiskBlobStore(BlobStore):
     async def sweep(self, *, older_than_seconds: float) -> int:
         """Remove what dead processes staged, whatever its age, and temp files of live ones not
         modified for `older_than_seconds` (an upload in progress keeps its file fresh)."""
-        with _storage_errors():
+        with storage_errors():
             return await anyio.to_thread.run_sync(self._sweep, older_than_seconds)
 
     def _sweep(self, older_than_seconds: float) -> int:
@@ -238,7 +238,7 @@ class DiskBlobStore(BlobStore):
             ) from error
 
 
-class _TempFile:
+class TempFile:
     """A temp file written from worker threads, one thread hop at a time: created by the first
     write (its folder too, when missing), fsynced and closed by `finish`."""
 
@@ -289,7 +289,7 @@ def _write_fully(fd: int, pieces: list[bytes]) -> None:
             views[first] = views[first][written:]
 
 
-async def _write_all(temp: _TempFile, chunks: AsyncIterator[bytes]) -> int:
+async def write_all(temp: TempFile, chunks: AsyncIterator[bytes]) -> int:
     """Copy every chunk to `temp`, then fsync and close it; the byte count.
 
     Chunks are gathered (not copied) until they reach WRITE_BUFFER_BYTES, then written in one
@@ -304,13 +304,13 @@ async def _write_all(temp: _TempFile, chunks: AsyncIterator[bytes]) -> int:
     async for chunk in chunks:
         # Written when the next chunk comes: the last buffer goes with the fsync.
         if pending_bytes >= WRITE_BUFFER_BYTES:
-            with _storage_errors():
+            with storage_errors():
                 await anyio.to_thread.run_sync(temp.write, pending)
             size += pending_bytes
             pending, pending_bytes = [], 0
         pending.append(chunk)
         pending_bytes += len(chunk)
-    with _storage_errors():
+    with storage_errors():
         await anyio.to_thread.run_sync(temp.finish, pending)
     return size + pending_bytes
 

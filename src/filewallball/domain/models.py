@@ -336,3 +336,65 @@ def thumbnail_key(sha256: Sha256, size: ThumbnailSize, image_format: ImageFormat
 
 def thumbnail_keys(sha256: Sha256) -> list[Sha256]:
     return [thumbnail_key(sha256, size, fmt) for size in ThumbnailSize for fmt in ImageFormat]
+
+
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class UploadId(str):
+    """A resumable upload's id (128 random bits, hex): its URL is a capability of its owner's."""
+
+    __slots__ = ()
+
+    @classmethod
+    def new(cls) -> UploadId:
+        return cls(secrets.token_hex(16))
+
+    @classmethod
+    def parse(cls, value: str) -> UploadId | None:
+        """The id, or None for anything that cannot be one (no lookup needed to refuse it)."""
+        return cls(value) if _UPLOAD_ID.match(value) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A run of a resumable upload's bytes, stored whole under a key no other writer uses."""
+
+    start: int
+    size: int
+    key: str
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+    @staticmethod
+    def key_for(start: int, writer: str) -> str:
+        return f"{start:020d}-{writer}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResumableUpload:
+    """An upload that arrives over many requests, maybe on many replicas (tus).
+
+    `offset` counts the bytes committed so far; `length` is None until the client declares it
+    (creation-defer-length). Once complete, `file_id` names the file it became.
+    """
+
+    id: UploadId
+    owner: str | None
+    length: int | None
+    offset: int
+    filename: str
+    visibility: Visibility
+    expires_in_seconds: int | None  # the file's lifetime, from Upload-Metadata
+    metadata: str  # Upload-Metadata as the client sent it, echoed by HEAD
+    created_at: datetime
+    expires_at: datetime  # the upload's own deadline (FWB_TUS_EXPIRES_IN after creation)
+    reservation_id: str | None = None
+    reservation_bytes: int | None = None
+    file_id: FileId | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.file_id is not None

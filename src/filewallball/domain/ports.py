@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -16,8 +16,11 @@ from filewallball.domain.models import (
     ImageFormat,
     ListQuery,
     Page,
+    ResumableUpload,
+    Segment,
     Sha256,
     ThumbnailStatus,
+    UploadId,
 )
 from filewallball.domain.policies import Quota, Reservation
 from filewallball.domain.rates import RateDecision, RateRule
@@ -161,6 +164,108 @@ class BlobStore(Protocol):
 
     async def aclose(self) -> None:
         """Close what the store holds open (an S3 client's connections), at shutdown."""
+        ...
+
+
+class PartStore(Protocol):
+    """The bytes of unfinished resumable uploads, where every replica reaches them (the blobs'
+    volume or bucket), as segments: each written once, whole and durable, under a key of its
+    own writer, so two writers never touch the same bytes. Which segments count is the
+    ResumableRepository's to say; a segment it does not list is a leftover.
+    """
+
+    # The longest segment `write` takes: the service cuts a request's body at this many bytes,
+    # committing each segment as it is stored (what a dropped connection keeps).
+    segment_bytes: int
+
+    async def write(self, upload: UploadId, key: str, chunks: AsyncIterator[bytes]) -> int:
+        """Store the chunks (at most `segment_bytes`) as segment `key` of `upload`, durably;
+        its size. On any error, nothing is left and the error is re-raised unchanged."""
+        ...
+
+    def read(self, upload: UploadId, segments: Sequence[Segment]) -> AsyncIterator[bytes]:
+        """The segments' bytes, in the order given; DependencyUnavailable if one is missing."""
+        ...
+
+    async def delete(self, upload: UploadId, keys: Sequence[str]) -> None:
+        """Remove these segments (missing ones are fine)."""
+        ...
+
+    async def remove(self, upload: UploadId) -> None:
+        """Remove every segment of the upload (none is fine)."""
+        ...
+
+    async def stale(self, *, older_than_seconds: float) -> list[UploadId]:
+        """Uploads that have segments, none written for that long (leftovers to check)."""
+        ...
+
+
+class Lock(enum.StrEnum):
+    """What asking for a resumable upload's write lock gave."""
+
+    ACQUIRED = "acquired"
+    HELD = "held"  # another request is writing to it now (maybe on another replica)
+    MOVED = "moved"  # its offset is not the one the request starts at
+    GONE = "gone"  # no such upload, or it is complete
+
+
+class ResumableRepository(Protocol):
+    """Resumable uploads' state and write locks, shared by every replica (the database).
+
+    A lock is a lease: `token` holds it until `until`, renewed while its request runs; a
+    process that dies holding one loses it when it lapses. Every change to an upload's bytes is
+    conditional on holding the lock, so a writer whose lease lapsed cannot commit anything.
+    """
+
+    async def add(self, upload: ResumableUpload) -> None: ...
+
+    async def get(self, upload_id: UploadId) -> ResumableUpload | None: ...
+
+    async def count_open(self, owner: str | None) -> int:
+        """The owner's uploads not complete (expired ones not yet purged included)."""
+        ...
+
+    async def lock(
+        self, upload_id: UploadId, *, token: str, offset: int, now: datetime, until: datetime
+    ) -> Lock:
+        """Take the write lock if the upload is at `offset` and nobody holds a live lease."""
+        ...
+
+    async def renew(self, upload_id: UploadId, *, token: str, until: datetime) -> bool:
+        """Extend the lease; False when `token` no longer holds it."""
+        ...
+
+    async def unlock(self, upload_id: UploadId, *, token: str) -> None: ...
+
+    async def append(self, upload_id: UploadId, *, token: str, segments: Sequence[Segment]) -> bool:
+        """Commit segments that continue the upload from its offset (the first starts there),
+        moving the offset past them; False, committing nothing, without the lock."""
+        ...
+
+    async def declare_length(
+        self, upload_id: UploadId, *, token: str, length: int, reservation: Reservation | None
+    ) -> bool:
+        """Set a deferred upload's length, and the quota room held for it; False without the
+        lock."""
+        ...
+
+    async def segments(self, upload_id: UploadId) -> list[Segment]:
+        """The committed segments, in order."""
+        ...
+
+    async def complete(
+        self, upload_id: UploadId, *, token: str, segments: Sequence[Segment], file_id: FileId
+    ) -> bool:
+        """Commit the last segments and the file the upload became, and forget its segments
+        and room; False without the lock."""
+        ...
+
+    async def remove(self, upload_id: UploadId) -> ResumableUpload | None:
+        """Forget the upload and its segments' rows; what it was, or None."""
+        ...
+
+    async def expired(self, *, now: datetime, limit: int) -> list[ResumableUpload]:
+        """Uploads whose deadline passed by `now`, at most `limit`."""
         ...
 
 
