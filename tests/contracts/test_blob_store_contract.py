@@ -631,7 +631,7 @@ async def test_s3_a_download_takes_one_request_once_the_size_is_known(
     """Stored objects never change, so their sizes are kept: the second open sends no HEAD.
     A blob another replica deleted is noticed by the GET, and forgotten."""
     calls: list[str] = []
-    client = await s3._client.get()
+    client = await s3.connection.get()
     client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
     data = pattern(100_000)
     sha = await put(s3, data)

@@ -88,14 +88,14 @@ def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def _is_missing(error: ClientError) -> bool:
+def is_missing(error: ClientError) -> bool:
     return _code(error) in _MISSING_CODES or (
         _status(error) == 404 and _code(error) != "NoSuchBucket"
     )
 
 
 @contextmanager
-def _errors(location: S3Location, doing: str) -> Iterator[None]:
+def s3_errors(location: S3Location, doing: str) -> Iterator[None]:
     """Turn S3 errors into domain errors: no room → StorageFull, anything else unavailable."""
     try:
         yield
@@ -120,9 +120,10 @@ def _errors(location: S3Location, doing: str) -> Iterator[None]:
         ) from error
 
 
-class _Client:
+class S3Connection:
     """One aiobotocore client per process and event loop, made on first use (after a fork, in
-    the loop that uses it: its connections belong to that loop), closed by aclose."""
+    the loop that uses it: its connections belong to that loop), closed by aclose. The blob
+    store owns it; the part store (s3_parts.py) shares it, and so its connection pool."""
 
     def __init__(self, location: S3Location, *, max_connections: int = 64) -> None:
         self.location = location
@@ -231,9 +232,9 @@ class S3BlobReader(BlobReader):
             return
         if self._closed:
             raise RuntimeError("the blob reader is closed")
-        client = await self._store._client.get()
+        client = await self._store.connection.get()
         location = self._store.location
-        with _errors(location, "reading a blob"):
+        with s3_errors(location, "reading a blob"):
             try:
                 response = await client.get_object(
                     Bucket=location.bucket,
@@ -242,7 +243,7 @@ class S3BlobReader(BlobReader):
                     Range=f"bytes={start}-{end - 1}",
                 )
             except ClientError as error:
-                if _is_missing(error):
+                if is_missing(error):
                     self._store._forget(self._key)
                     raise DependencyUnavailable(
                         DEPENDENCY,
@@ -252,7 +253,7 @@ class S3BlobReader(BlobReader):
                 raise
         body = response["Body"]
         try:
-            with _errors(location, "reading a blob"):
+            with s3_errors(location, "reading a blob"):
                 async for piece in body.iter_chunks(READ_CHUNK_BYTES):
                     yield piece
         finally:
@@ -282,7 +283,7 @@ class S3BlobStore(BlobStore):
         self.part_size = max(part_size, math.ceil(max_object_bytes / MAX_PARTS))
         self._upload_concurrency = upload_concurrency
         self._presign_expires = presign_expires_seconds
-        self._client = _Client(location, max_connections=max_connections)
+        self.connection = S3Connection(location, max_connections=max_connections)
         self._blobs = f"{location.prefix}blobs/"
         self._tmp = f"{location.prefix}tmp/"
         # Sizes of the objects looked up lately: a stored object never changes (its key is
@@ -298,7 +299,7 @@ class S3BlobStore(BlobStore):
         return f"{self._tmp}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(12)}"
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self.connection.aclose()
 
     # -- staging ---------------------------------------------------------------------------
 
@@ -335,15 +336,15 @@ class S3BlobStore(BlobStore):
         return S3StagedBlob(self, key=key, size=size)
 
     async def _put(self, key: str, data: bytes) -> None:
-        client = await self._client.get()
-        with _errors(self.location, "writing a blob"):
+        client = await self.connection.get()
+        with s3_errors(self.location, "writing a blob"):
             await client.put_object(
-                Bucket=self.location.bucket, Key=key, Body=data, ContentMD5=await _md5(data)
+                Bucket=self.location.bucket, Key=key, Body=data, ContentMD5=await content_md5(data)
             )
 
     async def _begin(self, key: str) -> _MultipartUpload:
-        client = await self._client.get()
-        with _errors(self.location, "starting a multipart upload"):
+        client = await self.connection.get()
+        with s3_errors(self.location, "starting a multipart upload"):
             started = await client.create_multipart_upload(Bucket=self.location.bucket, Key=key)
         return _MultipartUpload(
             client, self.location, key, started["UploadId"], concurrency=self._upload_concurrency
@@ -353,10 +354,10 @@ class S3BlobStore(BlobStore):
         final = self.key(sha256)
         if await self._head(final) is not None:
             return  # the same bytes are stored already: content-addressed
-        client = await self._client.get()
+        client = await self.connection.get()
         source: CopySourceTypeDef = {"Bucket": self.location.bucket, "Key": temp_key}
         if size <= PART_COPY_ABOVE:
-            with _errors(self.location, "publishing a blob"):
+            with s3_errors(self.location, "publishing a blob"):
                 await client.copy_object(Bucket=self.location.bucket, Key=final, CopySource=source)
             return
         upload = await self._begin(final)
@@ -371,18 +372,18 @@ class S3BlobStore(BlobStore):
     async def _remove_quietly(self, key: str) -> None:
         # Shielded: a cancelled upload must still clean up; a failure here is left to `sweep`.
         with anyio.CancelScope(shield=True), suppress(Exception):
-            client = await self._client.get()
+            client = await self.connection.get()
             await client.delete_object(Bucket=self.location.bucket, Key=key)
 
     # -- reading ---------------------------------------------------------------------------
 
     async def _head(self, key: str) -> dict[str, Any] | None:
-        client = await self._client.get()
-        with _errors(self.location, "looking up a blob"):
+        client = await self.connection.get()
+        with s3_errors(self.location, "looking up a blob"):
             try:
                 return dict(await client.head_object(Bucket=self.location.bucket, Key=key))
             except ClientError as error:
-                if _is_missing(error):
+                if is_missing(error):
                     return None
                 raise
 
@@ -409,8 +410,8 @@ class S3BlobStore(BlobStore):
     async def delete(self, sha256: Sha256) -> None:
         key = self.key(sha256)
         self._forget(key)
-        client = await self._client.get()
-        with _errors(self.location, "deleting a blob"):
+        client = await self.connection.get()
+        with s3_errors(self.location, "deleting a blob"):
             await client.delete_object(Bucket=self.location.bucket, Key=key)
 
     async def download_url(
@@ -419,8 +420,8 @@ class S3BlobStore(BlobStore):
         """A short-lived presigned GET of the whole blob, when presigned downloads are on."""
         if self._presign_expires is None:
             return None
-        client = await self._client.get()
-        with _errors(self.location, "signing a download"):
+        client = await self.connection.get()
+        with s3_errors(self.location, "signing a download"):
             return await client.generate_presigned_url(
                 "get_object",
                 Params={
@@ -439,10 +440,10 @@ class S3BlobStore(BlobStore):
         """Delete temporary objects and abort multipart uploads under `tmp/` untouched for
         `older_than_seconds` (an upload in progress keeps sending parts); how many."""
         cutoff = time.time() - older_than_seconds
-        client = await self._client.get()
+        client = await self.connection.get()
         bucket = self.location.bucket
         removed = 0
-        with _errors(self.location, "sweeping temporary objects"):
+        with s3_errors(self.location, "sweeping temporary objects"):
             pages = client.get_paginator("list_objects_v2").paginate(
                 Bucket=bucket, Prefix=self._tmp
             )
@@ -468,7 +469,7 @@ class S3BlobStore(BlobStore):
         return removed
 
     async def _last_part_at(self, key: str, upload_id: str) -> float:
-        client = await self._client.get()
+        client = await self.connection.get()
         newest = 0.0
         try:
             parts = client.get_paginator("list_parts").paginate(
@@ -487,16 +488,16 @@ class S3BlobStore(BlobStore):
         MinIO and SeaweedFS make a missing one at the first PUT of an admin, and a restore into
         a mistyped FWB_S3_BUCKET would fill a new bucket."""
         await self.check_bucket()
-        client = await self._client.get()
+        client = await self.connection.get()
         key = f"{self._tmp}probe-{secrets.token_hex(8)}"
-        with _errors(self.location, "writing a probe object"):
+        with s3_errors(self.location, "writing a probe object"):
             await client.put_object(Bucket=self.location.bucket, Key=key, Body=b"ok")
             await client.delete_object(Bucket=self.location.bucket, Key=key)
 
     async def check_bucket(self) -> None:
         """Raise DependencyUnavailable unless the bucket exists and these credentials reach it."""
-        client = await self._client.get()
-        with _errors(self.location, "looking up the bucket"):
+        client = await self.connection.get()
+        with s3_errors(self.location, "looking up the bucket"):
             try:
                 await client.head_bucket(Bucket=self.location.bucket)
             except ClientError as error:
@@ -512,7 +513,7 @@ class S3BlobStore(BlobStore):
         return None  # S3 does not tell
 
 
-async def _md5(data: bytes) -> str:
+async def content_md5(data: bytes) -> str:
     """Content-MD5 of a body, off the event loop (hashlib releases the GIL): S3 checks it, and
     botocore would otherwise compute it in the loop, 15 ms for an 8 MiB part."""
     if len(data) < 64 * 1024:
@@ -562,14 +563,14 @@ class _MultipartUpload:
 
     async def _upload_part(self, number: int, data: bytes) -> CompletedPartTypeDef:
         try:
-            with _errors(self._location, "uploading a part"):
+            with s3_errors(self._location, "uploading a part"):
                 sent = await self._client.upload_part(
                     Bucket=self._location.bucket,
                     Key=self._key,
                     UploadId=self._upload_id,
                     PartNumber=number,
                     Body=data,
-                    ContentMD5=await _md5(data),
+                    ContentMD5=await content_md5(data),
                 )
             return {"PartNumber": number, "ETag": sent["ETag"]}
         finally:
@@ -582,7 +583,7 @@ class _MultipartUpload:
         async def copy(number: int, first: int) -> CompletedPartTypeDef:
             last = min(size, first + part) - 1
             async with slots:
-                with _errors(self._location, "publishing a blob"):
+                with s3_errors(self._location, "publishing a blob"):
                     copied = await self._client.upload_part_copy(
                         Bucket=self._location.bucket,
                         Key=self._key,
@@ -604,7 +605,7 @@ class _MultipartUpload:
 
     async def complete(self) -> None:
         parts = await asyncio.gather(*self._tasks)
-        with _errors(self._location, "completing a multipart upload"):
+        with s3_errors(self._location, "completing a multipart upload"):
             await self._client.complete_multipart_upload(
                 Bucket=self._location.bucket,
                 Key=self._key,
