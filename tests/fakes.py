@@ -562,6 +562,7 @@ class FakePartStore(PartStore):
     writes: int = 0
 
     async def write(self, upload: UploadId, key: str, chunks: AsyncIterator[bytes]) -> int:
+        _check_segment(upload, key)
         data = bytearray()
         async for chunk in chunks:
             data += chunk
@@ -573,6 +574,8 @@ class FakePartStore(PartStore):
 
     async def read(self, upload: UploadId, segments: Sequence[Segment]) -> AsyncIterator[bytes]:
         for segment in segments:
+            _check_segment(upload, segment.key)
+        for segment in segments:
             stored = self.segments.get((upload, segment.key))
             if stored is None or len(stored[0]) < segment.size:
                 raise DependencyUnavailable("blob storage", f"segment {segment.key} is missing")
@@ -582,9 +585,12 @@ class FakePartStore(PartStore):
 
     async def delete(self, upload: UploadId, keys: Sequence[str]) -> None:
         for key in keys:
+            _check_segment(upload, key)
+        for key in keys:
             self.segments.pop((upload, key), None)
 
     async def remove(self, upload: UploadId) -> None:
+        _check_upload(upload)
         for held in [k for k in self.segments if k[0] == upload]:
             del self.segments[held]
 
@@ -598,6 +604,19 @@ class FakePartStore(PartStore):
     def held(self, upload: str) -> int:
         """How many segments of `upload` are stored."""
         return sum(1 for k in self.segments if k[0] == upload)
+
+
+def _check_upload(upload: str) -> None:
+    """ValueError, as the real stores, for what cannot be an upload id (it would reach a path)."""
+    if UploadId.parse(upload) is None:
+        raise ValueError(f"not an upload id: {upload!r}")
+
+
+def _check_segment(upload: str, key: str) -> None:
+    """ValueError, as the real stores, for a bad upload id or a key that is not one name."""
+    _check_upload(upload)
+    if not key or "/" in key or key.startswith("."):
+        raise ValueError(f"not a segment key: {key!r}")
 
 
 @dataclass

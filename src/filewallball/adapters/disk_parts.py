@@ -42,25 +42,32 @@ class DiskPartStore(PartStore):
             raise ValueError(f"not an upload id: {upload!r}")
         return self._root / parsed
 
-    async def write(self, upload: UploadId, key: str, chunks: AsyncIterator[bytes]) -> int:
-        if "/" in key or key.startswith("."):
+    def _path(self, upload: UploadId, key: str) -> Path:
+        # One name of its own: a key like `../../ab/cd/<sha>` would reach the blobs.
+        if not key or "/" in key or key.startswith("."):
             raise ValueError(f"not a segment key: {key!r}")
-        folder = self._folder(upload)
-        temp = TempFile(folder / key)
+        return self._folder(upload) / key
+
+    async def write(self, upload: UploadId, key: str, chunks: AsyncIterator[bytes]) -> int:
+        path = self._path(upload, key)
+        folder = path.parent
+        temp = TempFile(path)
         try:
-            size = await write_all(temp, chunks)
+            size = await write_all(temp, _at_most(self.segment_bytes, chunks))
             with storage_errors():
                 await anyio.to_thread.run_sync(_durable_entry, folder)
         except BaseException:
             with anyio.CancelScope(shield=True), suppress(OSError):
                 await anyio.to_thread.run_sync(temp.abandon)
+                # The folder the write made, if no other segment is in it: `stale` would list
+                # an empty folder as an upload of its own.
+                await anyio.to_thread.run_sync(folder.rmdir)
             raise
         return size
 
     async def read(self, upload: UploadId, segments: Sequence[Segment]) -> AsyncIterator[bytes]:
-        folder = self._folder(upload)
-        for segment in segments:
-            path = folder / segment.key
+        paths = [self._path(upload, segment.key) for segment in segments]
+        for segment, path in zip(segments, paths, strict=True):
             with storage_errors():
                 try:
                     fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
@@ -86,12 +93,12 @@ class DiskPartStore(PartStore):
                 os.close(fd)
 
     async def delete(self, upload: UploadId, keys: Sequence[str]) -> None:
-        folder = self._folder(upload)
+        paths = [self._path(upload, key) for key in keys]
 
         def unlink_all() -> None:
-            for key in keys:
+            for path in paths:
                 with suppress(FileNotFoundError):
-                    os.unlink(folder / key)
+                    os.unlink(path)
 
         with storage_errors():
             await anyio.to_thread.run_sync(unlink_all)
@@ -124,6 +131,16 @@ class DiskPartStore(PartStore):
                 if newest < cutoff:
                     found.append(upload)
         return found
+
+
+async def _at_most(limit: int, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks, until they pass `limit` bytes: then ValueError (the caller cut too long)."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"a segment of more than {limit} bytes")
+        yield chunk
 
 
 def _durable_entry(folder: Path) -> None:
