@@ -630,14 +630,15 @@ class _FakeResumable:
 @dataclass
 class FakeResumableRepository(ResumableRepository):
     rows: dict[str, _FakeResumable] = field(default_factory=dict)
-    clock: Clock | None = None  # when set, a lease lapses by this clock
 
     async def add(self, upload: ResumableUpload) -> None:
         self.rows[upload.id] = _FakeResumable(upload)
 
     async def get(self, upload_id: UploadId) -> ResumableUpload | None:
         row = self.rows.get(upload_id)
-        return None if row is None else row.upload
+        if row is None:
+            return None
+        return replace(row.upload, locked_until=row.until if row.token else None)
 
     async def count_open(self, owner: str | None) -> int:
         return sum(
@@ -675,15 +676,8 @@ class FakeResumableRepository(ResumableRepository):
         if row is not None:
             row.token = row.until = None
 
-    def _live(self, upload_id: str, token: str) -> _FakeResumable | None:
-        row = self._holds(upload_id, token)
-        now = self.clock.now() if self.clock is not None else None
-        if row is None or (now is not None and row.until is not None and row.until <= now):
-            return None
-        return row
-
     async def append(self, upload_id: UploadId, *, token: str, segments: Sequence[Segment]) -> bool:
-        row = self._live(upload_id, token)
+        row = self._holds(upload_id, token)
         if row is None or (segments and segments[0].start != row.upload.offset):
             return False
         row.segments.extend(segments)
@@ -694,8 +688,8 @@ class FakeResumableRepository(ResumableRepository):
     async def declare_length(
         self, upload_id: UploadId, *, token: str, length: int, reservation: Reservation | None
     ) -> bool:
-        row = self._live(upload_id, token)
-        if row is None:
+        row = self._holds(upload_id, token)
+        if row is None or row.upload.length is not None:
             return False
         row.upload = replace(
             row.upload,

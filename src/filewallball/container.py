@@ -24,6 +24,7 @@ from filewallball.adapters.caching import CachedFileRepository, CachedKeyReposit
 from filewallball.adapters.charsets import NormalizerCharsetDecoder
 from filewallball.adapters.clamd import ClamdScanner, NoScanner
 from filewallball.adapters.disk import DiskBlobStore
+from filewallball.adapters.disk_parts import DiskPartStore
 from filewallball.adapters.jobs import InProcessTaskQueue, SaqTaskQueue
 from filewallball.adapters.memory import NoCache, SystemClock
 from filewallball.adapters.metrics import (
@@ -46,12 +47,15 @@ from filewallball.adapters.sql import (
     SqlUsageRepository,
     create_engine,
 )
+from filewallball.adapters.sql.resumable import SqlResumableRepository
 from filewallball.adapters.thumbnail_pool import SubprocessThumbnailRenderer
 from filewallball.domain.access import AccessService, Auditor
 from filewallball.domain.jobs import JobRegistry
 from filewallball.domain.maintenance import register_maintenance_jobs
 from filewallball.domain.models import TypePolicy
 from filewallball.domain.policies import ExpiryPolicy, Quota
+from filewallball.domain.ports import PartStore
+from filewallball.domain.resumable import ResumableLimits, ResumableService
 from filewallball.domain.security import Role
 from filewallball.domain.services import FileService
 from filewallball.domain.stats import StatsService
@@ -94,6 +98,13 @@ def _s3_blob_store(location: dict[str, Any], **options: Any) -> S3BlobStore:
     from filewallball.adapters.s3 import S3BlobStore, S3Location
 
     return S3BlobStore(S3Location(**location), **options)
+
+
+def _s3_part_store(blobs: S3BlobStore, *, segment_bytes: int) -> PartStore:
+    from filewallball.adapters.s3_parts import S3PartStore
+
+    # One client and connection pool for both: the blob store's (it closes it at shutdown).
+    return S3PartStore(blobs.connection, segment_bytes=segment_bytes)
 
 
 class _Closeable(Protocol):
@@ -205,6 +216,16 @@ class Container(containers.DeclarativeContainer):
         ),
     )
 
+    # Resumable uploads' bytes until they complete: beside the blobs, so every replica has them.
+    parts = providers.Selector(
+        providers.Callable(_storage, settings.provided.s3_bucket),
+        disk=providers.Singleton(DiskPartStore, root=settings.provided.blob_dir),
+        s3=providers.Singleton(
+            _s3_part_store, blobs, segment_bytes=settings.provided.s3_part_size_bytes
+        ),
+    )
+    resumable_uploads = providers.Singleton(SqlResumableRepository, engine=engine)
+
     # -- the other adapters ---------------------------------------------------------------------
     rate_limiter = providers.Singleton(
         LimitsRateLimiter,
@@ -309,6 +330,21 @@ class Container(containers.DeclarativeContainer):
         charsets=charsets,
         uploader=uploader,
     )
+    resumable_service = providers.Singleton(
+        ResumableService,
+        uploads=resumable_uploads,
+        parts=parts,
+        uploader=uploader,
+        clock=clock,
+        auditor=auditor,
+        limits=providers.Factory(
+            ResumableLimits,
+            expires_in_seconds=settings.provided.tus_expires_in,
+            max_open_per_owner=settings.provided.tus_max_open_uploads,
+            lock_seconds=settings.provided.tus_lock_seconds,
+        ),
+        upload_limits=upload_limits,
+    )
     stats_service = providers.Singleton(
         StatsService, stats=stats, usage=usage, cache=cache, audit=audit_log, clock=clock
     )
@@ -355,6 +391,7 @@ def register_jobs(container: Container) -> None:
     register_maintenance_jobs(
         registry,
         files=container.file_service(),
+        resumable=container.resumable_service(),
         temp_max_age_seconds=container.settings().temp_max_age_seconds,
     )
 

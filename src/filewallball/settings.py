@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     s3_upload_concurrency: int = Field(default=2, ge=1, le=16)
     s3_max_connections: int = Field(default=64, ge=1, le=1000)
 
+    # Resumable uploads (tus, DESIGN.md §6): an unfinished upload is purged this long after
+    # its creation; an owner has at most this many unfinished; a writer's lock is a lease this
+    # long, renewed while it writes (a killed process's lapses after it).
+    tus_expires_in: int = Field(default=24 * 3600, ge=60)
+    tus_max_open_uploads: int = Field(default=20, ge=1, le=100_000)
+    tus_lock_seconds: float = Field(default=10.0, ge=1, le=300)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # JSON lines (for Loki and friends), or readable lines (console); auto: console on a terminal
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -206,6 +213,7 @@ class Settings(BaseSettings):
         "default_expires_in",
         "max_expires_in",
         "maintenance_interval",
+        "tus_expires_in",
         mode="before",
     )
     @classmethod

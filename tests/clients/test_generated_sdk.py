@@ -20,7 +20,11 @@ from tests.integration.conftest import ADMIN_KEY
 from tests.integration.test_server import Server
 
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
-CONFIG = "package_name_override: fwb_sdk\nproject_name_override: fwb-sdk\npost_hooks: []\n"
+# tus PATCH bodies are application/offset+octet-stream: raw bytes, as the generator knows them.
+CONFIG = (
+    "package_name_override: fwb_sdk\nproject_name_override: fwb-sdk\npost_hooks: []\n"
+    "content_type_overrides:\n  application/offset+octet-stream: application/octet-stream\n"
+)
 
 
 @pytest.fixture(scope="module")

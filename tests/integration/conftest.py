@@ -130,7 +130,8 @@ def blob_files(data_dir: Path) -> list[Any]:
     if objects is not None:
         return objects
     root = data_dir / "blobs"
-    return [p for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts]
+    # Not staged uploads (.tmp), nor resumable uploads' segments (.tus).
+    return [p for p in root.rglob("*") if p.is_file() and not {".tmp", ".tus"} & set(p.parts)]
 
 
 def temp_files(data_dir: Path) -> list[Any]:

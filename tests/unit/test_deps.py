@@ -52,10 +52,10 @@ def _request(public_base_url: str | None = None, **scope: Any) -> Request:
 )
 def test_the_base_url_is_starlettes(scope: dict[str, Any]) -> None:
     request = _request(**scope)
-    assert deps._base_url(request) == str(request.base_url).rstrip("/")
-    assert deps._base_url(request) == deps._base_url(_request(**scope))  # and remembered
+    assert deps.base_url(request) == str(request.base_url).rstrip("/")
+    assert deps.base_url(request) == deps.base_url(_request(**scope))  # and remembered
 
 
 def test_the_configured_base_url_wins() -> None:
     request = _request("https://files.example.org", headers=[(b"host", b"evil.example")])
-    assert deps._base_url(request) == "https://files.example.org"
+    assert deps.base_url(request) == "https://files.example.org"

@@ -33,6 +33,54 @@ class ResourceNotFound(FileWallBallError):
     code = "not_found"
 
 
+class ClientDisconnected(InvalidRequest):
+    """The client went away before its request body was whole."""
+
+    code = "client_disconnected"
+
+
+class UploadNotFound(FileWallBallError):
+    """No such resumable upload, or one of another owner."""
+
+    code = "upload_not_found"
+
+
+class UploadExpired(FileWallBallError):
+    """The resumable upload passed its deadline before it was complete."""
+
+    code = "upload_expired"
+
+
+class OffsetMismatch(FileWallBallError):
+    """The request continues a resumable upload from an offset it is not at."""
+
+    code = "offset_mismatch"
+
+
+class UploadLocked(FileWallBallError):
+    """Another request is writing to the resumable upload now (maybe on another replica)."""
+
+    code = "upload_locked"
+
+
+class ChecksumMismatch(FileWallBallError):
+    """The request's bytes do not match its Upload-Checksum; none of them were kept."""
+
+    code = "checksum_mismatch"
+
+
+class LengthExceeded(FileWallBallError):
+    """The bytes sent pass the resumable upload's declared length."""
+
+    code = "upload_length_exceeded"
+
+
+class TooManyOpenUploads(FileWallBallError):
+    """The owner has as many unfinished resumable uploads as it may."""
+
+    code = "too_many_open_uploads"
+
+
 class FileTooLarge(FileWallBallError):
     """The upload passed the configured byte limit."""
 

@@ -353,7 +353,7 @@ class UploadId(str):
     @classmethod
     def parse(cls, value: str) -> UploadId | None:
         """The id, or None for anything that cannot be one (no lookup needed to refuse it)."""
-        return cls(value) if _UPLOAD_ID.match(value) else None
+        return cls(value) if _UPLOAD_ID.fullmatch(value) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +394,7 @@ class ResumableUpload:
     reservation_id: str | None = None
     reservation_bytes: int | None = None
     file_id: FileId | None = None
+    locked_until: datetime | None = None  # a writer's lease, while one holds it
 
     @property
     def complete(self) -> bool:

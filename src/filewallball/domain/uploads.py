@@ -149,11 +149,24 @@ class Uploader:
         self._limits = limits
         self._jobs = jobs
 
-    async def upload(self, principal: Principal, request: UploadRequest) -> FileRecord:
-        """Stream the file to durable storage, then make it visible; all or nothing."""
+    async def upload(
+        self,
+        principal: Principal,
+        request: UploadRequest,
+        *,
+        reservation: Reservation | None = None,
+    ) -> FileRecord:
+        """Stream the file to durable storage, then make it visible; all or nothing.
+
+        With a `reservation` (a resumable upload's, held since its creation) it is used as is
+        and left to the caller to release; else room is reserved and released here.
+        """
         principal.require(Permission.FILES_WRITE)
         try:
-            record = await self._upload(principal, request)
+            if reservation is not None:
+                record = await self._store(principal, request, room=reservation.bytes)
+            else:
+                record = await self._upload(principal, request)
         except FileWallBallError as error:
             await self._auditor.record(
                 principal,
@@ -183,25 +196,28 @@ class Uploader:
         limit = self._limits.max_upload_bytes
         if request.declared_size is not None and request.declared_size > limit:
             raise FileTooLarge(limit)
-        reservation = await self._reserve(principal, request.declared_size)
+        reservation = await self.reserve(principal, request.declared_size)
         try:
             return await self._store(
                 principal, request, room=None if reservation is None else reservation.bytes
             )
         finally:
             if reservation is not None:
-                await self._release(reservation)
+                await self.release(reservation)
 
-    async def _reserve(self, principal: Principal, size: int | None) -> Reservation | None:
-        """Room in the owner's quota, held before any byte is accepted (None: no quota)."""
+    async def reserve(
+        self, principal: Principal, size: int | None, *, until: datetime | None = None
+    ) -> Reservation | None:
+        """Room in the owner's quota, held before any byte is accepted (None: no quota), until
+        released or `until` (by default FWB's reservation lifetime from now)."""
         quota = Quota(files=principal.quota_files, bytes=principal.quota_bytes)
         if principal.owner is None or not quota.limited:
             return None
         now = self._clock.now()
-        until = now + timedelta(seconds=self._limits.reservation_seconds)
+        until = until or now + timedelta(seconds=self._limits.reservation_seconds)
         return await self._usage.reserve(principal.owner, quota, size=size, now=now, until=until)
 
-    async def _release(self, reservation: Reservation) -> None:
+    async def release(self, reservation: Reservation) -> None:
         try:
             await self._usage.release(reservation)
         except DependencyUnavailable as error:

@@ -120,3 +120,36 @@ quota_reservations = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_quota_reservations_owner_expires_at", "owner", "expires_at"),
 )
+
+# Resumable (tus) uploads in progress, and the segments of their bytes committed so far (from
+# 0006_resumable_uploads). A write lock is a lease: `lock_token` holds it until `lock_until`.
+resumable_uploads = sa.Table(
+    "resumable_uploads",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=True),
+    sa.Column("length", sa.BigInteger, nullable=True),
+    sa.Column("upload_offset", sa.BigInteger, nullable=False),
+    sa.Column("filename", sa.Text, nullable=False),
+    sa.Column("visibility", sa.String(16), nullable=False),
+    sa.Column("expires_in_seconds", sa.BigInteger, nullable=True),
+    sa.Column("upload_metadata", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("reservation_id", sa.String(32), nullable=True),
+    sa.Column("reservation_bytes", sa.BigInteger, nullable=True),
+    sa.Column("file_id", sa.String(32), nullable=True),
+    sa.Column("lock_token", sa.String(64), nullable=True),
+    sa.Column("lock_until", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_resumable_uploads_owner", "owner"),
+    sa.Index("ix_resumable_uploads_expires_at", "expires_at"),
+)
+
+resumable_segments = sa.Table(
+    "resumable_segments",
+    metadata,
+    sa.Column("upload_id", sa.String(32), primary_key=True),
+    sa.Column("start", sa.BigInteger, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("key", sa.String(64), nullable=False),
+)

@@ -20,7 +20,11 @@ from filewallball.domain.rates import RateDecision, RateRule
 from filewallball.domain.security import Network, Principal
 from filewallball.entrypoints.http.context import RequestContext, context_of
 from filewallball.entrypoints.http.errors import problem_for
-from filewallball.entrypoints.http.routes.paths import is_upload, open_without_key
+from filewallball.entrypoints.http.routes.paths import (
+    is_tus_discovery,
+    is_upload,
+    open_without_key,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,7 @@ class Admission:
             return
         context = context_of(scope)
         config = self._config
-        if open_without_key(
+        if is_tus_discovery(scope) or open_without_key(
             scope["path"],
             context.client_ip,
             public_docs=config.public_docs,

@@ -27,8 +27,17 @@ from filewallball.entrypoints.http.edge import Edge
 from filewallball.entrypoints.http.errors import install_error_handlers
 from filewallball.entrypoints.http.openapi import describe_api, operation_id
 from filewallball.entrypoints.http.readiness import check_all, check_periodically
-from filewallball.entrypoints.http.routes import admin, content, files, health, metrics, stats
+from filewallball.entrypoints.http.routes import (
+    admin,
+    content,
+    files,
+    health,
+    metrics,
+    stats,
+    tus,
+)
 from filewallball.entrypoints.http.routes.docs import install_docs
+from filewallball.entrypoints.http.routes.tus import TUS_REQUEST_HEADERS, TUS_RESPONSE_HEADERS
 from filewallball.entrypoints.logs import configure_logging, console_wanted
 from filewallball.settings import Settings
 
@@ -184,7 +193,7 @@ def create_app(
     cors = (
         {
             "allow_origins": settings.cors_origins,
-            "allow_methods": ["GET", "HEAD", "POST", "PUT", "DELETE"],
+            "allow_methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
             "allow_headers": [
                 "Authorization",
                 "Content-Type",
@@ -194,6 +203,7 @@ def create_app(
                 "If-Match",
                 "If-Range",
                 "X-Request-ID",
+                *TUS_REQUEST_HEADERS,
             ],
             "expose_headers": [
                 "ETag",
@@ -205,6 +215,7 @@ def create_app(
                 "RateLimit-Policy",
                 "Retry-After",
                 "X-Preview-Truncated",
+                *TUS_RESPONSE_HEADERS,
             ],
             "max_age": 600,
         }
@@ -213,7 +224,7 @@ def create_app(
     )
     # One layer around the gate: request id, access log, HTTP metrics, headers, CORS.
     app.add_middleware(Edge, hsts=settings.hsts, trusted_proxies=trusted_proxies, cors=cors)
-    for module in (files, content, admin, stats, health, metrics):
+    for module in (files, content, tus, admin, stats, health, metrics):
         app.include_router(module.router)
     install_docs(app)
     describe_api(app)

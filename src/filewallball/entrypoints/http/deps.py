@@ -30,18 +30,18 @@ async def file_service(request: Request) -> FileService:
     return service
 
 
-def _base_url(request: Request) -> str:
+def base_url(request: Request) -> str:
     configured: str | None = container(request).settings().public_base_url
     if configured:
         return configured
     scope = request.scope
     host = next((value for name, value in scope["headers"] if name == b"host"), None)
     root = scope.get("app_root_path", scope.get("root_path", ""))
-    return _request_base_url(scope["scheme"], host, scope.get("server"), root)
+    return _requestbase_url(scope["scheme"], host, scope.get("server"), root)
 
 
 @functools.lru_cache(maxsize=256)
-def _request_base_url(
+def _requestbase_url(
     scheme: str, host: bytes | None, server: tuple[str, int] | None, root_path: str
 ) -> str:
     """Starlette's request.base_url, made once per origin rather than once per request."""
@@ -76,7 +76,7 @@ class FileCall:
     @property
     def base(self) -> str:
         """Absolute URLs start here: FWB_PUBLIC_BASE_URL, else the request's own base URL."""
-        return _base_url(self._request)
+        return base_url(self._request)
 
 
 async def file_call(request: Request) -> FileCall:

@@ -32,6 +32,13 @@ _STATUS: dict[type[errors.FileWallBallError], int] = {
     errors.Unauthenticated: 401,
     errors.AccessDenied: 403,
     errors.FileNotFound: 404,
+    errors.UploadNotFound: 404,
+    errors.UploadExpired: 410,
+    errors.OffsetMismatch: 409,
+    errors.UploadLocked: 423,
+    errors.ChecksumMismatch: 460,  # tus 1.0 checksum extension
+    errors.LengthExceeded: 413,
+    errors.TooManyOpenUploads: 429,
     errors.ResourceNotFound: 404,
     errors.Conflict: 409,
     errors.PreconditionFailed: 412,
@@ -46,6 +53,8 @@ _STATUS: dict[type[errors.FileWallBallError], int] = {
     errors.DependencyUnavailable: 503,
     errors.StorageFull: 507,
 }
+# Statuses of protocols the standard library does not name.
+_TITLES = {460: "Checksum Mismatch"}
 # Refusals of the caller: each is an audit entry (DESIGN.md §4, every denied request).
 _DENIALS = frozenset({401, 403, 429})
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="filewallball"'}
@@ -87,7 +96,7 @@ def problem(
     `request_id` finds its log lines."""
     body = {
         "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
+        "title": status_title(status),
         "status": status,
         "detail": detail,
         "instance": scope.get("path"),
@@ -96,6 +105,13 @@ def problem(
         **extra,
     }
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def status_title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return _TITLES.get(status, "Error")
 
 
 def _request_id(scope: Scope) -> str | None:

@@ -11,14 +11,13 @@ once in the description rather than as a copy of every GET.
 from __future__ import annotations
 
 import warnings
-from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from filewallball.entrypoints.http.errors import PROBLEM_JSON
-from filewallball.entrypoints.http.routes.paths import OPEN_PATHS
+from filewallball.entrypoints.http.errors import PROBLEM_JSON, status_title
+from filewallball.entrypoints.http.routes.paths import OPEN_PATHS, TUS_PATH
 from filewallball.entrypoints.http.schemas import Problem
 
 BEARER_SCHEME = {
@@ -51,12 +50,15 @@ _CODES = {
     404: "file_not_found",
     408: "request_timeout",
     409: "conflict",
+    410: "upload_expired",
     412: "precondition_failed",
     413: "file_too_large",
     415: "type_not_allowed",
     416: "range_not_satisfiable",
     422: "malware_detected",
+    423: "upload_locked",
     429: "rate_limited",
+    460: "checksum_mismatch",
     503: "dependency_unavailable",
     507: "storage_full",
 }
@@ -66,13 +68,16 @@ _MEANINGS = {
     403: "The key's role or the client's address is not allowed",
     404: "No such file, or one the caller may not see",
     408: "The body came too slowly or stopped; nothing was stored",
-    409: "Conflicts with the current state",
+    409: "Conflicts with the current state (for tus: Upload-Offset is not where the upload is)",
+    410: "The resumable upload passed its deadline unfinished",
     412: "A precondition (If-Match, If-Unmodified-Since) is false; nothing changed",
     413: "Past the size limit or the owner's quota",
     415: "The type is not allowed, or has no preview or thumbnail",
     416: "No requested range lies inside the file",
     422: "Malware found, or an image that cannot be rendered; nothing was stored",
-    429: "Rate limited: retry after `Retry-After` seconds",
+    423: "Another request is writing to this resumable upload now; retry",
+    429: "Rate limited (retry after `Retry-After` seconds), or too many unfinished uploads",
+    460: "The bytes do not match Upload-Checksum; none were kept (tus checksum extension)",
     503: "A required dependency (database, clamd) is unavailable; retry",
     507: "The blob storage is full",
 }
@@ -242,6 +247,15 @@ _REQUEST_HEADERS = {
     "If-Range": "Send the Range only if the ETag or date still matches; else the whole file",
     "Range": "`bytes=0-1023`, `bytes=-100`, several ranges: multipart/byteranges",
     "Content-Digest": "RFC 9530 `sha-256=:<base64>:`: the upload is refused if the bytes differ",
+    "Tus-Resumable": "The tus protocol version: `1.0.0` (required)",
+    "Upload-Length": "The upload's whole size in bytes",
+    "Upload-Defer-Length": "`1`: the length is declared by a later PATCH",
+    "Upload-Metadata": (
+        "`key base64(value)` pairs, comma-separated: `filename`, `visibility`"
+        " (private or public), `expires_in` (3600, 90s, 15m, 12h, 7d)"
+    ),
+    "Upload-Offset": "Where these bytes go: the upload's current offset",
+    "Upload-Checksum": "`sha256|sha1|md5 base64(digest)` of this request's body",
 }
 
 
@@ -322,12 +336,15 @@ def _complete_operation(
 ) -> None:
     name = operation["operationId"]
     responses: dict[str, Any] = operation["responses"]
-    if path in OPEN_PATHS:
+    # tus discovery (OPTIONS /tus) is open like the probes: it tells what the server supports.
+    open_path = path in OPEN_PATHS or (method == "options" and path == TUS_PATH)
+    if open_path:
         operation["security"] = []
     if _only_fastapi_validation(responses.get("422")):
         del responses["422"]
     statuses = {int(s) for s in responses if s.isdigit() and int(s) >= 400}
-    statuses |= _gate_statuses(path)
+    if not open_path:
+        statuses |= _gate_statuses(path)
     if "requestBody" in operation or operation.get("parameters"):
         statuses.add(400)
     for error in sorted(statuses):
@@ -337,7 +354,7 @@ def _complete_operation(
             continue
         headers = response.setdefault("headers", {})
         headers["X-Request-ID"] = _REQUEST_ID
-        if path not in OPEN_PATHS:
+        if not open_path:
             headers.update(_RATE_HEADERS)
         headers.update(_SUCCESS_HEADERS.get((name, status), {}))
         _add_media_example(response, (name, status), schemas)
@@ -369,15 +386,15 @@ def _problem_response(status: int, path: str) -> dict[str, Any]:
         headers.update(_RATE_HEADERS)
     example = {
         "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
+        "title": status_title(status),
         "status": status,
-        "detail": _MEANINGS.get(status, HTTPStatus(status).description),
+        "detail": _MEANINGS.get(status, status_title(status)),
         "instance": path,
         "code": _CODES.get(status, "error"),
         "request_id": "5e1f32be5cb247d582385b596eabb7f3",
     }
     return {
-        "description": _MEANINGS.get(status, HTTPStatus(status).phrase),
+        "description": _MEANINGS.get(status, status_title(status)),
         "headers": headers,
         "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF, "example": example}},
     }

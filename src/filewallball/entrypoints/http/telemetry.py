@@ -20,6 +20,16 @@ from starlette.types import Scope
 # Bytes moved over HTTP: counted where they move (routes/files.py, responses.py).
 UPLOADED_BYTES = Counter("filewallball_uploaded_bytes_total", "Bytes of files accepted")
 DOWNLOADED_BYTES = Counter("filewallball_downloaded_bytes_total", "Bytes of files sent")
+TUS_UPLOADS_STARTED = Counter("filewallball_tus_uploads_started_total", "Resumable uploads created")
+TUS_UPLOADS_COMPLETED = Counter(
+    "filewallball_tus_uploads_completed_total", "Resumable uploads that became a file"
+)
+TUS_UPLOADS_TERMINATED = Counter(
+    "filewallball_tus_uploads_terminated_total", "Resumable uploads terminated by their client"
+)
+TUS_BYTES_RECEIVED = Counter(
+    "filewallball_tus_received_bytes_total", "Bytes of resumable uploads stored, complete or not"
+)
 
 # Label values an outsider chooses are bounded, so no request (a key or not) can add series:
 # the method is one of these or "other", the route a template or "unmatched".

@@ -16,7 +16,12 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from filewallball.domain.errors import DigestMismatch, FileTooLarge, InvalidRequest
+from filewallball.domain.errors import (
+    ClientDisconnected,
+    DigestMismatch,
+    FileTooLarge,
+    InvalidRequest,
+)
 from filewallball.domain.models import MAX_STORED_INT, Sha256, Visibility, utc_instant
 from filewallball.domain.uploads import UploadRequest
 from filewallball.entrypoints.http.deps import container
@@ -126,7 +131,8 @@ class BodyDeadline:
         self._received += size
 
 
-async def _body(request: Request) -> AsyncIterator[bytes]:
+async def request_body(request: Request) -> AsyncIterator[bytes]:
+    """The body's chunks, within FWB_BODY_READ_TIMEOUT and FWB_BODY_MIN_RATE (else 408)."""
     settings = container(request).settings()
     deadline = BodyDeadline(timeout=settings.body_read_timeout, min_rate=settings.body_min_rate)
     loop = asyncio.get_running_loop()
@@ -151,9 +157,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
             deadline.arrived(len(chunk), waited=loop.time() - started)
             yield chunk
     except ClientDisconnect as error:
-        raise InvalidRequest(
-            "the client went away mid-upload", code="client_disconnected"
-        ) from error
+        raise ClientDisconnected("the client went away mid-upload") from error
 
 
 def _declared_length(request: Request) -> int | None:
@@ -189,7 +193,7 @@ def raw_upload(request: Request, *, filename: str, visibility: str | None) -> Up
         expires_at=expires_at,
         expires_in_seconds=expires_in,
         filename=filename,
-        chunks=_body(request),
+        chunks=request_body(request),
         visibility=parse_visibility(visibility),
         expected_sha256=Sha256.from_digest(digest) if digest else None,
         declared_size=_declared_length(request),
@@ -238,7 +242,7 @@ class MultipartUpload:
         length = _declared_length(request)
         if length is not None and length > max_file_bytes + FORM_OVERHEAD_BYTES:
             raise FileTooLarge(max_file_bytes)
-        self._body = _body(request)
+        self._body = request_body(request)
         self._state = _FormState()
         self._body_digest = parse_content_digest(request.headers.get("content-digest"))
         self._body_hasher = hashlib.sha256() if self._body_digest is not None else None

@@ -17,6 +17,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 DOCS_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 DOCS_ASSETS = "/docs/assets/"
 METRICS_PATH = "/metrics"
+TUS_PATH = "/tus"
 
 
 def open_without_key(
@@ -34,8 +35,16 @@ def is_docs(path: str) -> bool:
 
 
 def is_upload(scope: Scope) -> bool:
-    """POST /upload and PUT /upload/{filename}: they have a rate limit of their own."""
+    """POST /upload, PUT /upload/{filename} and POST /tus (a new resumable upload): they have a
+    rate limit of their own. A resumable upload's PATCHes count as other requests."""
     path: str = scope["path"]
-    return (scope["method"] == "POST" and path == "/upload") or (
-        scope["method"] == "PUT" and path.startswith("/upload/")
+    method = scope["method"]
+    return (method == "POST" and path in ("/upload", TUS_PATH)) or (
+        method == "PUT" and path.startswith("/upload/")
     )
+
+
+def is_tus_discovery(scope: Scope) -> bool:
+    """OPTIONS /tus: what the server supports, the same for everyone (tus 1.0)."""
+    path: str = scope["path"]
+    return scope["method"] == "OPTIONS" and (path == TUS_PATH or path.startswith(TUS_PATH + "/"))

@@ -1,0 +1,515 @@
+"""Resumable uploads (tus): bytes that arrive over many requests, maybe on many replicas, and
+become a file through the same pipeline as any other upload once the last byte is in.
+
+Until then they are segments in the PartStore, listed by the ResumableRepository, and count
+against nothing but the quota room held for the upload since its length became known. Every
+write holds the upload's lease (one writer at a time, across replicas) and commits each
+segment as it is stored, so a dropped connection keeps what arrived, and a killed process
+loses at most the segment it was writing. With an Upload-Checksum, nothing of the request is
+kept unless every byte matches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from filewallball.domain.access import Auditor
+from filewallball.domain.errors import (
+    ChecksumMismatch,
+    ClientDisconnected,
+    DependencyUnavailable,
+    FileTooLarge,
+    FileWallBallError,
+    InvalidRequest,
+    LengthExceeded,
+    OffsetMismatch,
+    StorageFull,
+    TooManyOpenUploads,
+    UploadExpired,
+    UploadLocked,
+    UploadNotFound,
+)
+from filewallball.domain.models import ResumableUpload, Segment, UploadId, Visibility
+from filewallball.domain.policies import Reservation
+from filewallball.domain.ports import Clock, Lock, PartStore, ResumableRepository
+from filewallball.domain.security import Outcome, Permission, Principal
+from filewallball.domain.uploads import Uploader, UploadLimits, UploadRequest
+
+_log = logging.getLogger("filewallball.resumable")
+
+CHECKSUM_ALGORITHMS: dict[str, Callable[[], hashlib._Hash]] = {
+    "sha256": hashlib.sha256,
+    "sha1": hashlib.sha1,
+    "md5": hashlib.md5,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Checksum:
+    """What a request says its body hashes to (tus Upload-Checksum)."""
+
+    algorithm: str
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in CHECKSUM_ALGORITHMS:
+            raise InvalidRequest(
+                f"checksum algorithm {self.algorithm!r} is not supported"
+                f" (use {', '.join(CHECKSUM_ALGORITHMS)})",
+                code="unsupported_checksum",
+            )
+
+
+# How long HEAD waits for a request still writing to the upload to finish.
+SETTLE_SECONDS = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResumableLimits:
+    expires_in_seconds: int = 24 * 3600  # FWB_TUS_EXPIRES_IN: creation to deadline
+    max_open_per_owner: int = 20  # FWB_TUS_MAX_OPEN_UPLOADS
+    lock_seconds: float = 10.0  # a write lease; renewed every third of it while writing
+
+
+@dataclass(frozen=True, slots=True)
+class Creation:
+    """What a client asks for when it creates an upload."""
+
+    length: int | None  # None: declared later (creation-defer-length)
+    filename: str
+    visibility: Visibility = Visibility.PRIVATE
+    expires_in_seconds: int | None = None  # the file's lifetime once complete
+    metadata: str = ""  # Upload-Metadata as sent
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """A write's outcome: the upload as it is now, and the bytes this write committed."""
+
+    upload: ResumableUpload
+    received: int
+
+
+class _Body:
+    """A request body handed out a segment at a time, counted and hashed as it passes."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        room: int,
+        too_long: Callable[[], FileWallBallError],
+        checksum: Checksum | None,
+    ) -> None:
+        self._chunks = chunks
+        self._room = room  # bytes this request may still carry
+        self._too_long = too_long
+        self._hasher = CHECKSUM_ALGORITHMS[checksum.algorithm]() if checksum else None
+        self._pending = b""
+        self.ended = False
+        self.disconnected = False
+        self._keep_partial = checksum is None
+
+    async def _next(self) -> bytes | None:
+        try:
+            chunk = await anext(self._chunks, None)
+        except ClientDisconnected:
+            if not self._keep_partial:
+                raise
+            # What arrived before the connection dropped is kept: the client resumes after it.
+            self.disconnected = True
+            chunk = None
+        if chunk is None:
+            self.ended = True
+        return chunk
+
+    async def more(self) -> bool:
+        """Whether another byte is coming (reads ahead one chunk)."""
+        while not self._pending and not self.ended:
+            self._pending = await self._next() or b""
+        return bool(self._pending)
+
+    async def segment(self, size: int) -> AsyncIterator[bytes]:
+        """Up to `size` more bytes of the body."""
+        left = size
+        while left > 0:
+            chunk, self._pending = self._pending, b""
+            if not chunk and (self.ended or not (chunk := await self._next() or b"")):
+                return
+            if len(chunk) > left:
+                chunk, self._pending = chunk[:left], chunk[left:]
+            if len(chunk) > self._room:
+                raise self._too_long()
+            self._room -= len(chunk)
+            left -= len(chunk)
+            if self._hasher is not None:
+                self._hasher.update(chunk)
+            yield chunk
+
+    def digest(self) -> bytes | None:
+        return None if self._hasher is None else self._hasher.digest()
+
+
+class ResumableService:
+    """Create, continue, inspect and terminate resumable uploads, as their owner may."""
+
+    def __init__(
+        self,
+        *,
+        uploads: ResumableRepository,
+        parts: PartStore,
+        uploader: Uploader,
+        clock: Clock,
+        auditor: Auditor,
+        limits: ResumableLimits,
+        upload_limits: UploadLimits,
+    ) -> None:
+        self._uploads = uploads
+        self._parts = parts
+        self._uploader = uploader
+        self._clock = clock
+        self._auditor = auditor
+        self._limits = limits
+        self._upload_limits = upload_limits
+
+    @property
+    def max_size(self) -> int:
+        return self._upload_limits.max_upload_bytes
+
+    async def create(self, principal: Principal, creation: Creation) -> ResumableUpload:
+        """A new upload, its quota room held when its length is known; nothing stored yet."""
+        principal.require(Permission.FILES_WRITE)
+        if creation.length is not None:
+            self._check_length(creation.length)
+        now = self._clock.now()
+        # The file's expiry is computed when it completes; refuse a bad one now, not then.
+        self._upload_limits.expiry.expires_at(now, at=None, in_seconds=creation.expires_in_seconds)
+        limit = self._limits.max_open_per_owner
+        if await self._uploads.count_open(principal.owner) >= limit:
+            raise TooManyOpenUploads(
+                f"{limit} uploads are unfinished: complete or terminate one first"
+            )
+        expires_at = now + timedelta(seconds=self._limits.expires_in_seconds)
+        reservation = None
+        if creation.length is not None:
+            reservation = await self._uploader.reserve(principal, creation.length, until=expires_at)
+        upload = ResumableUpload(
+            id=UploadId.new(),
+            owner=principal.owner,
+            length=creation.length,
+            offset=0,
+            filename=creation.filename,
+            visibility=creation.visibility,
+            expires_in_seconds=creation.expires_in_seconds,
+            metadata=creation.metadata,
+            created_at=now,
+            expires_at=expires_at,
+            reservation_id=None if reservation is None else reservation.id,
+            reservation_bytes=None if reservation is None else reservation.bytes,
+        )
+        try:
+            await self._uploads.add(upload)
+        except BaseException:
+            if reservation is not None:
+                await self._uploader.release(reservation)
+            raise
+        await self._auditor.record(
+            principal, "upload.create", Outcome.SUCCESS, target=upload.id, size=creation.length
+        )
+        return upload
+
+    async def get(self, principal: Principal, raw_id: str) -> ResumableUpload:
+        """The upload; another owner's does not exist, and an unfinished one past its deadline
+        is gone (UploadExpired)."""
+        upload = await self._find(principal, raw_id)
+        if not upload.complete and upload.expires_at <= self._clock.now():
+            raise UploadExpired(f"upload {upload.id} passed its deadline unfinished")
+        return upload
+
+    async def settled(self, principal: Principal, raw_id: str) -> ResumableUpload:
+        """The upload once no request is writing to it (waiting a few seconds at most): a client
+        that lost its connection asks where to resume while its old request still finishes."""
+        upload = await self.get(principal, raw_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(self._limits.lock_seconds, SETTLE_SECONDS)
+        while upload.locked_until is not None and loop.time() < deadline:
+            if upload.locked_until <= self._clock.now():
+                break  # a lapsed lease: its writer is gone
+            await asyncio.sleep(0.05)
+            upload = await self.get(principal, raw_id)
+        return upload
+
+    async def _find(self, principal: Principal, raw_id: str) -> ResumableUpload:
+        principal.require(Permission.FILES_WRITE)
+        upload_id = UploadId.parse(raw_id)
+        upload = None if upload_id is None else await self._uploads.get(upload_id)
+        if upload is None or upload.owner != principal.owner:
+            raise UploadNotFound(f"no upload {raw_id!r}")
+        return upload
+
+    async def append(
+        self,
+        principal: Principal,
+        raw_id: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        offset: int,
+        length: int | None = None,
+        checksum: Checksum | None = None,
+    ) -> Appended:
+        """Store the bytes at `offset` (where the upload is), declaring its length if it was
+        deferred; the last byte makes the file (whose id the upload then carries).
+
+        The completing write answers the file's problem (413, 415, 422) and removes the upload;
+        an outage then (503) keeps it, less the request's bytes, for the client to send again.
+        """
+        upload = await self.get(principal, raw_id)
+        if upload.complete:
+            if (
+                offset == upload.offset
+                and not await _Body(
+                    chunks, room=0, too_long=self._past_length(upload), checksum=None
+                ).more()
+            ):
+                return Appended(upload, 0)
+            raise OffsetMismatch(f"upload {upload.id} is complete")
+        if offset != upload.offset:
+            raise OffsetMismatch(f"upload {upload.id} is at offset {upload.offset}, not {offset}")
+        if length is not None and upload.length is not None and length != upload.length:
+            raise InvalidRequest(
+                f"the upload's length is {upload.length}; it cannot change",
+                code="invalid_upload_length",
+            )
+        token = secrets.token_hex(16)
+        now = self._clock.now()
+        lease = timedelta(seconds=self._limits.lock_seconds)
+        held = await self._uploads.lock(
+            upload.id, token=token, offset=offset, now=now, until=now + lease
+        )
+        if held is Lock.HELD:
+            raise UploadLocked(f"upload {upload.id} is being written by another request")
+        if held is Lock.MOVED:
+            raise OffsetMismatch(f"upload {upload.id} is no longer at offset {offset}")
+        if held is Lock.GONE:
+            raise UploadNotFound(f"no upload {raw_id!r}")
+        try:
+            async with self._leased(upload.id, token):
+                if length is not None and upload.length is None:
+                    upload = await self._declare(principal, upload, token, length)
+                return await self._receive(principal, upload, token, chunks, checksum)
+        finally:
+            with suppress(DependencyUnavailable):
+                await self._uploads.unlock(upload.id, token=token)
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_size:
+            raise FileTooLarge(self.max_size)
+
+    def _past_length(self, upload: ResumableUpload) -> Callable[[], FileWallBallError]:
+        return lambda: LengthExceeded(
+            f"the bytes sent pass the upload's length of {upload.length} bytes"
+        )
+
+    async def _declare(
+        self, principal: Principal, upload: ResumableUpload, token: str, length: int
+    ) -> ResumableUpload:
+        if length < upload.offset:
+            raise InvalidRequest(
+                f"Upload-Length {length} is less than the {upload.offset} bytes stored",
+                code="invalid_upload_length",
+            )
+        try:
+            self._check_length(length)
+        except FileTooLarge:
+            await self._forget(upload)  # it can never become a file
+            raise
+        reservation = await self._uploader.reserve(principal, length, until=upload.expires_at)
+        if not await self._uploads.declare_length(
+            upload.id, token=token, length=length, reservation=reservation
+        ):
+            if reservation is not None:
+                await self._uploader.release(reservation)
+            raise UploadLocked(f"upload {upload.id} was taken over by another request")
+        return replace(
+            upload,
+            length=length,
+            reservation_id=None if reservation is None else reservation.id,
+            reservation_bytes=None if reservation is None else reservation.bytes,
+        )
+
+    async def _receive(
+        self,
+        principal: Principal,
+        upload: ResumableUpload,
+        token: str,
+        chunks: AsyncIterator[bytes],
+        checksum: Checksum | None,
+    ) -> Appended:
+        if upload.length is not None:
+            body = _Body(
+                chunks,
+                room=upload.length - upload.offset,
+                too_long=self._past_length(upload),
+                checksum=checksum,
+            )
+        else:
+            body = _Body(
+                chunks,
+                room=self.max_size - upload.offset,
+                too_long=lambda: FileTooLarge(self.max_size),
+                checksum=checksum,
+            )
+        position = upload.offset
+        pending: list[Segment] = []  # stored, not yet committed
+        writer = token[:12]
+        try:
+            while await body.more():
+                key = Segment.key_for(position, writer)
+                size = await self._parts.write(
+                    upload.id, key, body.segment(self._parts.segment_bytes)
+                )
+                segment = Segment(position, size, key)
+                pending.append(segment)
+                position = segment.end
+                final = upload.length is not None and position == upload.length
+                if checksum is None and not final:
+                    await self._commit(upload, token, pending)
+                    pending = []
+            if checksum is not None and body.digest() != checksum.digest:
+                raise ChecksumMismatch(
+                    f"the bytes do not match the {checksum.algorithm} of Upload-Checksum"
+                )
+            if upload.length is not None and position == upload.length:
+                return await self._finish(principal, upload, token, pending)
+            if pending:
+                await self._commit(upload, token, pending)
+                pending = []
+        except FileTooLarge:
+            await self._discard(upload, pending)
+            await self._forget(upload)  # a deferred upload past the limit: never a file
+            raise
+        except BaseException:
+            await self._discard(upload, pending)
+            raise
+        return Appended(replace(upload, offset=position), position - upload.offset)
+
+    async def _commit(self, upload: ResumableUpload, token: str, segments: list[Segment]) -> None:
+        if not await self._uploads.append(upload.id, token=token, segments=segments):
+            raise UploadLocked(f"upload {upload.id} was taken over by another request")
+
+    async def _discard(self, upload: ResumableUpload, segments: list[Segment]) -> None:
+        if segments:
+            with suppress(DependencyUnavailable):
+                await self._parts.delete(upload.id, [segment.key for segment in segments])
+
+    async def _finish(
+        self, principal: Principal, upload: ResumableUpload, token: str, last: list[Segment]
+    ) -> Appended:
+        """Stream every byte through the upload pipeline, as POST /upload's are."""
+        assert upload.length is not None
+        segments = [*await self._uploads.segments(upload.id), *last]
+        request = UploadRequest(
+            filename=upload.filename,
+            chunks=self._parts.read(upload.id, segments),
+            visibility=upload.visibility,
+            expires_in_seconds=upload.expires_in_seconds,
+            declared_size=upload.length,
+        )
+        reservation = _reservation(upload)
+        try:
+            record = await self._uploader.upload(principal, request, reservation=reservation)
+        except (DependencyUnavailable, StorageFull):
+            raise  # kept, without this request's last bytes: `_receive` discards them
+        except FileWallBallError:
+            await self._forget(upload)
+            raise
+        if not await self._uploads.complete(
+            upload.id, token=token, segments=last, file_id=record.id
+        ):
+            # Terminated meanwhile: the file stands (its record committed), the upload does not.
+            _log.warning("upload_completed_after_termination", extra={"upload": upload.id})
+        with suppress(DependencyUnavailable):
+            await self._parts.remove(upload.id)  # else the maintenance job's sweep does
+        if reservation is not None:
+            await self._uploader.release(reservation)
+        done = replace(upload, offset=upload.length, file_id=record.id)
+        return Appended(done, upload.length - upload.offset)
+
+    async def terminate(self, principal: Principal, raw_id: str) -> None:
+        """Forget the upload and its bytes (a complete one's file stays)."""
+        upload = await self._find(principal, raw_id)
+        await self._forget(upload)
+        await self._auditor.record(principal, "upload.terminate", Outcome.SUCCESS, target=upload.id)
+
+    async def _forget(self, upload: ResumableUpload) -> None:
+        # Leftovers of a failure half-way (bytes without a row) are the purge's `stale` sweep.
+        removed = await self._uploads.remove(upload.id)
+        if removed is None:
+            return  # another request or replica forgot it first
+        with suppress(DependencyUnavailable):
+            await self._parts.remove(upload.id)
+        reservation = _reservation(removed)
+        if reservation is not None:
+            await self._uploader.release(reservation)
+
+    async def purge(self, *, stale_after_seconds: float, batch: int = 500) -> tuple[int, int]:
+        """Forget uploads past their deadline (complete ones too: their File-Id has been told),
+        and segments no upload lists (their upload's removal failed half-way). Both counts."""
+        expired = 0
+        while True:
+            due = await self._uploads.expired(now=self._clock.now(), limit=batch)
+            for upload in due:
+                await self._forget(upload)
+                if not upload.complete:
+                    expired += 1
+                    await self._auditor.record(
+                        Principal.system("purge"),
+                        "upload.expire",
+                        Outcome.SUCCESS,
+                        target=upload.id,
+                    )
+            if len(due) < batch:
+                break
+        orphans = 0
+        for upload_id in await self._parts.stale(older_than_seconds=stale_after_seconds):
+            if await self._uploads.get(upload_id) is None:
+                await self._parts.remove(upload_id)
+                orphans += 1
+        return expired, orphans
+
+    @asynccontextmanager
+    async def _leased(self, upload_id: UploadId, token: str) -> AsyncIterator[None]:
+        """Keep the write lease alive while the request runs (a dead process loses it)."""
+        every = self._limits.lock_seconds / 3
+        lease = timedelta(seconds=self._limits.lock_seconds)
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(every)
+                try:
+                    until = self._clock.now() + lease
+                    if not await self._uploads.renew(upload_id, token=token, until=until):
+                        return  # taken over, or complete: the next commit will tell
+                except DependencyUnavailable:
+                    continue
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+
+def _reservation(upload: ResumableUpload) -> Reservation | None:
+    if upload.reservation_id is None or upload.owner is None:
+        return None
+    return Reservation(id=upload.reservation_id, owner=upload.owner, bytes=upload.reservation_bytes)
