@@ -117,3 +117,30 @@ async def test_dependencies_are_checked_without_readyz(make_client: AppFactory) 
     assert value(samples, "filewallball_dependency_up", dependency="blob_storage") == 1
     if redis:
         assert value(samples, "filewallball_dependency_up", dependency="redis") == 1
+
+
+async def test_resumable_upload_metrics_move(make_client: AppFactory) -> None:
+    tus = {"Tus-Resumable": "1.0.0"}
+    patch = {**tus, "Content-Type": "application/offset+octet-stream"}
+    async with make_client() as client:
+        before = await scrape(client)
+        done = (await client.post("/tus", headers={**tus, "Upload-Length": "10"})).headers
+        url = done["location"]
+        await client.patch(url, content=b"01234", headers={**patch, "Upload-Offset": "0"})
+        await client.patch(url, content=b"56789", headers={**patch, "Upload-Offset": "5"})
+        other = (await client.post("/tus", headers={**tus, "Upload-Length": "10"})).headers
+        await client.patch(
+            other["location"], content=b"abc", headers={**patch, "Upload-Offset": "0"}
+        )
+        await client.delete(other["location"], headers=tus)
+        after = await scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("filewallball_resumable_uploads_total", event="created") == 2
+    assert moved("filewallball_resumable_uploads_total", event="completed") == 1
+    assert moved("filewallball_resumable_uploads_total", event="terminated") == 1
+    assert moved("filewallball_resumable_received_bytes_total") == 13
+    assert moved("filewallball_uploaded_bytes_total") == 10
+    assert moved("filewallball_uploads_total", outcome="success", reason="none") == 1

@@ -26,6 +26,16 @@ RATE_LIMITED = Counter("filewallball_rate_limited_requests_total", "Requests ans
 MALWARE = Counter("filewallball_malware_detected_total", "Uploads refused as malware")
 QUOTA = Counter("filewallball_quota_rejections_total", "Uploads refused over a quota")
 CACHE = Counter("filewallball_cache_requests_total", "Cache lookups", ["cache", "result"])
+# Resumable (tus) uploads: created, completed (became a file), terminated, expired unfinished.
+RESUMABLE = Counter(
+    "filewallball_resumable_uploads_total", "Resumable (tus) uploads by event", ["event"]
+)
+_RESUMABLE_EVENTS = {
+    "upload.create": "created",
+    "upload.complete": "completed",
+    "upload.terminate": "terminated",
+    "upload.expire": "expired",
+}
 NEAR_SYNCS = Counter(
     "filewallball_near_cache_syncs_total",
     "Round trips that brought the process's copies of cached entries up to date",
@@ -82,6 +92,8 @@ def count(entry: AuditEntry) -> None:
             QUOTA.inc()
     elif entry.action == "file.download":
         DOWNLOADS.inc()
+    elif entry.action in _RESUMABLE_EVENTS:
+        RESUMABLE.labels(_RESUMABLE_EVENTS[entry.action]).inc()
     elif entry.action == "malware.detected":
         MALWARE.inc()
     elif entry.action == "request.denied":

@@ -439,6 +439,14 @@ class ResumableService:
             await self._parts.remove(upload.id)  # else the maintenance job's sweep does
         if reservation is not None:
             await self._uploader.release(reservation)
+        await self._auditor.record(
+            principal,
+            "upload.complete",
+            Outcome.SUCCESS,
+            target=upload.id,
+            detail=record.id,
+            size=upload.length,
+        )
         done = replace(upload, offset=upload.length, file_id=record.id)
         return Appended(done, upload.length - upload.offset)
 

@@ -20,15 +20,9 @@ from starlette.types import Scope
 # Bytes moved over HTTP: counted where they move (routes/files.py, responses.py).
 UPLOADED_BYTES = Counter("filewallball_uploaded_bytes_total", "Bytes of files accepted")
 DOWNLOADED_BYTES = Counter("filewallball_downloaded_bytes_total", "Bytes of files sent")
-TUS_UPLOADS_STARTED = Counter("filewallball_tus_uploads_started_total", "Resumable uploads created")
-TUS_UPLOADS_COMPLETED = Counter(
-    "filewallball_tus_uploads_completed_total", "Resumable uploads that became a file"
-)
-TUS_UPLOADS_TERMINATED = Counter(
-    "filewallball_tus_uploads_terminated_total", "Resumable uploads terminated by their client"
-)
+# Counted as they are stored, complete or not (the uploads themselves: adapters/metrics.py).
 TUS_BYTES_RECEIVED = Counter(
-    "filewallball_tus_received_bytes_total", "Bytes of resumable uploads stored, complete or not"
+    "filewallball_resumable_received_bytes_total", "Bytes of resumable (tus) uploads stored"
 )
 
 # Label values an outsider chooses are bounded, so no request (a key or not) can add series:

@@ -28,13 +28,7 @@ from filewallball.entrypoints.http.deps import base_url, container, principal
 from filewallball.entrypoints.http.errors import HttpProblem, problem, status_for
 from filewallball.entrypoints.http.openapi import problems, request_headers
 from filewallball.entrypoints.http.routes import Router
-from filewallball.entrypoints.http.telemetry import (
-    TUS_BYTES_RECEIVED,
-    TUS_UPLOADS_COMPLETED,
-    TUS_UPLOADS_STARTED,
-    TUS_UPLOADS_TERMINATED,
-    UPLOADED_BYTES,
-)
+from filewallball.entrypoints.http.telemetry import TUS_BYTES_RECEIVED, UPLOADED_BYTES
 from filewallball.entrypoints.http.uploads import parse_visibility, request_body
 from filewallball.settings import parse_duration
 
@@ -206,7 +200,6 @@ def _state(upload: ResumableUpload) -> dict[str, str]:
 def _count(appended: Appended) -> None:
     TUS_BYTES_RECEIVED.inc(appended.received)
     if appended.upload.complete and appended.received:
-        TUS_UPLOADS_COMPLETED.inc()
         UPLOADED_BYTES.inc(appended.upload.offset)
 
 
@@ -280,7 +273,6 @@ async def tus_create(request: Request, caller: Caller, service: Resumable) -> Re
     with_body = _has_body(request)
     checksum = _checksum(request) if with_body else None
     upload = await service.create(caller, creation)
-    TUS_UPLOADS_STARTED.inc()
     location = f"{base_url(request)}/tus/{upload.id}"
     if with_body:
         try:
@@ -381,7 +373,6 @@ async def tus_delete(
 ) -> Response:
     _require_tus(request)
     await service.terminate(caller, upload_id)
-    TUS_UPLOADS_TERMINATED.inc()
     return Response(status_code=204, headers=_RESUMABLE)
 
 
