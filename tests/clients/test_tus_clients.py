@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 from tusclient import client as tus_client
 
+from tests.conftest import unavailable
 from tests.integration.test_server import AUTH, MiB, Server
 from tests.tcp_proxy import TcpProxy
 
@@ -81,3 +85,29 @@ async def test_tuspy_resumes_after_its_connection_is_cut(
     # It resumed where the server was, not from the start: about the file's bytes went up.
     resent = proxy.sent - size
     assert resent < (MiB + 64 * 1024 if checksum else 256 * 1024), resent
+
+
+def test_the_readmes_curl_walkthrough_works(api_server: Server, tmp_path: Path) -> None:
+    """The README's step-by-step tus block, run as written by bash with the real curl."""
+    if shutil.which("curl") is None or shutil.which("openssl") is None:
+        unavailable("curl and openssl are needed (apt-get install curl openssl)")
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = re.search(r"^```shell\n(.*?)^```", readme, re.S | re.M)
+    assert block is not None and "/tus" in block.group(1)
+    script = 'curl() { command curl -sS -H "Authorization: Bearer $KEY" "$@"; }\n' + block.group(1)
+    env = {**os.environ, "B": api_server.url, "KEY": AUTH["authorization"].split()[1]}
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "upload-offset: 6" in done.stdout.lower()
+    file_id = re.search(r"^file-id: (\S+)", done.stdout, re.M | re.I)
+    assert file_id is not None, done.stdout
+    assert _downloaded(api_server, file_id.group(1)) == b"hello world!"
+    record = httpx.get(f"{api_server.url}/files/{file_id.group(1)}", headers=AUTH).json()
+    assert (record["filename"], record["visibility"]) == ("hello.txt", "public")
