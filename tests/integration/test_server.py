@@ -63,6 +63,7 @@ def start_server(
     verify: ssl.SSLContext | bool = True,
     env: dict[str, str] | None = None,
     log_name: str = "server.log",
+    start_timeout: float = 30,
 ) -> Server:
     """Start `filewallball serve` on a free port and wait until /healthz answers."""
     port = _free_port()
@@ -86,7 +87,7 @@ def start_server(
             env=env,
         )
     url = f"{scheme}://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + start_timeout
     while True:
         try:
             if httpx.get(f"{url}/healthz", timeout=1, verify=verify).status_code == 200:

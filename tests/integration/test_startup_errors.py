@@ -297,7 +297,9 @@ def test_a_bucket_that_does_not_exist_is_one_line_and_exit_1(
 def test_serve_with_its_object_store_down_starts_and_says_where(tmp_path: Path) -> None:
     endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     env = {**AWS_ENV, "FWB_S3_BUCKET": S3_BUCKET, "FWB_S3_ENDPOINT_URL": endpoint}
-    server = start_server(tmp_path, env=env)
+    # Every look at the store waits out botocore's retries first: on a loaded machine, the
+    # start takes longer than the usual 30 s.
+    server = start_server(tmp_path, env=env, start_timeout=90)
     try:
         ready = httpx.get(f"{server.url}/readyz")
         assert ready.status_code == 503
