@@ -432,3 +432,20 @@ async def test_cors_lets_browsers_speak_tus(make_client: AppFactory) -> None:
             "tus-resumable",
             "file-id",
         } <= exposed
+
+
+async def test_a_refused_type_is_told_once_its_first_bytes_are_in(
+    make_client: AppFactory, backend: dict[str, Any]
+) -> None:
+    """Not after the last byte of a large file: as soon as the type can be sniffed."""
+    png = PNG + b"\x00" * (20 * 1024)
+    async with make_client(denied_types=["image/*"]) as client:
+        url = await create(client, 1024 * 1024, filename="big.png")
+        assert_problem(await patch(client, url, 0, png), 415, "type_not_allowed")
+        assert (await client.head(url, headers=TUS)).status_code == 404
+        # Text is allowed: its upload goes on.
+        text = await create(client, 64 * 1024, filename="notes.txt")
+        assert (await patch(client, text, 0, b"plain text\n" * 2000)).status_code == 204
+    assert blob_files(backend["data_dir"]) == []
+    if "s3_bucket" not in backend:
+        assert len(segments_on_disk(backend["data_dir"])) == 1  # the text upload's

@@ -32,6 +32,7 @@ from filewallball.domain.errors import (
     OffsetMismatch,
     StorageFull,
     TooManyOpenUploads,
+    TypeNotAllowed,
     UploadExpired,
     UploadLocked,
     UploadNotFound,
@@ -40,7 +41,7 @@ from filewallball.domain.models import ResumableUpload, Segment, UploadId, Visib
 from filewallball.domain.policies import Reservation
 from filewallball.domain.ports import Clock, Lock, PartStore, ResumableRepository
 from filewallball.domain.security import Outcome, Permission, Principal
-from filewallball.domain.uploads import Uploader, UploadLimits, UploadRequest
+from filewallball.domain.uploads import SNIFF_BYTES, Uploader, UploadLimits, UploadRequest
 
 _log = logging.getLogger("filewallball.resumable")
 
@@ -382,6 +383,7 @@ class ResumableService:
                 if checksum is None and not final:
                     await self._commit(upload, token, pending)
                     pending = []
+                    await self._check_type_once(upload, before=upload.offset, now=position)
             if checksum is not None and body.digest() != checksum.digest:
                 raise ChecksumMismatch(
                     f"the bytes do not match the {checksum.algorithm} of Upload-Checksum"
@@ -391,14 +393,30 @@ class ResumableService:
             if pending:
                 await self._commit(upload, token, pending)
                 pending = []
-        except FileTooLarge:
+                await self._check_type_once(upload, before=upload.offset, now=position)
+        except (FileTooLarge, TypeNotAllowed):
+            # Past the limit (deferred), or of a refused type: it can never become a file.
             await self._discard(upload, pending)
-            await self._forget(upload)  # a deferred upload past the limit: never a file
+            await self._forget(upload)
             raise
         except BaseException:
             await self._discard(upload, pending)
             raise
         return Appended(replace(upload, offset=position), position - upload.offset)
+
+    async def _check_type_once(self, upload: ResumableUpload, *, before: int, now: int) -> None:
+        """Once the first SNIFF_BYTES are stored, tell a refused type at once (415, and the
+        upload is removed by the caller) rather than after the last byte of a large file."""
+        if not before < SNIFF_BYTES <= now:
+            return
+        first: list[Segment] = []  # the segments' first SNIFF_BYTES, and no more
+        for segment in await self._uploads.segments(upload.id):
+            wanted = SNIFF_BYTES - sum(s.size for s in first)
+            if wanted <= 0:
+                break
+            first.append(replace(segment, size=min(segment.size, wanted)))
+        head = b"".join([chunk async for chunk in self._parts.read(upload.id, first)])
+        await self._uploader.check_type(head)
 
     async def _commit(self, upload: ResumableUpload, token: str, segments: list[Segment]) -> None:
         if not await self._uploads.append(upload.id, token=token, segments=segments):

@@ -205,6 +205,11 @@ class Uploader:
             if reservation is not None:
                 await self.release(reservation)
 
+    async def check_type(self, head: bytes) -> None:
+        """TypeNotAllowed unless the file these first bytes (SNIFF_BYTES of them, or the whole
+        file) begin is of an allowed type: what the upload itself will decide, said early."""
+        self._limits.type_policy.check(await self._sniffer.sniff(head[:SNIFF_BYTES]))
+
     async def reserve(
         self, principal: Principal, size: int | None, *, until: datetime | None = None
     ) -> Reservation | None:
