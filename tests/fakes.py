@@ -640,9 +640,11 @@ class FakeResumableRepository(ResumableRepository):
             return None
         return replace(row.upload, locked_until=row.until if row.token else None)
 
-    async def count_open(self, owner: str | None) -> int:
+    async def count_open(self, owner: str | None, *, now: datetime) -> int:
         return sum(
-            1 for row in self.rows.values() if row.upload.owner == owner and not row.upload.complete
+            1
+            for row in self.rows.values()
+            if row.upload.owner == owner and not row.upload.complete and row.upload.expires_at > now
         )
 
     def _holds(self, upload_id: str, token: str) -> _FakeResumable | None:

@@ -155,11 +155,13 @@ async def test_open_counts_expiry_and_removal(repo: ResumableRepository) -> None
     anonymous = upload(None)
     for made in (old, fresh, theirs, anonymous):
         await repo.add(made)
-    assert await repo.count_open("alice") == 2
-    assert await repo.count_open(None) == 1
+    assert await repo.count_open("alice", now=T0) == 2
+    assert await repo.count_open(None, now=T0) == 1
+    # Past its deadline an upload is not open, purged or not.
+    assert await repo.count_open("alice", now=T0 + timedelta(hours=2)) == 1
     await repo.lock(fresh.id, token="a", offset=0, now=T0, until=T0 + LEASE)
     await repo.complete(fresh.id, token="a", segments=[seg(0, 100)], file_id=FileId.new())
-    assert await repo.count_open("alice") == 1  # a complete upload is not open
+    assert await repo.count_open("alice", now=T0) == 1  # a complete upload is not open
     due = await repo.expired(now=T0 + timedelta(hours=2), limit=10)
     assert [u.id for u in due] == [old.id]
     assert await repo.expired(now=T0 + timedelta(days=2), limit=2) != []

@@ -285,6 +285,17 @@ async def test_metadata_sets_the_name_visibility_and_expiry(client: httpx.AsyncC
     assert head.headers["upload-metadata"] == metadata(
         filename="../../etc/passwd", visibility="public", expires_in="1h"
     )
+    # Hostile names: NUL, controls, bidi overrides, invalid UTF-8 are stored sanitised.
+    hostile = "x\x00y\u202egpj.exe\r\n"
+    encoded = base64.b64encode(hostile.encode()).decode()
+    invalid = base64.b64encode(bytes([0xFF, 0xFE])).decode()
+    raw = f"filename {encoded},name {invalid}"
+    made = await client.post("/tus", headers={**TUS, "Upload-Length": "2", "Upload-Metadata": raw})
+    assert made.status_code == 201, made.text
+    hostile_url = made.headers["location"].removeprefix("http://testserver")
+    done = await patch(client, hostile_url, 0, b"ok")
+    stored = (await client.get(f"/files/{done.headers['file-id']}")).json()["filename"]
+    assert "\x00" not in stored and "\u202e" not in stored and "\n" not in stored
 
 
 async def test_the_sniffed_type_is_checked_and_a_refused_file_removes_the_upload(

@@ -221,8 +221,8 @@ class ResumableRepository(Protocol):
 
     async def get(self, upload_id: UploadId) -> ResumableUpload | None: ...
 
-    async def count_open(self, owner: str | None) -> int:
-        """The owner's uploads not complete (expired ones not yet purged included)."""
+    async def count_open(self, owner: str | None, *, now: datetime) -> int:
+        """The owner's uploads neither complete nor past their deadline at `now`."""
         ...
 
     async def lock(

@@ -37,7 +37,7 @@ from filewallball.domain.errors import (
     UploadLocked,
     UploadNotFound,
 )
-from filewallball.domain.models import ResumableUpload, Segment, UploadId, Visibility
+from filewallball.domain.models import Filename, ResumableUpload, Segment, UploadId, Visibility
 from filewallball.domain.policies import Reservation
 from filewallball.domain.ports import Clock, Lock, PartStore, ResumableRepository
 from filewallball.domain.security import Outcome, Permission, Principal
@@ -193,7 +193,7 @@ class ResumableService:
         # The file's expiry is computed when it completes; refuse a bad one now, not then.
         self._upload_limits.expiry.expires_at(now, at=None, in_seconds=creation.expires_in_seconds)
         limit = self._limits.max_open_per_owner
-        if await self._uploads.count_open(principal.owner) >= limit:
+        if await self._uploads.count_open(principal.owner, now=now) >= limit:
             raise TooManyOpenUploads(
                 f"{limit} uploads are unfinished: complete or terminate one first"
             )
@@ -206,7 +206,7 @@ class ResumableService:
             owner=principal.owner,
             length=creation.length,
             offset=0,
-            filename=creation.filename,
+            filename=Filename.sanitise(creation.filename),
             visibility=creation.visibility,
             expires_in_seconds=creation.expires_in_seconds,
             metadata=creation.metadata,

@@ -79,9 +79,10 @@ class SqlResumableRepository(SqlStore, ResumableRepository):
         row = await self._run(work)
         return None if row is None else _to_upload(row)
 
-    async def count_open(self, owner: str | None) -> int:
+    async def count_open(self, owner: str | None, *, now: datetime) -> int:
         mine = _uploads.c.owner.is_(None) if owner is None else _uploads.c.owner == owner
-        query = sa.select(sa.func.count()).where(mine & _uploads.c.file_id.is_(None))
+        live = _uploads.c.file_id.is_(None) & (_uploads.c.expires_at > utc(now))
+        query = sa.select(sa.func.count()).where(mine & live)
 
         async def work(tx: Transaction) -> int:
             return int((await tx.execute(query)).scalar_one())
