@@ -82,6 +82,7 @@ async def test_options_tell_what_the_server_supports_without_a_key(
         "termination",
         "checksum",
         "expiration",
+        "concatenation",
     }
     assert response.headers["tus-checksum-algorithm"].split(",") == ["sha256", "sha1", "md5"]
 
@@ -460,3 +461,78 @@ async def test_a_refused_type_is_told_once_its_first_bytes_are_in(
     assert blob_files(backend["data_dir"]) == []
     if "s3_bucket" not in backend:
         assert len(segments_on_disk(backend["data_dir"])) == 1  # the text upload's
+
+
+async def test_partial_uploads_sent_in_parallel_are_concatenated_into_one_file(
+    client: httpx.AsyncClient, backend: dict[str, Any]
+) -> None:
+    pieces = [bytes([65 + n]) * (40_000 + n) for n in range(3)]
+    parts = [
+        await create(client, len(piece), headers={"Upload-Concat": "partial"}) for piece in pieces
+    ]
+    sent = await asyncio.gather(
+        *(patch(client, u, 0, p) for u, p in zip(parts, pieces, strict=True))
+    )
+    assert all(response.status_code == 204 for response in sent)
+    assert all("file-id" not in response.headers for response in sent)  # a part is no file
+    head = await client.head(parts[0], headers=TUS)
+    assert head.headers["upload-concat"] == "partial"
+    assert (await client.get("/files")).json()["items"] == []
+    final = await client.post(
+        "/tus",
+        headers={
+            **TUS,
+            "Upload-Concat": "final;" + " ".join(f"http://testserver{u}" for u in parts),
+            "Upload-Metadata": metadata(filename="joined.bin"),
+        },
+    )
+    assert final.status_code == 201, final.text
+    file_id = final.headers["file-id"]
+    assert final.headers["upload-offset"] == str(sum(map(len, pieces)))
+    assert (await client.get(f"/download/{file_id}")).content == b"".join(pieces)
+    record = (await client.get(f"/files/{file_id}")).json()
+    assert record["filename"] == "joined.bin"
+    url = final.headers["location"].removeprefix("http://testserver")
+    again = await client.head(url, headers=TUS)
+    assert again.headers["file-id"] == file_id
+    assert again.headers["upload-concat"].startswith("final;")
+    for part in parts:  # the parts are forgotten once they made the file
+        assert (await client.head(part, headers=TUS)).status_code == 404
+    if "s3_bucket" not in backend:
+        assert segments_on_disk(backend["data_dir"]) == []
+
+
+async def test_a_concatenation_needs_complete_parts_of_the_caller(
+    make_client: AppFactory,
+) -> None:
+    async with make_client(max_upload_bytes=100) as client:
+        done = await create(client, 60, headers={"Upload-Concat": "partial"})
+        assert (await patch(client, done, 0, b"a" * 60)).status_code == 204
+        unfinished = await create(client, 10, headers={"Upload-Concat": "partial"})
+        whole = await create(client, 5)
+        other = await create(client, 50, headers={"Upload-Concat": "partial"})
+        assert (await patch(client, other, 0, b"b" * 50)).status_code == 204
+
+        async def final(*urls: str, length: str | None = None) -> httpx.Response:
+            headers = {**TUS, "Upload-Concat": "final;" + " ".join(urls)}
+            if length is not None:
+                headers["Upload-Length"] = length
+            return await client.post("/tus", headers=headers)
+
+        assert_problem(await final(done, unfinished), 400, "invalid_concat")
+        assert_problem(await final(done, whole), 400, "invalid_concat")
+        assert_problem(await final(done, done), 400, "invalid_concat")
+        assert_problem(await final(), 400, "invalid_concat")
+        assert_problem(await final(done, length="60"), 400, "invalid_upload_length")
+        assert_problem(await final(done, other), 413, "file_too_large")  # 110 > 100
+        assert_problem(await final(done, "/tus/" + "0" * 32), 404, "upload_not_found")
+        bob = await make_key(client, "bob", "uploader")
+        theirs = await client.post(
+            "/tus",
+            headers={**TUS, "Upload-Concat": f"final;{done}", "authorization": f"Bearer {bob}"},
+        )
+        assert_problem(theirs, 404, "upload_not_found")
+        # Nothing above consumed the parts.
+        made = await final(done)
+        assert made.status_code == 201, made.text
+        assert (await client.get(f"/download/{made.headers['file-id']}")).content == b"a" * 60

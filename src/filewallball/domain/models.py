@@ -395,6 +395,13 @@ class ResumableUpload:
     reservation_bytes: int | None = None
     file_id: FileId | None = None
     locked_until: datetime | None = None  # a writer's lease, while one holds it
+    # tus concatenation: "partial" (a part, never a file itself), "final;<urls>" (the file the
+    # parts became), None (a whole upload).
+    concat: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.concat == "partial"
 
     @property
     def complete(self) -> bool:

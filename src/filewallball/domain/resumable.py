@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -88,6 +88,7 @@ class Creation:
     visibility: Visibility = Visibility.PRIVATE
     expires_in_seconds: int | None = None  # the file's lifetime once complete
     metadata: str = ""  # Upload-Metadata as sent
+    partial: bool = False  # a part of a later concatenation (tus Upload-Concat: partial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +215,7 @@ class ResumableService:
             expires_at=expires_at,
             reservation_id=None if reservation is None else reservation.id,
             reservation_bytes=None if reservation is None else reservation.bytes,
+            concat="partial" if creation.partial else None,
         )
         try:
             await self._uploads.add(upload)
@@ -379,7 +381,9 @@ class ResumableService:
                 segment = Segment(position, size, key)
                 pending.append(segment)
                 position = segment.end
-                final = upload.length is not None and position == upload.length
+                # A part of a concatenation is complete with its last byte; a whole upload's
+                # last bytes are committed with the file they make.
+                final = upload.length == position and not upload.partial
                 if checksum is None and not final:
                     await self._commit(upload, token, pending)
                     pending = []
@@ -388,7 +392,7 @@ class ResumableService:
                 raise ChecksumMismatch(
                     f"the bytes do not match the {checksum.algorithm} of Upload-Checksum"
                 )
-            if upload.length is not None and position == upload.length:
+            if upload.length == position and not upload.partial:
                 return await self._finish(principal, upload, token, pending)
             if pending:
                 await self._commit(upload, token, pending)
@@ -407,8 +411,8 @@ class ResumableService:
     async def _check_type_once(self, upload: ResumableUpload, *, before: int, now: int) -> None:
         """Once the first SNIFF_BYTES are stored, tell a refused type at once (415, and the
         upload is removed by the caller) rather than after the last byte of a large file."""
-        if not before < SNIFF_BYTES <= now:
-            return
+        if upload.partial or not before < SNIFF_BYTES <= now:
+            return  # a part's first bytes may lie anywhere in the file
         first: list[Segment] = []  # the segments' first SNIFF_BYTES, and no more
         for segment in await self._uploads.segments(upload.id):
             wanted = SNIFF_BYTES - sum(s.size for s in first)
@@ -467,6 +471,91 @@ class ResumableService:
         )
         done = replace(upload, offset=upload.length, file_id=record.id)
         return Appended(done, upload.length - upload.offset)
+
+    async def concatenate(
+        self, principal: Principal, creation: Creation, raw_ids: Sequence[str]
+    ) -> ResumableUpload:
+        """The file the complete partial uploads make, in this order (tus concatenation): its
+        bytes go through the upload pipeline as one stream; the parts are then forgotten."""
+        principal.require(Permission.FILES_WRITE)
+        if not raw_ids:
+            raise InvalidRequest(
+                "Upload-Concat: final lists no partial uploads", code="invalid_concat"
+            )
+        parts = [await self.get(principal, raw_id) for raw_id in raw_ids]
+        if len({part.id for part in parts}) != len(parts):
+            raise InvalidRequest("a partial upload is listed twice", code="invalid_concat")
+        for part in parts:
+            if not part.partial or part.length is None or part.offset != part.length:
+                raise InvalidRequest(
+                    f"upload {part.id} is not a complete partial upload", code="invalid_concat"
+                )
+        total = sum(part.offset for part in parts)
+        self._check_length(total)
+        now = self._clock.now()
+        self._upload_limits.expiry.expires_at(now, at=None, in_seconds=creation.expires_in_seconds)
+        token = secrets.token_hex(16)
+        until = now + timedelta(seconds=self._limits.lock_seconds)
+        taken: list[ResumableUpload] = []
+        try:
+            for part in parts:
+                held = await self._uploads.lock(
+                    part.id, token=token, offset=part.offset, now=now, until=until
+                )
+                if held is not Lock.ACQUIRED:
+                    raise UploadLocked(f"upload {part.id} is being used by another request")
+                taken.append(part)
+            segments = [(part, await self._uploads.segments(part.id)) for part in parts]
+            for part in parts:  # the file reserves its own room, for all of them together
+                if (reservation := _reservation(part)) is not None:
+                    await self._uploader.release(reservation)
+            record = await self._uploader.upload(
+                principal,
+                UploadRequest(
+                    filename=Filename.sanitise(creation.filename),
+                    chunks=self._concatenated(segments),
+                    visibility=creation.visibility,
+                    expires_in_seconds=creation.expires_in_seconds,
+                    declared_size=total,
+                ),
+            )
+        finally:
+            for part in taken:
+                with suppress(DependencyUnavailable):
+                    await self._uploads.unlock(part.id, token=token)
+        final = ResumableUpload(
+            id=UploadId.new(),
+            owner=principal.owner,
+            length=total,
+            offset=total,
+            filename=Filename.sanitise(creation.filename),
+            visibility=creation.visibility,
+            expires_in_seconds=creation.expires_in_seconds,
+            metadata=creation.metadata,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self._limits.expires_in_seconds),
+            file_id=record.id,
+            concat="final;" + " ".join(f"/tus/{part.id}" for part in parts),
+        )
+        await self._uploads.add(final)
+        for part in parts:
+            await self._forget(part)
+        await self._auditor.record(
+            principal,
+            "upload.complete",
+            Outcome.SUCCESS,
+            target=final.id,
+            detail=record.id,
+            size=total,
+        )
+        return final
+
+    async def _concatenated(
+        self, parts: list[tuple[ResumableUpload, list[Segment]]]
+    ) -> AsyncIterator[bytes]:
+        for part, segments in parts:
+            async for chunk in self._parts.read(part.id, segments):
+                yield chunk
 
     async def terminate(self, principal: Principal, raw_id: str) -> None:
         """Forget the upload and its bytes (a complete one's file stays)."""

@@ -35,6 +35,7 @@ def _to_upload(row: sa.Row[Any]) -> ResumableUpload:
         reservation_bytes=row.reservation_bytes,
         file_id=None if row.file_id is None else FileId(row.file_id),
         locked_until=None if row.lock_token is None else utc(row.lock_until),
+        concat=row.concat,
     )
 
 
@@ -64,6 +65,8 @@ class SqlResumableRepository(SqlStore, ResumableRepository):
             "expires_at": utc(upload.expires_at),
             "reservation_id": upload.reservation_id,
             "reservation_bytes": upload.reservation_bytes,
+            "file_id": upload.file_id,
+            "concat": upload.concat,
         }
 
         async def work(tx: Transaction) -> None:

@@ -141,6 +141,7 @@ resumable_uploads = sa.Table(
     sa.Column("file_id", sa.String(32), nullable=True),
     sa.Column("lock_token", sa.String(64), nullable=True),
     sa.Column("lock_until", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("concat", sa.Text, nullable=True),
     sa.Index("ix_resumable_uploads_owner", "owner"),
     sa.Index("ix_resumable_uploads_expires_at", "expires_at"),
 )

@@ -256,6 +256,10 @@ _REQUEST_HEADERS = {
     ),
     "Upload-Offset": "Where these bytes go: the upload's current offset",
     "Upload-Checksum": "`sha256|sha1|md5 base64(digest)` of this request's body",
+    "Upload-Concat": (
+        "`partial`: a part of a later concatenation; `final;<url> <url>`: the file those"
+        " complete parts make, in this order"
+    ),
 }
 
 

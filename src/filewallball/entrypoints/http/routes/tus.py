@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import replace
 from email.utils import format_datetime
 from typing import Annotated, Any
 
@@ -35,7 +36,10 @@ from filewallball.settings import parse_duration
 router = Router(tags=["resumable uploads (tus)"])
 
 TUS_VERSION = "1.0.0"
-EXTENSIONS = "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration"
+EXTENSIONS = (
+    "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,"
+    "concatenation"
+)
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
 MAX_METADATA_BYTES = 4096
 # What browsers may send and read across origins (FWB_CORS_ORIGINS): tus-js-client needs them.
@@ -46,6 +50,7 @@ TUS_REQUEST_HEADERS = (
     "Upload-Metadata",
     "Upload-Offset",
     "Upload-Checksum",
+    "Upload-Concat",
     "X-HTTP-Method-Override",
 )
 TUS_RESPONSE_HEADERS = (
@@ -59,6 +64,7 @@ TUS_RESPONSE_HEADERS = (
     "Upload-Defer-Length",
     "Upload-Metadata",
     "Upload-Expires",
+    "Upload-Concat",
     "File-Id",
 )
 _RESUMABLE = {"Tus-Resumable": TUS_VERSION}
@@ -124,12 +130,39 @@ def parse_metadata(header: str | None) -> dict[str, str]:
     return pairs
 
 
-def _creation(request: Request) -> Creation:
-    length = _number(request, "Upload-Length")
+def _concat(request: Request) -> tuple[bool, list[str] | None]:
+    """Upload-Concat: (a partial upload?, the partial uploads' ids of a final one)."""
+    raw = request.headers.get("upload-concat")
+    if raw is None:
+        return False, None
+    raw = raw.strip()
+    if raw == "partial":
+        return True, None
+    kind, _, urls = raw.partition(";")
+    if kind.strip() != "final":
+        raise InvalidRequest(
+            "Upload-Concat is `partial` or `final;<url> <url>...`", code="invalid_concat"
+        )
+    ids = [url.rstrip("/").rsplit("/tus/", 1)[-1] for url in urls.split()]
+    if not ids or any("/" in upload_id for upload_id in ids):
+        raise InvalidRequest("Upload-Concat: final lists upload URLs", code="invalid_concat")
+    return False, ids
+
+
+def _creation(request: Request, *, final: bool = False) -> Creation:
+    if final:
+        if "upload-length" in request.headers or "upload-defer-length" in request.headers:
+            raise InvalidRequest(
+                "a final upload's length is its parts': send no Upload-Length",
+                code="invalid_upload_length",
+            )
+        length = None
+    else:
+        length = _number(request, "Upload-Length")
     deferred = request.headers.get("upload-defer-length")
     if deferred is not None and deferred.strip() != "1":
         raise InvalidRequest("Upload-Defer-Length must be 1", code="invalid_upload_defer_length")
-    if (length is None) == (deferred is None):
+    if not final and (length is None) == (deferred is None):
         raise InvalidRequest(
             "send Upload-Length, or Upload-Defer-Length: 1 to declare it later",
             code="invalid_upload_length",
@@ -264,12 +297,19 @@ async def tus_upload_options(upload_id: str, service: Resumable) -> Response:
         "Upload-Defer-Length",
         "Upload-Metadata",
         "Upload-Checksum",
+        "Upload-Concat",
     ),
     summary="Create a resumable upload (tus creation; with a body: creation-with-upload)",
 )
 async def tus_create(request: Request, caller: Caller, service: Resumable) -> Response:
     _require_tus(request)
-    creation = _creation(request)
+    partial, parts = _concat(request)
+    if parts is not None:
+        final = await service.concatenate(caller, _creation(request, final=True), parts)
+        UPLOADED_BYTES.inc(final.offset)
+        location = f"{base_url(request)}/tus/{final.id}"
+        return Response(status_code=201, headers={"Location": location, **_state(final)})
+    creation = replace(_creation(request), partial=partial)
     with_body = _has_body(request)
     checksum = _checksum(request) if with_body else None
     upload = await service.create(caller, creation)
@@ -322,6 +362,8 @@ async def tus_head(
         headers["Upload-Length"] = str(upload.length)
     if upload.metadata:
         headers["Upload-Metadata"] = upload.metadata
+    if upload.concat:
+        headers["Upload-Concat"] = upload.concat
     return Response(status_code=200, headers=headers)
 
 

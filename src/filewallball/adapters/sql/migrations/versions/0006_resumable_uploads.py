@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("file_id", sa.String(32), nullable=True),
         sa.Column("lock_token", sa.String(64), nullable=True),
         sa.Column("lock_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("concat", sa.Text, nullable=True),
     )
     op.create_index("ix_resumable_uploads_owner", "resumable_uploads", ["owner"])
     op.create_index("ix_resumable_uploads_expires_at", "resumable_uploads", ["expires_at"])
