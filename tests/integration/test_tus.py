@@ -191,6 +191,17 @@ async def test_an_upload_over_the_limit_is_413_at_creation(make_client: AppFacto
         assert_problem(await patch(client, url, 600, b"b" * 401), 413, "upload_length_exceeded")
         assert (await client.head(url, headers=TUS)).headers["upload-offset"] == "600"
 
+        # Without a Content-Length the excess is found as it streams: still nothing of it kept.
+        async def unsized() -> AsyncIterator[bytes]:
+            yield b"c" * 300
+            yield b"d" * 300
+
+        streamed = await client.patch(
+            url, content=unsized(), headers={**PATCH, "Upload-Offset": "600"}
+        )
+        assert_problem(streamed, 413, "upload_length_exceeded")
+        assert (await client.head(url, headers=TUS)).headers["upload-offset"] == "600"
+
 
 async def test_a_deferred_length_is_declared_by_a_later_patch(client: httpx.AsyncClient) -> None:
     url = await create(client, None, filename="later.txt")

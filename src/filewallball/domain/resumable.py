@@ -266,6 +266,7 @@ class ResumableService:
         offset: int,
         length: int | None = None,
         checksum: Checksum | None = None,
+        size: int | None = None,
     ) -> Appended:
         """Store the bytes at `offset` (where the upload is), declaring its length if it was
         deferred; the last byte makes the file (whose id the upload then carries).
@@ -290,6 +291,10 @@ class ResumableService:
                 f"the upload's length is {upload.length}; it cannot change",
                 code="invalid_upload_length",
             )
+        # A body that says it is too long is refused before any of it is stored.
+        limit = length if length is not None else upload.length
+        if size is not None and limit is not None and offset + size > limit:
+            raise LengthExceeded(f"the bytes sent pass the upload's length of {limit} bytes")
         token = secrets.token_hex(16)
         now = self._clock.now()
         lease = timedelta(seconds=self._limits.lock_seconds)

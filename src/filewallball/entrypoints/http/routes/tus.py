@@ -397,6 +397,7 @@ async def tus_patch(
         offset=offset,
         length=_number(request, "Upload-Length"),
         checksum=_checksum(request),
+        size=_number(request, "Content-Length"),
     )
     _count(appended)
     return Response(status_code=204, headers=_state(appended.upload))
