@@ -159,3 +159,22 @@ async def test_tus_js_wrong_checksum_is_460_and_appends_nothing(
         assert head.status_code == 200
         assert head.headers["upload-offset"] == str(MiB)
         assert (await client.delete(result["url"])).status_code == 204
+
+
+async def test_tus_js_parallel_uploads_are_concatenated(
+    node: str, api_server: Server, tmp_path: Path
+) -> None:
+    """tus-js-client's parallelUploads: partial uploads at once, then a final one."""
+    path, data = _file(tmp_path, "parallel-js.bin", 3 * MiB + 7)
+    result = await _tusjs(node, f"{api_server.url}/tus", path, parallelUploads=3)
+    file_id = _succeeded(result)
+    posts = [r for r in result["requests"] if r["method"] == "POST"]
+    assert len(posts) == 4  # three parts and the final upload
+    assert sum(1 for r in result["requests"] if r["method"] == "PATCH") == 3
+    assert _downloaded(api_server, file_id) == data
+    async with httpx.AsyncClient(headers=AUTH) as client:
+        final = await client.head(result["url"], headers=TUS)
+        record = (await client.get(f"{api_server.url}/files/{file_id}")).json()
+    assert final.headers["upload-concat"].startswith("final;")
+    assert final.headers["file-id"] == file_id
+    assert (record["filename"], record["size"]) == ("parallel-js.bin", len(data))

@@ -124,7 +124,9 @@ async def test_an_upload_in_three_patches_becomes_the_file(
 async def test_a_wrong_offset_is_409_and_changes_nothing(client: httpx.AsyncClient) -> None:
     url = await create(client, 10)
     assert (await patch(client, url, 0, b"hello")).status_code == 204
-    assert_problem(await patch(client, url, 3, b"lo wo"), 409, "offset_mismatch")
+    mismatch = await patch(client, url, 3, b"lo wo")
+    assert_problem(mismatch, 409, "offset_mismatch")
+    assert mismatch.headers["tus-resumable"] == "1.0.0"  # errors too carry it
     assert_problem(await patch(client, url, 0, b"hello"), 409, "offset_mismatch")
     assert (await client.head(url, headers=TUS)).headers["upload-offset"] == "5"
     done = await patch(client, url, 5, b"world")

@@ -4,7 +4,8 @@
 //
 // Options: chunkSize (bytes; default: the whole file in one PATCH), retryDelays (ms),
 // metadata (default: {filename: <the file's name>}), checksum (send Upload-Checksum: sha1 on
-// every PATCH), corruptChecksumAt (the index of the PATCH whose checksum is made wrong).
+// every PATCH), corruptChecksumAt (the index of the PATCH whose checksum is made wrong),
+// parallelUploads (parts sent at once, joined by the concatenation extension).
 //
 // Prints one JSON line: {success, url, fileId (the File-Id of the last response), requests
 // (each request's method, Upload-Offset, whether it carried a checksum, and the response's
@@ -70,6 +71,8 @@ const upload = new Upload(createReadStream(path), {
   metadata: options.metadata ?? { filename: basename(path) },
   chunkSize,
   retryDelays: options.retryDelays ?? null,
+  // >1: the file in that many partial uploads at once, then a final one (concatenation)
+  parallelUploads: options.parallelUploads ?? 1,
   async onBeforeRequest(req) {
     const entry = { method: req.getMethod(), offset: req.getHeader('Upload-Offset') ?? null }
     entry.checksum = false
