@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         "--upload-connections", type=int, default=100, help="concurrent uploads in c (100)"
     )
     parser.add_argument(
-        "--scenarios", default="abcde", help="which of a,b,c,d,e to run, e.g. `ae` or `b,c`"
+        "--scenarios", default="abcdef", help="which of a-f to run, e.g. `ae` or `b,c`"
     )
     parser.add_argument(
         "--storage",
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_profile_names(spec: str, plan: Plan) -> None:
     """Fail before the run, not after it, on a case name that this run will not have."""
-    known = set(plan.scenarios) - {"d"}  # d is measured by RSS, not profiled
+    known = set(plan.scenarios) - {"d", "f"}  # single uploads, not wrk loads: not profiled
     if "b" in plan.scenarios:
         known |= {f"b-{size_label(size)}" for size in plan.download_sizes}
     if "c" in plan.scenarios:
@@ -240,7 +240,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     server_program = args.server or default_server or "uvicorn"
     check_postgres(args.pg_dsn)
     check_redis(args.redis_url)
-    need_ours = bool(plan.scenarios & set("abcd"))
+    need_ours = bool(plan.scenarios & set("abcdf"))
     need_nginx = bool(plan.scenarios & set("bc"))
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if not args.smoke and "c" in plan.scenarios and free < 20 * GiB:
@@ -291,6 +291,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             console=console,
         )
         bench.run_memory()
+        bench.run_resumable()
         if ours:
             bench.prepare_downloads()
         measurements = bench.run()

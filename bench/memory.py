@@ -1,14 +1,15 @@
-"""Scenario d: one large streamed upload while the server's RSS is sampled every 50 ms."""
+"""Scenarios d and f: one large streamed upload while the server's RSS is sampled every 50 ms."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import httpx
 import psutil  # type: ignore[import-untyped]
 
 from bench import MiB
@@ -45,22 +46,42 @@ def _rss(process: psutil.Process) -> int:
         return 0
 
 
-def _body(size: int) -> Iterator[bytes]:
-    """`size` bytes in 1 MiB chunks, never held at once; unique, so nothing is deduplicated."""
-    block = bytearray(os.urandom(MiB))
+def body(size: int, chunk: int = MiB) -> Iterator[bytes]:
+    """`size` bytes in `chunk`-sized pieces, never held at once; unique, so nothing is
+    deduplicated."""
+    block = bytearray(os.urandom(chunk))
     sent = 0
     while sent < size:
         block[:16] = os.urandom(16)
-        piece = bytes(block[: min(MiB, size - sent)])
+        piece = bytes(block[: min(chunk, size - sent)])
         sent += len(piece)
         yield piece
 
 
+# Sends `size` bytes of `body` to a FileWallBall its own way; the last status, and the id of
+# the file stored (None if none was).
+Send = Callable[[httpx.Client, int], tuple[int, str | None]]
+
+
+def put_upload(client: httpx.Client, size: int) -> tuple[int, str | None]:
+    """PUT /upload/<name> (Content-Length, streamed)."""
+    response = client.put(
+        f"/upload/bench-memory-{os.urandom(4).hex()}.bin",
+        content=body(size),
+        headers={"content-length": str(size), "content-type": "application/octet-stream"},
+    )
+    return response.status_code, response.json()["id"] if response.status_code == 201 else None
+
+
 def streamed_upload(
-    ours: Ours, size: int, *, storage: list[psutil.Process] | None = None
+    ours: Ours,
+    size: int,
+    *,
+    storage: list[psutil.Process] | None = None,
+    send: Send = put_upload,
 ) -> MemoryResult:
-    """PUT /upload/<name> of `size` bytes (Content-Length, streamed), sampling RSS meanwhile:
-    of the server's processes, and of `storage` (the S3 server) apart."""
+    """One upload of `size` bytes (PUT /upload/<name> unless `send` says otherwise), sampling
+    RSS meanwhile: of the server's processes, and of `storage` (the S3 server) apart."""
     processes = ours.managed.tree()
     if not processes:
         raise BenchError("the FileWallBall server is not running")
@@ -89,21 +110,17 @@ def streamed_upload(
     started = time.perf_counter()
     try:
         with ours.client(timeout=600) as client:
-            response = client.put(
-                f"/upload/bench-memory-{os.urandom(4).hex()}.bin",
-                content=_body(size),
-                headers={"content-length": str(size), "content-type": "application/octet-stream"},
-            )
+            status, file_id = send(client, size)
     finally:
         seconds = time.perf_counter() - started
         done.set()
         sampler.join()
-    if response.status_code == 201:
+    if file_id is not None:
         # Give the space back at once: later rounds upload another one.
         with ours.client() as client:
-            client.delete(f"/files/{response.json()['id']}")
+            client.delete(f"/files/{file_id}")
     return MemoryResult(
-        status=response.status_code,
+        status=status,
         size=size,
         seconds=round(seconds, 3),
         mb_per_s=round(size / seconds / 1e6, 2),

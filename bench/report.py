@@ -49,6 +49,9 @@ class Row:
     metric: str
     target: str = "ours"
     reference: tuple[str, str] | None = None  # (case, target) measured alongside
+    # How the table names the reference, when its target's name would not say (another case
+    # of FileWallBall's own).
+    reference_name: str | None = None
     checks: tuple[Check, ...] = ()
     # What the row reports of its per-round values: the median; the total of a count (not 201s,
     # every one counts); the worst round (RSS growth: the target holds for every upload).
@@ -81,16 +84,21 @@ def rows_for(plan: Plan) -> list[Row]:
 
 
 def _on(row: Row, storage: str, *, beside_disk: bool) -> Row:
-    """The same row for FileWallBall with its blobs on `storage`."""
+    """The same row for FileWallBall with its blobs on `storage`: its reference is the disk row,
+    unless it is another case of FileWallBall's own, which is then on `storage` too."""
     checks = tuple(
         replace(check, against=check.against or row.reference) if check.on == "ratio" else check
         for check in row.checks
     )
+    if row.reference and row.reference[1] == OURS:
+        reference: tuple[str, str] | None = (row.reference[0], target_name(OURS, storage))
+    else:
+        reference = (row.case, row.target) if beside_disk else row.reference
     return replace(
         row,
         label=f"{row.label} on {NAMES[storage]}",
         target=target_name(row.target, storage),
-        reference=(row.case, row.target) if beside_disk else row.reference,
+        reference=reference,
         checks=checks,
     )
 
@@ -205,6 +213,21 @@ def _rows(plan: Plan) -> list[Row]:
             ),
             Row(f"d. {size_label(plan.memory_size)} upload", "MB/s", case, "mb_per_s"),
         ]
+    if "f" in scenarios:
+        label = size_label(plan.resumable_size)
+        post, tus = f"f-post-{label}", f"f-tus-{label}"
+        patches = f"{size_label(plan.resumable_patch_bytes)} PATCHes"
+        rows += [
+            Row(f"f. {label} upload: POST /upload", "MB/s", post, "mb_per_s"),
+            Row(
+                f"f. {label} upload: tus, {patches}",
+                "MB/s",
+                tus,
+                "mb_per_s",
+                reference=(post, OURS),
+                reference_name="POST",
+            ),
+        ]
     return rows
 
 
@@ -265,6 +288,7 @@ def figures(plan: Plan, measurements: list[Measurement]) -> list[dict[str, Any]]
             figure["reference"] = {
                 "case": ref_case,
                 "target": ref_target,
+                "name": row.reference_name,
                 **_stats(list(reference.values()), row.aggregate),
             }
             if row.unit in ("req/s", "MB/s"):
@@ -322,11 +346,18 @@ COLUMNS = (
 CAPTION = (
     "value: the median of the rounds unless marked (total) or (worst); "
     "reference: the same figure of nginx or the ceiling (on S3: of the same row on disk, when "
-    "disk ran too; its targets still compare with nginx or the ceiling); "
+    "disk ran too; its targets still compare with nginx or the ceiling), or of POST /upload on "
+    "the same storage (f); "
     "ratio: value / reference, paired by round, median (min-max)"
 )
 # An S3 row's reference is FileWallBall's own run on disk.
 REFERENCE_NAMES = {OURS: "disk", BEHIND_NGINX: "disk behind nginx"}
+
+
+def _reference_name(reference: dict[str, Any]) -> str:
+    # JSON written before scenario f has no "name".
+    named: str | None = reference.get("name")
+    return named or REFERENCE_NAMES.get(reference["target"], reference["target"])
 
 
 def cells(row: dict[str, Any], *, markup: bool) -> list[str]:
@@ -343,12 +374,7 @@ def cells(row: dict[str, Any], *, markup: bool) -> list[str]:
         row["unit"] + ("" if aggregate == "median" else f" ({AGGREGATE_NAMES[aggregate]})"),
         _number(row["value"]),
         _range(row),
-        (
-            f"{REFERENCE_NAMES.get(reference['target'], reference['target'])} "
-            f"{_number(reference['value'])}"
-            if reference
-            else ""
-        ),
+        (f"{_reference_name(reference)} {_number(reference['value'])}" if reference else ""),
         f"{ratio['median']:.2f} ({_range(ratio)})" if ratio and ratio["median"] else "",
         "; ".join(c["target"] for c in row["checks"]),
         " ".join(verdicts),

@@ -16,6 +16,7 @@ from rich.console import Console
 from bench import GiB, KiB, MiB, ceiling, size_label
 from bench.memory import MemoryResult, streamed_upload
 from bench.procs import BenchError, Managed
+from bench.resumable import multipart_post, tus_upload
 from bench.storage import DISK
 from bench.targets import Nginx, Ours
 from bench.wrk import Load, WrkResult, run_wrk
@@ -26,6 +27,7 @@ SCENARIOS = {
     "c": "concurrent uploads: PUT /upload/{name} against nginx's WebDAV PUT",
     "d": "one large streamed upload: the server's peak RSS growth",
     "e": "a bare FastAPI JSON route on the same server settings: the framework ceiling",
+    "f": "one large resumable upload: tus PATCHes against POST /upload of the same size",
 }
 
 
@@ -44,6 +46,8 @@ class Plan:
     download_sizes: tuple[int, ...]
     upload_sizes: tuple[int, ...]
     memory_size: int
+    resumable_size: int  # f: the file
+    resumable_patch_bytes: int  # f: what each PATCH carries
     scenarios: frozenset[str]
     timeout: float = 60  # wrk's per-request timeout: a late answer counts as an error
     storages: tuple[str, ...] = (DISK,)  # one FileWallBall per storage, measured side by side
@@ -55,11 +59,16 @@ FULL_SIZES: dict[str, Any] = {
     "download_sizes": (KiB, MiB, 100 * MiB),
     "upload_sizes": (MiB, 10 * MiB),
     "memory_size": GiB,
+    # Four PATCHes, each one of the disk store's 64 MiB segments (eight of S3's 8 MiB ones).
+    "resumable_size": 256 * MiB,
+    "resumable_patch_bytes": 64 * MiB,
 }
 SMOKE_SIZES: dict[str, Any] = {
     "download_sizes": (KiB, 64 * KiB, MiB),
     "upload_sizes": (16 * KiB, 256 * KiB),
     "memory_size": 32 * MiB,
+    "resumable_size": 4 * MiB,
+    "resumable_patch_bytes": MiB,
 }
 
 
@@ -338,6 +347,28 @@ class Bench:
                 os.sync()
                 self.record(self._measurement(case, ours.target, number, memory))
                 time.sleep(self.plan.pause)
+
+    def run_resumable(self) -> None:
+        """Scenario f, every round, after d: one upload by tus and one by POST /upload per
+        FileWallBall a round, who goes first alternating, and which of the two too."""
+        if "f" not in self.plan.scenarios or not self.ours:
+            return
+        size, label = self.plan.resumable_size, size_label(self.plan.resumable_size)
+        methods = [
+            (Case(f"f-post-{label}", "f", {}), multipart_post),
+            (Case(f"f-tus-{label}", "f", {}), tus_upload(self.plan.resumable_patch_bytes)),
+        ]
+        for number in range(1, self.plan.rounds + 1):
+            order = self.ours if number % 2 else list(reversed(self.ours))
+            for ours in order:
+                for case, send in methods if number % 2 else list(reversed(methods)):
+                    storage = ours.bucket.processes() if ours.bucket else []
+                    result = streamed_upload(ours, size, storage=storage, send=send)
+                    if ours.bucket:
+                        ours.bucket.remove_blobs(keep=self.kept_blobs.get(ours.target, set()))
+                    os.sync()
+                    self.record(self._measurement(case, ours.target, number, result))
+                    time.sleep(self.plan.pause)
 
     def record(self, measurement: Measurement) -> None:
         self.measurements.append(measurement)

@@ -64,11 +64,14 @@ def test_smoke_run_measures_every_scenario(
 
     report = json.loads(out.read_text())
     runs = report["runs"]
-    assert {run["scenario"] for run in runs} == set("abcde")
+    assert {run["scenario"] for run in runs} == set("abcdef")
     # Every scenario of FileWallBall ran on both storages.
     for storage in ("disk", "s3"):
         ran = {run["scenario"] for run in runs if run["storage"] == storage}
-        assert ran == set("abcd"), storage
+        assert ran == set("abcdf"), storage
+        # f: one upload by POST /upload and one by tus (resumable, issue 17), both stored.
+        resumable = [run for run in runs if run["scenario"] == "f" and run["storage"] == storage]
+        assert sorted(run["case"] for run in resumable) == ["f-post-4MiB", "f-tus-4MiB"]
     for run in runs:
         where = f"{run['case']} ({run['target']})"
         assert run["storage"] == OURS.get(run["target"]), where
@@ -78,6 +81,11 @@ def test_smoke_run_measures_every_scenario(
             assert run["samples"] > 0, where
             # SeaweedFS's memory is sampled beside FileWallBall's, never added to it.
             assert (run["storage_rss_growth_mib"] is not None) == (run["storage"] == "s3"), where
+            continue
+        if run["scenario"] == "f":
+            # The answer that made the file: POST's 201, the last PATCH's 204.
+            assert run["status"] == (201 if run["case"].startswith("f-post") else 204), where
+            assert run["mb_per_s"] > 0, where
             continue
         assert run["requests"] > 0, where
         assert run["rps"] > 0, where
@@ -91,11 +99,15 @@ def test_smoke_run_measures_every_scenario(
             assert run["storage_cpu_ms_per_request"] > 0, where  # SeaweedFS did the work
     # FileWallBall behind nginx (components/nginx-front) downloads the largest file.
     assert {run["target"] for run in runs} == {"nginx", "ceiling", *OURS}
+    tus = [f for f in report["figures"] if f["case"] == "f-tus-4MiB"]
+    assert [f["reference"]["case"] for f in tus] == ["f-post-4MiB", "f-post-4MiB"]
+    assert all(f["ratio"]["median"] > 0 for f in tus)
     for figure in report["figures"]:
         assert figure["median"] is not None, figure["label"]
         if figure["unit"] in ("req/s", "MB/s"):
             assert figure["median"] > 0, figure["label"]
-    # Each S3 row follows its disk row, which is its reference; the ceiling's rows come once.
+    # Each S3 row follows its disk row, which is its reference (unless that is another case of
+    # FileWallBall's own, as tus's is POST /upload: then on S3 too); the ceiling's rows once.
     labels = [figure["label"] for figure in report["figures"]]
     on_s3 = [figure for figure in report["figures"] if figure["label"].endswith(" on S3")]
     assert len(on_s3) == len([f for f in report["figures"] if f["target"] != "ceiling"]) / 2
@@ -103,7 +115,11 @@ def test_smoke_run_measures_every_scenario(
         disk = report["figures"][labels.index(figure["label"]) - 1]
         assert figure["label"] == f"{disk['label']} on S3"
         assert figure["target"] == f"{disk['target']}-s3"
-        assert figure["reference"]["target"] == disk["target"]
+        if disk["reference"] and disk["reference"]["target"] == "ours":
+            assert figure["reference"]["case"] == disk["reference"]["case"]
+            assert figure["reference"]["target"] == figure["target"]
+        else:
+            assert figure["reference"]["target"] == disk["target"]
         assert [c["target"] for c in figure["checks"]] == [c["target"] for c in disk["checks"]]
     record_property(
         "bench_figures",

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from tests.s3_server import SeaweedS3
 T = TypeVar("T")
 
 
-def _shared_env(pg_url: str, redis_prefix: str) -> dict[str, str]:
+def shared_env(pg_url: str, redis_prefix: str) -> dict[str, str]:
     return {
         "FWB_DATABASE_URL": pg_url,
         "FWB_REDIS_URL": REDIS_URL,
@@ -52,19 +53,26 @@ def eventually(read: Callable[[], T], check: Callable[[T], bool], seconds: float
         time.sleep(0.2)
 
 
-@pytest.fixture
-def replicas(tmp_path: Path, pg_url: str, redis_prefix: str) -> Iterator[tuple[Server, Server]]:
-    """Two `filewallball serve` processes sharing the database, Redis and the blob volume."""
-    env = _shared_env(pg_url, redis_prefix)
-    first = start_server(tmp_path, env=env, log_name="a.log")
+@contextmanager
+def two_replicas(data_dir: Path, env: dict[str, str]) -> Iterator[tuple[Server, Server]]:
+    """Two `filewallball serve` processes with one environment and one data folder (the blob
+    volume), stopped on exit."""
+    first = start_server(data_dir, env=env, log_name="a.log")
     try:
-        second = start_server(tmp_path, env=env, log_name="b.log")
+        second = start_server(data_dir, env=env, log_name="b.log")
         try:
             yield first, second
         finally:
             second.stop()
     finally:
         first.stop()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, pg_url: str, redis_prefix: str) -> Iterator[tuple[Server, Server]]:
+    """Two `filewallball serve` processes sharing the database, Redis and the blob volume."""
+    with two_replicas(tmp_path, shared_env(pg_url, redis_prefix)) as pair:
+        yield pair
 
 
 def test_statistics_agree_across_two_replicas(replicas: tuple[Server, Server]) -> None:
@@ -158,7 +166,7 @@ def _upload_counts_per_process(multiproc_dir: Path) -> dict[str, float]:
 def test_metrics_add_up_every_worker(tmp_path: Path, pg_url: str, redis_prefix: str) -> None:
     multiproc_dir = tmp_path / "metrics"
     multiproc_dir.mkdir()
-    env = {**_shared_env(pg_url, redis_prefix), "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
+    env = {**shared_env(pg_url, redis_prefix), "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
     server = start_server(tmp_path, ["--workers", "2"], env=env)
     try:
         sent = 0
@@ -254,22 +262,24 @@ def _chunks(data: bytes, size: int = MiB) -> Iterator[bytes]:
         yield data[start : start + size]
 
 
-@pytest.fixture
-def s3_replicas(
-    tmp_path: Path, pg_url: str, redis_prefix: str, s3_settings: dict[str, str]
-) -> Iterator[list[Server]]:
-    """Two `filewallball serve` processes on one database, Redis prefix and bucket prefix, each
-    with a data folder and a TMPDIR of its own; the server secret comes from the environment."""
-    env = {
-        **_shared_env(pg_url, redis_prefix),
+def s3_env(pg_url: str, redis_prefix: str, s3_settings: dict[str, str]) -> dict[str, str]:
+    """shared_env, with blobs in the bucket (64 MiB uploads, 5 MiB multipart parts)."""
+    return {
+        **shared_env(pg_url, redis_prefix),
         "FWB_MAX_UPLOAD_BYTES": str(64 * MiB),
         "FWB_S3_PART_SIZE_BYTES": str(5 * MiB),
         **{f"FWB_{name.upper()}": value for name, value in s3_settings.items()},
     }
+
+
+@contextmanager
+def s3_replicas_under(root: Path, env: dict[str, str]) -> Iterator[list[Server]]:
+    """Two `filewallball serve` processes with one environment (`s3_env`), each with a data
+    folder and a TMPDIR of its own under `root`, stopped on exit."""
     servers: list[Server] = []
     try:
         for name in ("a", "b"):
-            data_dir, temp = tmp_path / name, tmp_path / f"{name}-tmp"
+            data_dir, temp = root / name, root / f"{name}-tmp"
             data_dir.mkdir()
             temp.mkdir()
             # The log beside the data folder, not in it: the folder must stay empty.
@@ -282,7 +292,26 @@ def s3_replicas(
             server.stop()
 
 
-def _files_under(folder: Path) -> list[Path]:
+@pytest.fixture
+def s3_replicas(
+    tmp_path: Path, pg_url: str, redis_prefix: str, s3_settings: dict[str, str]
+) -> Iterator[list[Server]]:
+    """Two `filewallball serve` processes on one database, Redis prefix and bucket prefix, each
+    with a data folder and a TMPDIR of its own; the server secret comes from the environment."""
+    with s3_replicas_under(tmp_path, s3_env(pg_url, redis_prefix, s3_settings)) as servers:
+        yield servers
+
+
+def local_folders(servers: list[Server]) -> list[Path]:
+    """The data folder and TMPDIR of each server of `s3_replicas_under`."""
+    return [
+        path
+        for s in servers
+        for path in (s.data_dir, s.data_dir.with_name(s.data_dir.name + "-tmp"))
+    ]
+
+
+def files_under(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file())
 
 
@@ -291,11 +320,7 @@ def test_two_replicas_on_s3_share_no_volume(
 ) -> None:
     a, b = s3_replicas
     prefix = s3_settings["s3_prefix"]
-    folders = [
-        path
-        for s in s3_replicas
-        for path in (s.data_dir, s.data_dir.with_name(s.data_dir.name + "-tmp"))
-    ]
+    folders = local_folders(s3_replicas)
     large = hashlib.sha256(b"replicas").digest() * (11 * MiB // 32) + b"tail"  # three parts
     picture = png(320, 240)
     with (
@@ -345,6 +370,6 @@ def test_two_replicas_on_s3_share_no_volume(
         assert not (server.data_dir / "blobs").exists()
         assert not (server.data_dir / "secret.key").exists()  # FWB_SECRET_KEY, shared
     for folder in folders:
-        assert _files_under(folder) == [], folder
+        assert files_under(folder) == [], folder
     assert s3_server.keys(f"{prefix}tmp/") == []
     assert s3_server.multipart_uploads(prefix) == []
