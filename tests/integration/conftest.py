@@ -26,10 +26,14 @@ GENEROUS = {"rate_limit": "100000/minute", "upload_rate_limit": "100000/minute"}
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that takes `backend` runs on SQLite and PostgreSQL; in a module with
-    `ON_S3 = True` (what touches stored bytes) on S3 too."""
+    `ON_S3 = True` (what touches stored bytes) on S3 too. A test listed in the module's
+    `PROTOCOL_ONLY` checks what no backend changes (header parsing, the protocol's answers; the
+    repositories have contract suites of their own): it runs on SQLite only."""
     if "backend" in metafunc.fixturenames:
         on_s3 = getattr(metafunc.module, "ON_S3", False)
         names = ["sqlite", "postgres", *(["s3"] if on_s3 else [])]
+        if metafunc.function.__name__ in getattr(metafunc.module, "PROTOCOL_ONLY", ()):
+            names = ["sqlite"]
         metafunc.parametrize("backend", names, indirect=True)
 
 

@@ -18,8 +18,19 @@ from tests.integration.conftest import AppFactory, blob_files
 from tests.integration.test_http_files import PNG, assert_problem
 from tests.integration.test_http_security import make_key
 
-# Stored bytes: these run on S3 too (tests/integration/conftest.py).
+# Stored bytes: these run on S3 too (tests/integration/conftest.py); these check the protocol
+# only (headers, validation, auth), the same on every backend: SQLite only.
 ON_S3 = True
+PROTOCOL_ONLY = (
+    "test_options_tell_what_the_server_supports_without_a_key",
+    "test_requests_without_tus_resumable_are_412",
+    "test_malformed_headers_are_400",
+    "test_an_upload_over_the_limit_is_413_at_creation",
+    "test_an_upload_belongs_to_its_owner",
+    "test_method_override_reaches_patch_and_delete",
+    "test_cors_lets_browsers_speak_tus",
+    "test_a_concatenation_needs_complete_parts_of_the_caller",
+)
 
 TUS = {"Tus-Resumable": "1.0.0"}
 PATCH = {**TUS, "Content-Type": "application/offset+octet-stream"}
