@@ -12,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,27 @@ class Server:
     def rss(self) -> int:
         proc = psutil.Process(self.process.pid)
         return int(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
+
+    @contextmanager
+    def rss_growth(self) -> Iterator[Callable[[], int]]:
+        """Sample the RSS every 20 ms while the block runs; what it gives is the peak growth."""
+        before = self.rss()
+        peak = before
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, self.rss())
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            yield lambda: peak - before
+        finally:
+            done.set()
+            sampler.join()
 
 
 def _free_port() -> int:
@@ -199,26 +221,13 @@ def test_too_large_is_rejected_before_the_body_is_sent(server: Server) -> None:
 def test_memory_stays_flat_during_a_large_upload(server: Server) -> None:
     """A regression guard, not a benchmark: a buffered upload would grow RSS by the file size."""
     size = 384 * MiB
-    before = server.rss()
-    peak = before
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, server.rss())
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=120, headers=AUTH) as client:
-            response = client.put("/upload/rss.bin", content=_pattern(size))
-    finally:
-        done.set()
-        sampler.join()
+    with (
+        server.rss_growth() as growth,
+        httpx.Client(base_url=server.url, timeout=120, headers=AUTH) as client,
+    ):
+        response = client.put("/upload/rss.bin", content=_pattern(size))
     assert response.status_code == 201, response.text
-    assert peak - before < 100 * MiB, f"RSS grew by {(peak - before) / MiB:.1f} MiB"
+    assert growth() < 100 * MiB, f"RSS grew by {growth() / MiB:.1f} MiB"
 
 
 def test_delete_while_a_download_runs(server: Server) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
 import time
 from collections.abc import Iterator
 
@@ -52,17 +51,6 @@ class Generated:
 def test_a_2_gib_resumable_upload_keeps_server_memory_flat(server: Server) -> None:
     body = Generated()
     tus = {"Tus-Resumable": "1.0.0"}
-    before = server.rss()
-    peak = before
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, server.rss())
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
     started = time.monotonic()
     with httpx.Client(base_url=server.url, timeout=120, headers=AUTH) as client:
         name = base64.b64encode(b"two.bin").decode()
@@ -72,8 +60,7 @@ def test_a_2_gib_resumable_upload_keeps_server_memory_flat(server: Server) -> No
         )
         assert created.status_code == 201, created.text
         location = created.headers["location"]
-        sampler.start()
-        try:
+        with server.rss_growth() as growth:
             for offset in range(0, SIZE, PATCH_BYTES):
                 response = client.patch(
                     location,
@@ -87,16 +74,13 @@ def test_a_2_gib_resumable_upload_keeps_server_memory_flat(server: Server) -> No
                 )
                 assert response.status_code == 204, response.text
                 assert response.headers["upload-offset"] == str(offset + PATCH_BYTES)
-        finally:
-            done.set()
-            sampler.join()
         seconds = time.monotonic() - started
         file_id = response.headers["file-id"]
         record = client.get(f"/files/{file_id}").json()
-    print(f"2 GiB via tus in {seconds:.1f} s; RSS grew {(peak - before) / MiB:.1f} MiB")
+    print(f"2 GiB via tus in {seconds:.1f} s; RSS grew {growth() / MiB:.1f} MiB")
     assert record["size"] == SIZE
     assert record["sha256"] == body.sha256.hexdigest()
-    assert peak - before < RSS_GROWTH_BOUND, f"RSS grew by {(peak - before) / MiB:.1f} MiB"
+    assert growth() < RSS_GROWTH_BOUND, f"RSS grew by {growth() / MiB:.1f} MiB"
     assert not (server.data_dir / "blobs" / ".tus").exists() or not any(
         (server.data_dir / "blobs" / ".tus").iterdir()
     )
