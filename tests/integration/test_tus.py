@@ -169,6 +169,10 @@ async def test_malformed_headers_are_400(client: httpx.AsyncClient) -> None:
         ({"Upload-Length": "3", "Upload-Metadata": "k " + "QUFB" * 2000}, "invalid_metadata"),
         ({"Upload-Length": "3", "Upload-Metadata": metadata(visibility="x")}, "invalid_visibility"),
         ({"Upload-Length": "3", "Upload-Metadata": metadata(expires_in="soon")}, "invalid_expiry"),
+        (
+            {"Upload-Length": "3", "Upload-Metadata": "filename \u00e9t\u00e9".encode("latin-1")},
+            "invalid_metadata",
+        ),
     ]:
         assert_problem(await client.post("/tus", headers={**TUS, **headers}), 400, code)
     url = await create(client, 5)
@@ -187,6 +191,14 @@ async def test_malformed_headers_are_400(client: httpx.AsyncClient) -> None:
     )
     assert_problem(
         await patch(client, url, 0, b"x", Upload_Checksum="sha1 AAAA"), 400, "invalid_checksum"
+    )
+    not_ascii = {
+        **PATCH,
+        "Upload-Offset": "0",
+        "Upload-Checksum": "sha1 \u00e9\u00e9".encode("latin-1"),
+    }
+    assert_problem(
+        await client.patch(url, content=b"x", headers=not_ascii), 400, "invalid_checksum"
     )
     assert_problem(
         await patch(client, url, 0, b"x", Upload_Length="6"), 400, "invalid_upload_length"
@@ -560,3 +572,18 @@ async def test_a_concatenation_needs_complete_parts_of_the_caller(
         made = await final(done)
         assert made.status_code == 201, made.text
         assert (await client.get(f"/download/{made.headers['file-id']}")).content == b"a" * 60
+
+
+async def test_an_empty_file_is_made_at_creation(client: httpx.AsyncClient) -> None:
+    """tus clients send no PATCH for an empty file: the creation makes it."""
+    response = await client.post(
+        "/tus", headers={**TUS, "Upload-Length": "0", "Upload-Metadata": metadata(filename="e")}
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["upload-offset"] == "0"
+    record = (await client.get(f"/files/{response.headers['file-id']}")).json()
+    assert (record["filename"], record["size"]) == ("e", 0)
+    part = await client.post(
+        "/tus", headers={**TUS, "Upload-Length": "0", "Upload-Concat": "partial"}
+    )
+    assert "file-id" not in part.headers  # a part is never a file on its own

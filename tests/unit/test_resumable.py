@@ -228,3 +228,64 @@ async def test_the_purge_forgets_expired_uploads_and_leftover_bytes() -> None:
         await world.service.get(small, upload.id)
     actions = [entry.action for entry in world.audit.entries]
     assert actions.count("upload.expire") == 1
+
+
+async def test_a_completion_whose_answer_was_lost_makes_one_file() -> None:
+    """The file committed, then marking the upload complete failed: the client sends its last
+    bytes again, and finds the same file, not a second one."""
+    world = make_world(segment_bytes=10)
+    upload = await world.service.create(ALICE, Creation(length=15, filename="a.txt"))
+    await world.service.append(ALICE, upload.id, stream(b"a" * 10), offset=0)
+    complete = world.uploads.complete
+
+    async def lost(*args: object, **kwargs: object) -> bool:
+        raise DependencyUnavailable("database", "the answer was lost")
+
+    world.uploads.complete = lost  # type: ignore[method-assign]
+    with pytest.raises(DependencyUnavailable):
+        await world.service.append(ALICE, upload.id, stream(b"b" * 5), offset=10)
+    assert len(world.files.records) == 1
+    world.uploads.complete = complete  # type: ignore[method-assign]
+    done = await world.service.append(ALICE, upload.id, stream(b"b" * 5), offset=10)
+    assert len(world.files.records) == 1
+    assert done.upload.file_id in world.files.records
+
+
+async def test_an_upload_has_a_bounded_number_of_segments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from filewallball.domain import resumable
+    from filewallball.domain.errors import InvalidRequest
+
+    monkeypatch.setattr(resumable, "MAX_SEGMENTS", 3)
+    world = make_world(segment_bytes=10)
+    upload = await world.service.create(ALICE, Creation(length=100, filename="a.txt"))
+    await world.service.append(ALICE, upload.id, stream(b"a" * 25), offset=0)  # 3 segments
+    with pytest.raises(InvalidRequest) as refused:
+        await world.service.append(ALICE, upload.id, stream(b"b"), offset=25)
+    assert refused.value.code == "too_many_segments"
+    assert (await world.service.get(ALICE, upload.id)).offset == 25
+
+
+async def test_a_retried_concatenation_finds_the_file_made() -> None:
+    world = make_world()
+    parts = []
+    for piece in (b"left-", b"right"):
+        made = await world.service.create(
+            ALICE, Creation(length=len(piece), filename="p", partial=True)
+        )
+        await world.service.append(ALICE, made.id, stream(piece), offset=0)
+        parts.append(made.id)
+    add = world.uploads.add
+
+    async def lost(upload: object) -> None:
+        raise DependencyUnavailable("database", "down")
+
+    world.uploads.add = lost  # type: ignore[method-assign,assignment]
+    with pytest.raises(DependencyUnavailable):
+        await world.service.concatenate(ALICE, Creation(length=None, filename="j"), parts)
+    world.uploads.add = add  # type: ignore[method-assign]
+    final = await world.service.concatenate(ALICE, Creation(length=None, filename="j"), parts)
+    assert len(world.files.records) == 1
+    record = world.files.records[final.file_id]  # type: ignore[index]
+    assert world.blobs.blobs[record.sha256] == b"left-right"

@@ -64,6 +64,12 @@ class FileId(str):
         """The id, or None when `raw` cannot be one (so it names no file)."""
         return cls(raw) if _FILE_ID.fullmatch(raw) else None
 
+    @classmethod
+    def of_upload(cls, upload: str) -> FileId:
+        """The id of the file a resumable upload becomes: the same 128 random bits, so making
+        it twice (a completion retried after its answer was lost) finds the first one."""
+        return cls(base64.urlsafe_b64encode(bytes.fromhex(upload)).decode().rstrip("="))
+
 
 class Sha256(str):
     """A SHA-256 digest in lowercase hex."""

@@ -16,9 +16,9 @@ import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from filewallball.domain.access import Auditor
 from filewallball.domain.errors import (
@@ -37,7 +37,14 @@ from filewallball.domain.errors import (
     UploadLocked,
     UploadNotFound,
 )
-from filewallball.domain.models import Filename, ResumableUpload, Segment, UploadId, Visibility
+from filewallball.domain.models import (
+    FileId,
+    Filename,
+    ResumableUpload,
+    Segment,
+    UploadId,
+    Visibility,
+)
 from filewallball.domain.policies import Reservation
 from filewallball.domain.ports import Clock, Lock, PartStore, ResumableRepository
 from filewallball.domain.security import Outcome, Permission, Principal
@@ -70,6 +77,9 @@ class Checksum:
 
 # How long HEAD waits for a request still writing to the upload to finish.
 SETTLE_SECONDS = 3.0
+# Each request (and each dropped connection) adds at least one segment: a client sending a byte
+# at a time must not make an upload of millions of rows and objects.
+MAX_SEGMENTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,15 +316,37 @@ class ResumableService:
         if held is Lock.MOVED:
             raise OffsetMismatch(f"upload {upload.id} is no longer at offset {offset}")
         if held is Lock.GONE:
+            if await self._uploads.get(upload.id) is not None:  # completed meanwhile
+                raise OffsetMismatch(f"upload {upload.id} is complete")
             raise UploadNotFound(f"no upload {raw_id!r}")
         try:
             async with self._leased(upload.id, token):
+                # As it is now, under the lock: a request just before may have declared its
+                # length (or filled it) since it was read above.
+                upload = await self._locked_state(upload, raw_id)
+                if length is not None and upload.length is not None and length != upload.length:
+                    raise InvalidRequest(
+                        f"the upload's length is {upload.length}; it cannot change",
+                        code="invalid_upload_length",
+                    )
                 if length is not None and upload.length is None:
                     upload = await self._declare(principal, upload, token, length)
                 return await self._receive(principal, upload, token, chunks, checksum)
         finally:
             with suppress(DependencyUnavailable):
                 await self._uploads.unlock(upload.id, token=token)
+
+    async def _locked_state(self, upload: ResumableUpload, raw_id: str) -> ResumableUpload:
+        current = await self._uploads.get(upload.id)
+        if current is None:
+            raise UploadNotFound(f"no upload {raw_id!r}")
+        if len(await self._uploads.segments(upload.id)) >= MAX_SEGMENTS:
+            raise InvalidRequest(
+                f"upload {upload.id} has {MAX_SEGMENTS} segments, the most one may have:"
+                " send larger requests (or terminate it and start again)",
+                code="too_many_segments",
+            )
+        return current
 
     def _check_length(self, length: int) -> None:
         if length > self.max_size:
@@ -392,7 +424,7 @@ class ResumableService:
                 if checksum is None and not final:
                     await self._commit(upload, token, pending)
                     pending = []
-                    await self._check_type_once(upload, before=upload.offset, now=position)
+                    await self._check_type_once(upload, before=segment.start, now=position)
             if checksum is not None and body.digest() != checksum.digest:
                 raise ChecksumMismatch(
                     f"the bytes do not match the {checksum.algorithm} of Upload-Checksum"
@@ -400,9 +432,10 @@ class ResumableService:
             if upload.length == position and not upload.partial:
                 return await self._finish(principal, upload, token, pending)
             if pending:
+                start = pending[0].start
                 await self._commit(upload, token, pending)
                 pending = []
-                await self._check_type_once(upload, before=upload.offset, now=position)
+                await self._check_type_once(upload, before=start, now=position)
         except (FileTooLarge, TypeNotAllowed):
             # Past the limit (deferred), or of a refused type: it can never become a file.
             await self._discard(upload, pending)
@@ -428,7 +461,14 @@ class ResumableService:
         await self._uploader.check_type(head)
 
     async def _commit(self, upload: ResumableUpload, token: str, segments: list[Segment]) -> None:
-        if not await self._uploads.append(upload.id, token=token, segments=segments):
+        """List the segments; if the database fails, they may be listed all the same (a commit
+        whose answer was lost), so they are kept: the upload's removal deletes them if not."""
+        try:
+            committed = await self._uploads.append(upload.id, token=token, segments=segments)
+        except DependencyUnavailable:
+            segments.clear()
+            raise
+        if not committed:
             raise UploadLocked(f"upload {upload.id} was taken over by another request")
 
     async def _discard(self, upload: ResumableUpload, segments: list[Segment]) -> None:
@@ -441,25 +481,35 @@ class ResumableService:
     ) -> Appended:
         """Stream every byte through the upload pipeline, as POST /upload's are."""
         assert upload.length is not None
-        segments = [*await self._uploads.segments(upload.id), *last]
-        request = UploadRequest(
-            filename=upload.filename,
-            chunks=self._parts.read(upload.id, segments),
-            visibility=upload.visibility,
-            expires_in_seconds=upload.expires_in_seconds,
-            declared_size=upload.length,
-        )
+        file_id = FileId.of_upload(upload.id)
         reservation = _reservation(upload)
+        # A completion retried after the database failed below: the file exists already.
+        record = await self._uploader.made(file_id)
+        if record is None:
+            segments = [*await self._uploads.segments(upload.id), *last]
+            request = UploadRequest(
+                filename=upload.filename,
+                chunks=self._parts.read(upload.id, segments),
+                visibility=upload.visibility,
+                expires_in_seconds=upload.expires_in_seconds,
+                declared_size=upload.length,
+                file_id=file_id,
+            )
+            try:
+                record = await self._uploader.upload(principal, request, reservation=reservation)
+            except (DependencyUnavailable, StorageFull):
+                raise  # kept, without this request's last bytes: `_receive` discards them
+            except FileWallBallError:
+                await self._forget(upload)
+                raise
         try:
-            record = await self._uploader.upload(principal, request, reservation=reservation)
-        except (DependencyUnavailable, StorageFull):
-            raise  # kept, without this request's last bytes: `_receive` discards them
-        except FileWallBallError:
-            await self._forget(upload)
+            completed = await self._uploads.complete(
+                upload.id, token=token, segments=last, file_id=record.id
+            )
+        except DependencyUnavailable:
+            last.clear()  # maybe listed (an answer lost): the retry finds the file, or the row
             raise
-        if not await self._uploads.complete(
-            upload.id, token=token, segments=last, file_id=record.id
-        ):
+        if not completed:
             # Terminated meanwhile: the file stands (its record committed), the upload does not.
             _log.warning("upload_completed_after_termination", extra={"upload": upload.id})
         with suppress(DependencyUnavailable):
@@ -501,34 +551,68 @@ class ResumableService:
         self._upload_limits.expiry.expires_at(now, at=None, in_seconds=creation.expires_in_seconds)
         token = secrets.token_hex(16)
         until = now + timedelta(seconds=self._limits.lock_seconds)
-        taken: list[ResumableUpload] = []
-        try:
+        # The parts stay locked (their leases renewed) until they are forgotten: a second
+        # concatenation of one of them, or a write to it, waits (423) meanwhile.
+        async with AsyncExitStack() as held:
+            taken: list[ResumableUpload] = []
+
+            async def unlock_taken() -> None:
+                for part in taken:
+                    with suppress(DependencyUnavailable):
+                        await self._uploads.unlock(part.id, token=token)
+
+            held.push_async_callback(unlock_taken)
             for part in parts:
-                held = await self._uploads.lock(
+                lock = await self._uploads.lock(
                     part.id, token=token, offset=part.offset, now=now, until=until
                 )
-                if held is not Lock.ACQUIRED:
+                if lock is not Lock.ACQUIRED:
                     raise UploadLocked(f"upload {part.id} is being used by another request")
                 taken.append(part)
-            segments = [(part, await self._uploads.segments(part.id)) for part in parts]
-            for part in parts:  # the file reserves its own room, for all of them together
-                if (reservation := _reservation(part)) is not None:
-                    await self._uploader.release(reservation)
-            record = await self._uploader.upload(
-                principal,
-                UploadRequest(
-                    filename=Filename.sanitise(creation.filename),
-                    chunks=self._concatenated(segments),
-                    visibility=creation.visibility,
-                    expires_in_seconds=creation.expires_in_seconds,
-                    declared_size=total,
-                ),
-            )
-        finally:
-            for part in taken:
-                with suppress(DependencyUnavailable):
-                    await self._uploads.unlock(part.id, token=token)
-        final = ResumableUpload(
+                await held.enter_async_context(self._leased(part.id, token))
+            # The first part's id names the file: a retried concatenation finds it made.
+            file_id = FileId.of_upload(parts[0].id)
+            record = await self._uploader.made(file_id)
+            if record is None:
+                segments = [(part, await self._uploads.segments(part.id)) for part in parts]
+                for part in parts:  # the file reserves its own room, for all of them together
+                    if (reservation := _reservation(part)) is not None:
+                        await self._uploader.release(reservation)
+                record = await self._uploader.upload(
+                    principal,
+                    UploadRequest(
+                        filename=Filename.sanitise(creation.filename),
+                        chunks=self._concatenated(segments),
+                        visibility=creation.visibility,
+                        expires_in_seconds=creation.expires_in_seconds,
+                        declared_size=total,
+                        file_id=file_id,
+                    ),
+                )
+            final = self._final(principal, creation, parts, record.id, total, now)
+            await self._uploads.add(final)
+            for part in parts:
+                await self._forget(part)
+        await self._auditor.record(
+            principal,
+            "upload.complete",
+            Outcome.SUCCESS,
+            target=final.id,
+            detail=record.id,
+            size=total,
+        )
+        return final
+
+    def _final(
+        self,
+        principal: Principal,
+        creation: Creation,
+        parts: list[ResumableUpload],
+        file_id: FileId,
+        total: int,
+        now: datetime,
+    ) -> ResumableUpload:
+        return ResumableUpload(
             id=UploadId.new(),
             owner=principal.owner,
             length=total,
@@ -539,21 +623,9 @@ class ResumableService:
             metadata=creation.metadata,
             created_at=now,
             expires_at=now + timedelta(seconds=self._limits.expires_in_seconds),
-            file_id=record.id,
+            file_id=file_id,
             concat="final;" + " ".join(f"/tus/{part.id}" for part in parts),
         )
-        await self._uploads.add(final)
-        for part in parts:
-            await self._forget(part)
-        await self._auditor.record(
-            principal,
-            "upload.complete",
-            Outcome.SUCCESS,
-            target=final.id,
-            detail=record.id,
-            size=total,
-        )
-        return final
 
     async def _concatenated(
         self, parts: list[tuple[ResumableUpload, list[Segment]]]

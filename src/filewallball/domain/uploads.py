@@ -60,6 +60,7 @@ class UploadRequest:
     declared_size: int | None = None
     expires_at: datetime | None = None
     expires_in_seconds: int | None = None
+    file_id: FileId | None = None  # chosen by the caller (a resumable upload's), else new
 
 
 @dataclass
@@ -205,6 +206,10 @@ class Uploader:
             if reservation is not None:
                 await self.release(reservation)
 
+    async def made(self, file_id: FileId) -> FileRecord | None:
+        """The file of that id, if an upload already made it (a retried completion)."""
+        return await self._files.get(file_id)
+
     async def check_type(self, head: bytes) -> None:
         """TypeNotAllowed unless the file these first bytes (SNIFF_BYTES of them, or the whole
         file) begin is of an allowed type: what the upload itself will decide, said early."""
@@ -257,7 +262,7 @@ class Uploader:
             )
             content_type = meter.content_type or ContentType.OCTET_STREAM
             record = FileRecord(
-                id=FileId.new(),
+                id=request.file_id or FileId.new(),
                 filename=Filename.sanitise(request.filename),
                 size=ByteSize(meter.size),
                 content_type=content_type,

@@ -37,11 +37,11 @@ def base_url(request: Request) -> str:
     scope = request.scope
     host = next((value for name, value in scope["headers"] if name == b"host"), None)
     root = scope.get("app_root_path", scope.get("root_path", ""))
-    return _requestbase_url(scope["scheme"], host, scope.get("server"), root)
+    return _request_base_url(scope["scheme"], host, scope.get("server"), root)
 
 
 @functools.lru_cache(maxsize=256)
-def _requestbase_url(
+def _request_base_url(
     scheme: str, host: bytes | None, server: tuple[str, int] | None, root_path: str
 ) -> str:
     """Starlette's request.base_url, made once per origin rather than once per request."""

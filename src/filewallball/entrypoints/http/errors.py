@@ -94,7 +94,8 @@ def problem(
 ) -> JSONResponse:
     """The problem+json answer to the request of `scope`: `instance` is its path, and
     `request_id` finds its log lines."""
-    if str(scope.get("path", "")).startswith("/tus"):
+    path = str(scope.get("path", ""))
+    if path == "/tus" or path.startswith("/tus/"):
         # tus 1.0: every answer of a tus endpoint but OPTIONS carries the version it speaks.
         headers = {**(headers or {}), "Tus-Resumable": "1.0.0"}
     body = {

@@ -122,7 +122,7 @@ def parse_metadata(header: str | None) -> dict[str, str]:
             )
         try:
             value = base64.b64decode(parts[1], validate=True) if len(parts) == 2 else b""
-        except binascii.Error as error:
+        except (binascii.Error, ValueError) as error:  # ValueError: not ASCII
             raise InvalidRequest(
                 f"Upload-Metadata's {key!r} is not base64", code="invalid_metadata"
             ) from error
@@ -192,7 +192,7 @@ def _checksum(request: Request) -> Checksum | None:
     algorithm, _, encoded = raw.strip().partition(" ")
     try:
         digest = base64.b64decode(encoded.strip(), validate=True)
-    except binascii.Error as error:
+    except (binascii.Error, ValueError) as error:  # ValueError: not ASCII
         raise InvalidRequest("Upload-Checksum is not base64", code="invalid_checksum") from error
     checksum = Checksum(algorithm.lower(), digest)
     if len(digest) != CHECKSUM_ALGORITHMS[checksum.algorithm]().digest_size:
@@ -310,14 +310,20 @@ async def tus_create(request: Request, caller: Caller, service: Resumable) -> Re
         location = f"{base_url(request)}/tus/{final.id}"
         return Response(status_code=201, headers={"Location": location, **_state(final)})
     creation = replace(_creation(request), partial=partial)
-    with_body = _has_body(request)
+    # An empty file has no PATCH to complete it (tus clients send none): it is made now.
+    with_body = _has_body(request) or (creation.length == 0 and not partial)
     checksum = _checksum(request) if with_body else None
     upload = await service.create(caller, creation)
     location = f"{base_url(request)}/tus/{upload.id}"
     if with_body:
         try:
             appended = await service.append(
-                caller, upload.id, request_body(request), offset=0, checksum=checksum
+                caller,
+                upload.id,
+                request_body(request),
+                offset=0,
+                checksum=checksum,
+                size=_number(request, "Content-Length"),
             )
         except FileWallBallError as error:
             # The upload stands (unless its file was refused): the client resumes at Location.
