@@ -289,3 +289,20 @@ async def test_a_retried_concatenation_finds_the_file_made() -> None:
     assert len(world.files.records) == 1
     record = world.files.records[final.file_id]  # type: ignore[index]
     assert world.blobs.blobs[record.sha256] == b"left-right"
+
+
+async def test_a_deferred_upload_is_bounded_by_the_quota_left() -> None:
+    small = principal(Role.UPLOADER, "erin", quota_bytes=100)
+    world = make_world(segment_bytes=10)
+    upload = await world.service.create(small, Creation(length=None, filename="a"))
+    assert world.usage.reservations == {}  # nothing held for an unknown length
+    await world.service.append(small, upload.id, stream(b"x" * 60), offset=0)
+    with pytest.raises(QuotaExceeded):
+        await world.service.append(small, upload.id, stream(b"y" * 41), offset=60)
+    # What fitted was kept, segment by segment; never more than the room left.
+    kept = (await world.service.get(small, upload.id)).offset
+    assert 60 <= kept <= 100
+    with pytest.raises(QuotaExceeded):
+        await world.service.append(small, upload.id, stream(b"z"), offset=kept, length=101)
+    done = await world.service.append(small, upload.id, stream(b""), offset=kept, length=kept)
+    assert done.upload.complete

@@ -30,6 +30,7 @@ from filewallball.domain.errors import (
     InvalidRequest,
     LengthExceeded,
     OffsetMismatch,
+    QuotaExceeded,
     StorageFull,
     TooManyOpenUploads,
     TypeNotAllowed,
@@ -400,12 +401,27 @@ class ResumableService:
                 checksum=checksum,
             )
         else:
-            body = _Body(
-                chunks,
-                room=self.max_size - upload.offset,
-                too_long=lambda: FileTooLarge(self.max_size),
-                checksum=checksum,
-            )
+            # No room is held for a length not yet known: the owner's room left now bounds
+            # what this request may add (the file's own upload checks the quota again).
+            quota_room = await self._uploader.room(principal)
+            room = self.max_size - upload.offset
+            if quota_room is not None and quota_room - upload.offset < room:
+                room = quota_room - upload.offset
+                if room <= 0:
+                    raise QuotaExceeded("the upload's bytes fill the owner's quota")
+                body = _Body(
+                    chunks,
+                    room=room,
+                    too_long=lambda: QuotaExceeded("the upload passes the owner's quota"),
+                    checksum=checksum,
+                )
+            else:
+                body = _Body(
+                    chunks,
+                    room=room,
+                    too_long=lambda: FileTooLarge(self.max_size),
+                    checksum=checksum,
+                )
         position = upload.offset
         pending: list[Segment] = []  # stored, not yet committed
         writer = token[:12]

@@ -227,6 +227,14 @@ class Uploader:
         until = until or now + timedelta(seconds=self._limits.reservation_seconds)
         return await self._usage.reserve(principal.owner, quota, size=size, now=now, until=until)
 
+    async def room(self, principal: Principal) -> int | None:
+        """Bytes the owner may still add now (None: no byte quota); QuotaExceeded when none."""
+        reservation = await self.reserve(principal, None)
+        if reservation is None:
+            return None
+        await self.release(reservation)
+        return reservation.bytes
+
     async def release(self, reservation: Reservation) -> None:
         try:
             await self._usage.release(reservation)
