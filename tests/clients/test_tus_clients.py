@@ -111,3 +111,22 @@ def test_the_readmes_curl_walkthrough_works(api_server: Server, tmp_path: Path) 
     assert _downloaded(api_server, file_id.group(1)) == b"hello world!"
     record = httpx.get(f"{api_server.url}/files/{file_id.group(1)}", headers=AUTH).json()
     assert (record["filename"], record["visibility"]) == ("hello.txt", "public")
+
+
+def test_the_readmes_tuspy_example_works(api_server: Server, tmp_path: Path) -> None:
+    """The README's tuspy block, run as written against a real server."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", readme, re.S | re.M)
+    example = next(block for block in blocks if "tusclient" in block)
+    (tmp_path / "video.mp4").write_bytes(b"not really a video\n" * 1000)
+    code = example.replace("http://127.0.0.1:8000", api_server.url)
+    namespace: dict[str, object] = {"key": AUTH["authorization"].split()[1]}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(code, "README.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    file_id = namespace["file_id"]
+    assert isinstance(file_id, str)
+    assert _downloaded(api_server, file_id) == b"not really a video\n" * 1000
