@@ -5,34 +5,20 @@ write lease the dead process left (423 until it lapses), to a byte-identical fil
 from __future__ import annotations
 
 import base64
-import contextlib
-import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 from tusclient import client as tus_client
 
 from tests.clients.test_tus_clients import _data, _downloaded
-from tests.integration.test_server import AUTH, MiB, Server, start_server
+from tests.integration.test_server import AUTH, MiB, start_server
 
 SEGMENT = 64 * MiB  # adapters/disk_parts.py's DISK_SEGMENT_BYTES
 SIZE = SEGMENT + 16 * MiB
 LOCK_SECONDS = 2  # FWB_TUS_LOCK_SECONDS: the dead writer's lease lapses this soon
 TUS = {"tus-resumable": "1.0.0"}
-
-
-def _kill(server: Server) -> None:
-    """SIGKILL the server and its workers (as tests/hostile/test_kills.py does)."""
-    workers = psutil.Process(server.process.pid).children(recursive=True)
-    server.process.send_signal(signal.SIGKILL)
-    for worker in workers:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            worker.kill()
-    server.process.wait()
-    psutil.wait_procs(workers, timeout=10)
 
 
 class _Body:
@@ -104,10 +90,10 @@ def test_tuspy_resumes_after_the_server_is_killed_mid_patch(tmp_path: Path) -> N
         sender = threading.Thread(target=_patch, args=(server.url + upload_path, body, errors))
         sender.start()
         assert body.committed.wait(60), "the server never stored its first segment"
-        _kill(server)
+        server.kill()
     finally:
         if server.process.poll() is None:
-            _kill(server)
+            server.kill()
         if body is not None:
             body.killed.set()
     sender.join(timeout=30)

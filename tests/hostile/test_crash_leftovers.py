@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import socket
 import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 from tests.conftest import staged_files
 from tests.integration.conftest import ADMIN_KEY
@@ -40,14 +37,7 @@ def test_temp_files_of_a_killed_server_are_swept_at_the_next_start(tmp_path: Pat
         while sum(p.stat().st_size for p in staged_files(tmp)) < 3 * MiB:
             assert time.monotonic() < deadline, "the uploads never reached the disk"
             time.sleep(0.05)
-        # The server and its workers, at once: no clean-up of any kind.
-        workers = psutil.Process(server.process.pid).children(recursive=True)
-        server.process.send_signal(signal.SIGKILL)
-        for worker in workers:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                worker.kill()
-        server.process.wait()
-        psutil.wait_procs(workers, timeout=10)
+        server.kill()  # the server and its workers, at once: no clean-up of any kind
     finally:
         for sock in uploads:
             sock.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import select
+import signal
 import socket
 import ssl
 import subprocess
@@ -44,6 +46,16 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once: no clean-up of any kind (a crash)."""
+        workers = psutil.Process(self.process.pid).children(recursive=True)
+        self.process.send_signal(signal.SIGKILL)
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+        self.process.wait()
+        psutil.wait_procs(workers, timeout=10)
 
     def rss(self) -> int:
         proc = psutil.Process(self.process.pid)
